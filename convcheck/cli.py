@@ -1,0 +1,117 @@
+"""The convcheck command line: thin typer commands; the work lives elsewhere.
+
+Nothing here imports torch: ``convcheck --help`` must start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from convcheck.exitcodes import ExitCode, describe_exit_codes
+from convcheck.fixcli import fix_state_dict
+
+app = typer.Typer(
+    name="convcheck",
+    help="Why won't my model converge? Run a PyTorch training script for a few steps "
+    "under instrumentation and get located findings with a fix.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class FailOn(str, Enum):
+    error = "error"
+    warning = "warning"
+    info = "info"
+    never = "never"
+
+
+_EXIT_CODES_HELP = "Exit codes:\n\n" + describe_exit_codes().replace("\n", "\n\n")
+
+
+@app.command(
+    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+    epilog=_EXIT_CODES_HELP,
+)
+def run(
+    script: Annotated[Path, typer.Argument(help="The training script, run unmodified.")],
+    script_args: Annotated[
+        Optional[list[str]], typer.Argument(help="The script's own arguments.")
+    ] = None,
+    nproc_per_node: Annotated[
+        int, typer.Option(min=1, max=64, help="Start N DDP workers (RANK, WORLD_SIZE, MASTER_* set), like torchrun.")
+    ] = 1,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps observed per process.")] = 20,
+    max_batches_per_epoch: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="End each DataLoader epoch after K batches so epoch 2 and 3 fit the budget."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="Stop a hung or slow run after this many seconds.")] = 300.0,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="Report format.")] = OutputFormat.text,
+    output: Annotated[Optional[Path], typer.Option(help="Write the report to FILE instead of stdout.")] = None,
+    fail_on: Annotated[FailOn, typer.Option(help="Exit 1 when a finding is at or above this severity.")] = FailOn.error,
+    select: Annotated[Optional[str], typer.Option(help="Only these checks: codes or names, comma-separated.")] = None,
+    ignore: Annotated[Optional[str], typer.Option(help="Skip these checks: codes or names, comma-separated.")] = None,
+    show_output: Annotated[bool, typer.Option(help="Stream the script's own stdout/stderr.")] = False,
+) -> None:
+    """Run SCRIPT for a few steps under instrumentation and report why it may not converge."""
+    from convcheck.runner import RunOptions, execute
+
+    options = RunOptions(
+        script=script,
+        script_args=list(script_args or []),
+        nproc_per_node=nproc_per_node,
+        steps=steps,
+        max_batches_per_epoch=max_batches_per_epoch,
+        timeout=timeout,
+        output_format=output_format.value,
+        output=output,
+        fail_on=fail_on.value,
+        select=_split_codes(select),
+        ignore=_split_codes(ignore),
+        show_output=show_output,
+    )
+    raise typer.Exit(int(execute(options)))
+
+
+@app.command()
+def rules() -> None:
+    """List every check: code, name, default severity, evidence used, summary."""
+    from convcheck.explain import print_rules
+
+    print_rules()
+
+
+@app.command()
+def explain(code: Annotated[str, typer.Argument(help="A check's code (CC004) or name.")]) -> None:
+    """Print a check's documentation: why it matters, a bad and a good example, the fix."""
+    from convcheck.explain import print_explanation
+
+    raise typer.Exit(int(print_explanation(code)))
+
+
+app.command("fix-state-dict", epilog=None)(fix_state_dict)
+
+
+def _split_codes(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INTERRUPTED))

@@ -1,0 +1,93 @@
+"""The data model every check produces and every reporter reads."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+REPORT_VERSION = 1
+
+
+class Severity(str, Enum):
+    """How certain a finding is: error when the run proved it."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """Larger is more severe."""
+        return {"info": 1, "warning": 2, "error": 3}[self.value]
+
+
+class Location(BaseModel):
+    """A place in the user's code."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}" if self.line else self.path
+
+
+class Finding(BaseModel):
+    """One located problem, with the evidence that shows it and the fix."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    name: str
+    severity: Severity
+    message: str
+    location: Location | None = None
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    fix: str = ""
+    source: Literal["static", "runtime", "static+runtime"] = "runtime"
+
+
+class ProcessSummary(BaseModel):
+    """What one process of the run did."""
+
+    pid: int
+    rank: int | None = None
+    role: str = "worker"
+    exit_code: int | None = None
+    steps: int = 0
+    backwards: int = 0
+    crashed: bool = False
+    error: str | None = None
+
+
+class RunSummary(BaseModel):
+    """How the run went: its outcome and what each process did."""
+
+    status: Literal[
+        "completed", "stopped-at-budget", "no-training-step", "crashed", "timeout",
+        "interrupted", "not-run",
+    ] = "not-run"
+    steps_budget: int = 0
+    nproc_per_node: int = 1
+    wall_seconds: float = 0.0
+    processes: list[ProcessSummary] = Field(default_factory=list)
+    error: str | None = None
+    hung_at: list[str] = Field(default_factory=list)
+    redirected_saves: list[dict[str, Any]] = Field(default_factory=list)
+    script_argv: list[str] = Field(default_factory=list)
+
+
+class Report(BaseModel):
+    """The whole result of a convcheck run; its JSON form is versioned."""
+
+    version: int = REPORT_VERSION
+    script: str
+    findings: list[Finding] = Field(default_factory=list)
+    run: RunSummary = Field(default_factory=RunSummary)
+
+    def at_or_above(self, level: Severity) -> list[Finding]:
+        """The findings at least as severe as ``level``."""
+        return [f for f in self.findings if f.severity.rank >= level.rank]
