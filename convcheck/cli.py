@@ -51,8 +51,9 @@ def run(
         Optional[list[str]], typer.Argument(help="The script's own arguments.")
     ] = None,
     nproc_per_node: Annotated[
-        int, typer.Option(min=1, max=64, help="Start N DDP workers (RANK, WORLD_SIZE, MASTER_* set), like torchrun.")
-    ] = 1,
+        Optional[int],
+        typer.Option(min=1, max=64, help="Start N DDP workers (RANK, WORLD_SIZE, MASTER_* set), like torchrun."),
+    ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps observed per process.")] = 20,
     max_batches_per_epoch: Annotated[
         Optional[int],

@@ -1,0 +1,35 @@
+"""``convcheck rules`` and ``convcheck explain``: the checks' own documentation, rendered."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+from convcheck.exitcodes import ExitCode
+
+
+def print_rules(console: Console | None = None) -> None:
+    """A table of every check."""
+    from convcheck.registry import all_checks
+
+    table = Table(title="convcheck checks", show_lines=False)
+    for column in ("code", "name", "severity", "evidence", "summary"):
+        table.add_column(column, overflow="fold")
+    for check in all_checks():
+        table.add_row(check.code, check.name, check.severity.value, "+".join(check.evidence_kinds()), check.summary)
+    (console or Console()).print(table)
+
+
+def print_explanation(code: str, console: Console | None = None) -> ExitCode:
+    """The documentation of one check, or a clear error for an unknown code."""
+    from convcheck.registry import all_checks, find_check
+
+    console = console or Console()
+    check = find_check(code)
+    if check is None:
+        known = ", ".join(f"{c.code} ({c.name})" for c in all_checks())
+        Console(stderr=True).print(f"convcheck: unknown check {code!r}. Known checks: {known}.", highlight=False)
+        return ExitCode.CANNOT_RUN
+    console.print(Markdown(f"# {check.code} {check.name} ({check.severity.value})\n\n{check.documentation()}"))
+    return ExitCode.OK

@@ -1,0 +1,125 @@
+"""Checks: the base class, the built-in list, third-party entry points, and selection."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from convcheck.findings import Finding, Location, Severity
+
+if TYPE_CHECKING:
+    from convcheck.runtime.trace import RunTrace
+    from convcheck.static.context import StaticContext
+
+ENTRY_POINT_GROUP = "convcheck.checks"
+
+
+class Check:
+    """One check: a code, a stable kebab-case name, and static and/or runtime analysis.
+
+    The class docstring is the check's documentation (``convcheck explain``): sections
+    *What it does*, *Why is this bad?*, *Example*, *Use instead*, *Fix*.
+    """
+
+    code: ClassVar[str]
+    name: ClassVar[str]
+    severity: ClassVar[Severity]
+    summary: ClassVar[str]
+
+    def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
+        """Findings from the script's source alone."""
+        return ()
+
+    def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
+        """Findings from what the run recorded (with the source for context)."""
+        return ()
+
+    @classmethod
+    def evidence_kinds(cls) -> list[str]:
+        """Which analyses this check implements: static, runtime, or both."""
+        kinds = []
+        if cls.check_static is not Check.check_static:
+            kinds.append("static")
+        if cls.check_runtime is not Check.check_runtime:
+            kinds.append("runtime")
+        return kinds
+
+    @classmethod
+    def documentation(cls) -> str:
+        """The check's documentation, from its docstring."""
+        return inspect.cleandoc(cls.__doc__ or cls.summary)
+
+    def finding(
+        self,
+        message: str,
+        *,
+        fix: str,
+        location: Location | tuple[str, int | None] | list[Any] | None = None,
+        evidence: dict[str, Any] | None = None,
+        severity: Severity | None = None,
+        source: str = "runtime",
+    ) -> Finding:
+        """A finding of this check; severity defaults to the check's own."""
+        if location is not None and not isinstance(location, Location):
+            path, line = location[0], location[1]
+            location = Location(path=str(path), line=line)
+        return Finding(
+            code=self.code, name=self.name, severity=severity or self.severity, message=message,
+            location=location, evidence=evidence or {}, fix=fix, source=source,  # type: ignore[arg-type]
+        )
+
+
+class SelectionError(ValueError):
+    """--select/--ignore named a check that does not exist."""
+
+
+def builtin_checks() -> list[type[Check]]:
+    """The checks shipped with convcheck, in code order."""
+    from convcheck.checks import ALL
+
+    return list(ALL)
+
+
+def third_party_checks() -> list[type[Check]]:
+    """Checks other packages register under the ``convcheck.checks`` entry-point group."""
+    found = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        if inspect.isclass(obj) and issubclass(obj, Check):
+            found.append(obj)
+    return found
+
+
+def all_checks() -> list[type[Check]]:
+    """Every available check, built-in first."""
+    return builtin_checks() + third_party_checks()
+
+
+def find_check(code_or_name: str) -> type[Check] | None:
+    """The check with this code (any case) or name."""
+    wanted = code_or_name.strip().lower()
+    for check in all_checks():
+        if wanted in (check.code.lower(), check.name.lower()):
+            return check
+    return None
+
+
+def select_checks(select: list[str], ignore: list[str]) -> list[Check]:
+    """Instances of the checks left after --select and --ignore; unknown codes are an error."""
+    checks = all_checks()
+
+    def resolve(items: list[str]) -> set[str]:
+        codes = set()
+        for item in items:
+            match = find_check(item)
+            if match is None:
+                known = ", ".join(f"{c.code} ({c.name})" for c in checks)
+                raise SelectionError(f"Unknown check {item!r}. Known checks: {known}.")
+            codes.add(match.code)
+        return codes
+
+    selected = resolve(select) if select else {c.code for c in checks}
+    ignored = resolve(ignore)
+    return [c() for c in checks if c.code in selected and c.code not in ignored]

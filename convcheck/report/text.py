@@ -1,0 +1,136 @@
+"""The human report: findings grouped by severity, each with location, evidence and fix."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from convcheck.findings import Finding, Report, Severity
+
+_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.INFO: "bold cyan"}
+_STATUS = {
+    "completed": "the script ran to its end",
+    "stopped-at-budget": "stopped at the step budget",
+    "no-training-step": "no training step observed",
+    "crashed": "the script crashed",
+    "timeout": "stopped at the timeout",
+    "interrupted": "interrupted",
+    "not-run": "not run",
+}
+
+
+class FindingView:
+    """One finding as the terminal shows it."""
+
+    def __init__(self, finding: Finding) -> None:
+        self.finding = finding
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        f = self.finding
+        head = Text()
+        head.append(f" {f.severity.value.upper():<7}", style=_STYLE[f.severity])
+        head.append(f" {f.code} ", style="bold")
+        head.append(f.name)
+        if f.location is not None:
+            head.append(f"  {f.location}", style="underline")
+        head.append(f"  [{f.source}]", style="dim")
+        yield head
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(overflow="fold")
+        grid.add_row("", Text(f.message))
+        if f.evidence:
+            grid.add_row("evidence", Text(_evidence_text(f.evidence)))
+        if f.fix:
+            grid.add_row("fix", Text(f.fix, style="green"))
+        yield Padding(grid, (0, 0, 1, 2))
+
+
+class ReportView:
+    """The whole report: header, findings by severity, run notes, summary line."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        report, run = self.report, self.report.run
+        steps = max((p.steps for p in run.processes), default=0)
+        trainers = [p for p in run.processes if p.steps or p.backwards]
+        header = Text()
+        header.append("convcheck ", style="bold")
+        header.append(report.script, style="bold")
+        header.append(
+            f" — {len(trainers) or len(run.processes)} training process(es), up to {steps} step(s) each, "
+            f"{_STATUS[run.status]} ({run.wall_seconds:.1f} s)"
+        )
+        yield header
+        yield Text("")
+        if run.error:
+            style = "red" if run.status in ("crashed", "timeout") else "yellow"
+            yield Padding(Text(run.error, style=style), (0, 0, 1, 2))
+        for where in run.hung_at:
+            yield Padding(Text(f"hung at {where}", style="red"), (0, 0, 0, 2))
+        if run.hung_at:
+            yield Text("")
+        for severity in Severity:
+            group = [f for f in report.findings if f.severity == severity]
+            if group:
+                yield Group(*(FindingView(f) for f in group))
+        if run.redirected_saves:
+            yield Text("Files the script saved during the run went to a scratch folder (yours were not touched):")
+            for save in run.redirected_saves:
+                where = f"  ({_short(save.get('file'))}:{save.get('line')})" if save.get("file") else ""
+                yield Text(f"  {save.get('path')}{where}", style="dim")
+            yield Text("")
+        yield Text(_summary_line(report), style="bold")
+
+
+def _summary_line(report: Report) -> str:
+    counts = {s: sum(1 for f in report.findings if f.severity == s) for s in Severity}
+    parts = [
+        f"{counts[Severity.ERROR]} error{'s' if counts[Severity.ERROR] != 1 else ''}",
+        f"{counts[Severity.WARNING]} warning{'s' if counts[Severity.WARNING] != 1 else ''}",
+        f"{counts[Severity.INFO]} info",
+    ]
+    return ", ".join(parts) + f" · run {_STATUS[report.run.status]}"
+
+
+def _evidence_text(evidence: dict[str, Any]) -> str:
+    parts = []
+    for key, value in evidence.items():
+        shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        if len(shown) > 160:
+            shown = shown[:157] + "..."
+        parts.append(f"{key}={shown}")
+    return "; ".join(parts)
+
+
+def _short(path: str | None) -> str:
+    import os
+
+    if not path:
+        return ""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
+
+
+def render(report: Report, width: int = 100) -> str:
+    """The report as plain text at a fixed width (for files and tests)."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, highlight=False, soft_wrap=False)
+    console.print(ReportView(report))
+    return buffer.getvalue()
+
+
+def print_report(report: Report, console: Console | None = None) -> None:
+    """Print the report to a terminal, with colour when it is one."""
+    (console or Console(highlight=False)).print(ReportView(report))

@@ -1,0 +1,236 @@
+"""``convcheck run`` from start to end: static pass, launch, analysis, report, exit code."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convcheck.exitcodes import ExitCode
+from convcheck.findings import Finding, ProcessSummary, Report, RunSummary, Severity
+
+
+@dataclass
+class RunOptions:
+    """Everything ``convcheck run`` was asked to do."""
+
+    script: Path
+    script_args: list[str] = field(default_factory=list)
+    nproc_per_node: int | None = None
+    steps: int = 20
+    max_batches_per_epoch: int | None = None
+    timeout: float = 300.0
+    output_format: str = "text"
+    output: Path | None = None
+    fail_on: str = "error"
+    select: list[str] = field(default_factory=list)
+    ignore: list[str] = field(default_factory=list)
+    show_output: bool = False
+    keep_run_dir: bool = False
+
+
+class UserError(Exception):
+    """Bad input: reported as one paragraph with exit code 2."""
+
+
+def execute(options: RunOptions) -> ExitCode:
+    """Run the whole pipeline and return the exit code; never raises."""
+    try:
+        report, code = diagnose(options)
+    except UserError as exc:
+        _error(str(exc))
+        return ExitCode.CANNOT_RUN
+    except KeyboardInterrupt:
+        _error("Interrupted: every process the run started was stopped.")
+        return ExitCode.INTERRUPTED
+    except Exception as exc:  # a bug in convcheck: one paragraph, not a traceback
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        _error(
+            f"convcheck failed internally ({type(exc).__name__}: {exc}) at "
+            f"{Path(where.filename).name}:{where.lineno}. This is a bug in convcheck; please report it "
+            "with the command you ran."
+        )
+        return ExitCode.INTERNAL_ERROR
+    try:
+        write_report(report, options)
+    except OSError as exc:
+        _error(f"Cannot write the report to {options.output}: {exc.strerror or exc}.")
+        return ExitCode.CANNOT_RUN
+    return code
+
+
+def diagnose(options: RunOptions) -> tuple[Report, ExitCode]:
+    """Static pass, instrumented run and analysis; the report and its exit code."""
+    from convcheck.analysis import run_checks
+    from convcheck.registry import SelectionError, select_checks
+    from convcheck.static.context import ScriptError, load_script
+
+    script = options.script
+    try:
+        checks = select_checks(options.select, options.ignore)
+    except SelectionError as exc:
+        raise UserError(str(exc)) from exc
+    try:
+        ctx = load_script(script)
+    except ScriptError as exc:
+        raise UserError(str(exc)) from exc
+
+    from convcheck.runtime.launcher import LaunchSpec, launch
+    from convcheck.runtime.trace import read_trace_dir
+
+    run_dir = Path(tempfile.mkdtemp(prefix="convcheck-run-"))
+    try:
+        spec = LaunchSpec(
+            script=script.resolve(), script_args=options.script_args, run_dir=run_dir, steps=options.steps,
+            timeout=options.timeout, nproc_per_node=options.nproc_per_node,
+            max_batches_per_epoch=options.max_batches_per_epoch, show_output=options.show_output,
+        )
+        launched = launch(spec)
+        trace = read_trace_dir(launched.trace_dir, world_size=options.nproc_per_node or 1, steps_budget=options.steps)
+        summary = summarize_run(launched, trace, options)
+        findings, check_errors = run_checks(checks, ctx, trace, runtime=summary.status != "not-run")
+    finally:
+        if not options.keep_run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    if check_errors:
+        summary.error = "; ".join(filter(None, [summary.error, *check_errors]))
+    report = Report(script=str(script), findings=findings, run=summary)
+    return report, exit_code_for(report, options.fail_on)
+
+
+def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: ANN001
+    """How the run went, from the launcher's view and the traces."""
+    from convcheck.runtime.trace import RunTrace
+
+    trace: RunTrace
+    by_pid = {p.pid: p for p in trace.processes}
+    processes = []
+    for worker in launched.workers:
+        proc = by_pid.get(worker.pid)
+        outcome = worker.outcome
+        processes.append(
+            ProcessSummary(
+                pid=worker.pid, rank=(proc.rank if proc is not None and proc.rank is not None else worker.rank),
+                role="worker", exit_code=worker.returncode,
+                steps=outcome.get("steps", proc.steps if proc else 0),
+                backwards=len(proc.of("backward")) if proc else 0,
+                crashed=outcome.get("status") == "crashed" or (worker.returncode not in (0, None) and not outcome),
+                error=outcome.get("error"),
+            )
+        )
+    for proc in trace.processes:
+        if proc.pid in {w.pid for w in launched.workers} or not proc.is_trainer:
+            continue
+        processes.append(
+            ProcessSummary(pid=proc.pid, rank=proc.rank, role="child", steps=proc.steps,
+                           backwards=len(proc.of("backward")))
+        )
+    total_steps = sum(p.steps for p in processes)
+    summary = RunSummary(
+        steps_budget=options.steps, nproc_per_node=options.nproc_per_node or 1,
+        wall_seconds=round(launched.wall_seconds, 2), processes=processes, script_argv=options.script_args,
+    )
+    saves = {}
+    for _, event in trace.events("save"):
+        if event.get("redirected_to"):
+            loc = event.get("loc") or [None, None]
+            saves[(event.get("path"), loc[0], loc[1])] = {"path": event.get("path"), "file": loc[0], "line": loc[1]}
+    summary.redirected_saves = list(saves.values())
+    failed = [w for w in launched.workers if w.outcome.get("status") == "crashed" or w.returncode not in (0, None)]
+    if launched.interrupted:
+        summary.status = "interrupted"
+    elif launched.timed_out:
+        summary.status = "timeout"
+        summary.error = f"The run did not finish within --timeout {options.timeout:g} s and was stopped."
+        summary.hung_at = _hang_locations(launched.stacks, options.script)
+    elif failed:
+        first = launched.workers[launched.first_failure] if launched.first_failure is not None else failed[0]
+        summary.status = "crashed"
+        summary.error = _failure_text(first, options)
+    elif total_steps == 0:
+        summary.status = "no-training-step"
+        summary.error = (
+            "No training step observed: the script ran to its end without calling optimizer.step() "
+            "(or scaler.step()). convcheck needs at least one step to check training."
+        )
+    else:
+        statuses = {w.outcome.get("status") for w in launched.workers}
+        summary.status = "stopped-at-budget" if "stopped-at-budget" in statuses else "completed"
+    return summary
+
+
+def _failure_text(worker, options: RunOptions) -> str:  # noqa: ANN001
+    who = f"rank {worker.rank}" if options.nproc_per_node is not None else "the script"
+    outcome = worker.outcome
+    tail = outcome.get("traceback") or worker.stderr_tail
+    tail = "\n".join(tail.strip().splitlines()[-15:])
+    if outcome.get("error"):
+        head = f"{who} failed: {outcome['error']}"
+    elif worker.returncode is not None and worker.returncode < 0:
+        head = f"{who} was killed by signal {-worker.returncode}"
+    else:
+        head = f"{who} exited with code {worker.returncode}"
+    return f"{head}\n{tail}" if tail else head
+
+
+def _hang_locations(stacks: dict[int, str], script: Path) -> list[str]:
+    """For each hung process, the innermost frame in the user's script, from its stack dump."""
+    found = []
+    name = script.name
+    for pid, text in sorted(stacks.items()):
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("File ") and name in line:
+                found.append(f"pid {pid}: {line}")
+                break
+    return found
+
+
+def exit_code_for(report: Report, fail_on: str) -> ExitCode:
+    """Map the run's outcome and findings to the documented exit code."""
+    status = report.run.status
+    steps = sum(p.steps for p in report.run.processes)
+    if status == "interrupted":
+        return ExitCode.INTERRUPTED
+    if status == "timeout":
+        return ExitCode.TIMEOUT
+    if status == "crashed":
+        return ExitCode.CRASHED if steps else ExitCode.CANNOT_RUN
+    if status == "no-training-step":
+        return ExitCode.NO_TRAINING_STEP
+    if fail_on != "never" and report.at_or_above(Severity(fail_on)):
+        return ExitCode.FINDINGS
+    return ExitCode.OK
+
+
+def write_report(report: Report, options: RunOptions) -> None:
+    """Render the report in the chosen format to stdout or --output."""
+    from convcheck.report import render
+
+    if options.output is None and options.output_format == "text":
+        from convcheck.report.text import print_report
+
+        print_report(report)
+        return
+    text = render(report, options.output_format)
+    if options.output is None:
+        sys.stdout.write(text)
+        return
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    options.output.write_text(text, encoding="utf-8")
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"convcheck: {message}\n")
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Most severe first, then by code and location."""
+    return sorted(
+        findings,
+        key=lambda f: (-f.severity.rank, f.code, f.location.path if f.location else "",
+                       (f.location.line or 0) if f.location else 0),
+    )

@@ -1,0 +1,1 @@
+"""Running a user's script under instrumentation: launcher (parent), probe (workers), traces."""

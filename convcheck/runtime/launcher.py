@@ -1,0 +1,224 @@
+"""The parent side of a run: start the worker processes, watch them, always clean up.
+
+Each worker leads its own process group, so killing the group also ends the
+DataLoader workers and mp.spawn children it started. A run always ends: at the
+step budget (the probe stops the script), at the script's own end, when a worker
+dies (the others are stopped), at the timeout, or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convcheck.runtime import env
+
+_POLL_S = 0.05
+#: After one worker fails, how long the others get to fail on their own (gloo peers fail fast).
+_PEER_GRACE_S = 3.0
+#: How long processes get to write their stack dumps before they are killed.
+_STACK_DUMP_WAIT_S = 0.5
+_TAIL_CHARS = 4000
+
+
+@dataclass
+class LaunchSpec:
+    """What to start."""
+
+    script: Path
+    script_args: list[str]
+    run_dir: Path
+    steps: int
+    timeout: float
+    nproc_per_node: int | None = None
+    max_batches_per_epoch: int | None = None
+    show_output: bool = False
+    python: str = sys.executable
+
+
+@dataclass
+class WorkerResult:
+    """How one worker process ended."""
+
+    index: int
+    pid: int
+    rank: int | None
+    returncode: int | None
+    outcome: dict = field(default_factory=dict)
+    stderr_tail: str = ""
+    stdout_tail: str = ""
+    killed: bool = False
+
+
+@dataclass
+class LaunchResult:
+    """How the whole launch ended."""
+
+    workers: list[WorkerResult]
+    trace_dir: Path
+    scratch_dir: Path
+    timed_out: bool = False
+    interrupted: bool = False
+    wall_seconds: float = 0.0
+    stacks: dict[int, str] = field(default_factory=dict)
+    first_failure: int | None = None
+
+
+def free_port() -> int:
+    """A TCP port that is free on localhost right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def site_dir() -> str:
+    """The folder whose sitecustomize loads the probe into every process."""
+    from convcheck.runtime import site
+
+    return os.path.dirname(os.path.abspath(site.__file__))
+
+
+def worker_env(spec: LaunchSpec, rank: int, port: int) -> dict[str, str]:
+    """The environment of one worker: the user's, plus the run's settings and the probe's site folder."""
+    environ = dict(os.environ)
+    original = environ.get("PYTHONPATH", "")
+    parts = [site_dir()] + ([original] if original else [])
+    environ["PYTHONPATH"] = os.pathsep.join(parts)
+    environ[env.ORIGINAL_PYTHONPATH] = original
+    environ[env.TRACE_DIR] = str(spec.run_dir / "trace")
+    environ[env.SCRATCH_DIR] = str(spec.run_dir / "scratch")
+    environ[env.STEPS] = str(spec.steps)
+    if spec.max_batches_per_epoch:
+        environ[env.MAX_BATCHES] = str(spec.max_batches_per_epoch)
+    else:
+        environ.pop(env.MAX_BATCHES, None)
+    environ["PYTHONUNBUFFERED"] = "1"
+    environ["PYTHONFAULTHANDLER"] = "1"
+    if spec.nproc_per_node is not None:
+        world = spec.nproc_per_node
+        environ.update(
+            RANK=str(rank), LOCAL_RANK=str(rank), GROUP_RANK="0", ROLE_RANK=str(rank),
+            WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), ROLE_WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCHELASTIC_RUN_ID="convcheck",
+        )
+    return environ
+
+
+def launch(spec: LaunchSpec) -> LaunchResult:
+    """Start the workers, wait for them under the watchdog, and clean up every process."""
+    trace_dir = spec.run_dir / "trace"
+    scratch_dir = spec.run_dir / "scratch"
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    count = spec.nproc_per_node or 1
+    procs: list[subprocess.Popen] = []
+    logs = []
+    result = LaunchResult(workers=[], trace_dir=trace_dir, scratch_dir=scratch_dir)
+    start = time.monotonic()
+    try:
+        for rank in range(count):
+            out_path = spec.run_dir / f"stdout-{rank}.txt"
+            err_path = spec.run_dir / f"stderr-{rank}.txt"
+            stdout = None if spec.show_output else open(out_path, "wb")
+            stderr = None if spec.show_output else open(err_path, "wb")
+            logs.append((out_path, err_path, stdout, stderr))
+            cmd = [spec.python, "-m", "convcheck.runtime.worker", str(spec.script), *spec.script_args]
+            procs.append(
+                subprocess.Popen(
+                    cmd, env=worker_env(spec, rank, port), stdin=subprocess.DEVNULL,
+                    stdout=stdout, stderr=stderr, start_new_session=True,
+                )
+            )
+        _wait(procs, spec, result, start)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        if result.timed_out:
+            result.stacks = _dump_stacks(procs, trace_dir)
+        _kill_all(procs)
+        result.wall_seconds = time.monotonic() - start
+        for _, _, stdout, stderr in logs:
+            for handle in (stdout, stderr):
+                if handle is not None:
+                    handle.close()
+    for index, proc in enumerate(procs):
+        out_path, err_path, _, _ = logs[index]
+        worker = WorkerResult(
+            index=index, pid=proc.pid, rank=index if spec.nproc_per_node is not None else None,
+            returncode=proc.returncode, stderr_tail=_tail(err_path), stdout_tail=_tail(out_path),
+        )
+        exit_file = trace_dir / f"exit-{proc.pid}.json"
+        if exit_file.exists():
+            try:
+                worker.outcome = json.loads(exit_file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                pass
+        worker.killed = not worker.outcome
+        result.workers.append(worker)
+    return result
+
+
+def _wait(procs: list[subprocess.Popen], spec: LaunchSpec, result: LaunchResult, start: float) -> None:
+    failed_at: float | None = None
+    while True:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes):
+            return
+        now = time.monotonic()
+        for index, code in enumerate(codes):
+            if code not in (None, 0) and result.first_failure is None:
+                result.first_failure = index
+                failed_at = now
+        if failed_at is not None and now - failed_at > _PEER_GRACE_S:
+            return
+        if now - start > spec.timeout:
+            result.timed_out = True
+            return
+        time.sleep(_POLL_S)
+
+
+def _dump_stacks(procs: list[subprocess.Popen], trace_dir: Path) -> dict[int, str]:
+    """Ask every live worker where it is (faulthandler on SIGUSR1) before killing it."""
+    alive = [p for p in procs if p.poll() is None]
+    for proc in alive:
+        try:
+            os.kill(proc.pid, signal.SIGUSR1)
+        except (ProcessLookupError, PermissionError):
+            pass
+    time.sleep(_STACK_DUMP_WAIT_S if alive else 0)
+    stacks = {}
+    for path in trace_dir.glob("stack-*.txt"):
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        if text:
+            stacks[int(path.stem.split("-", 1)[1])] = text
+    return stacks
+
+
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    """Kill each worker's whole process group: no orphan survives the run."""
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _tail(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    return data[-_TAIL_CHARS:].decode("utf-8", errors="replace")

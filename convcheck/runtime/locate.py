@@ -1,0 +1,53 @@
+"""Point at the user's line: the first stack frame outside torch, convcheck and the stdlib."""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+
+import convcheck
+
+_SKIP_PREFIXES = tuple(
+    os.path.normcase(os.path.realpath(p)) + os.sep
+    for p in {
+        os.path.dirname(convcheck.__file__),
+        sysconfig.get_paths()["stdlib"],
+    }
+)
+_torch_dir: str | None = None
+
+
+def _skipped(filename: str) -> bool:
+    global _torch_dir
+    if filename.startswith("<"):
+        return True
+    if _torch_dir is None:
+        torch = sys.modules.get("torch")
+        if torch is not None and getattr(torch, "__file__", None):
+            _torch_dir = os.path.normcase(os.path.dirname(os.path.realpath(torch.__file__))) + os.sep
+    path = os.path.normcase(filename)
+    if path.startswith(_SKIP_PREFIXES) or (_torch_dir and path.startswith(_torch_dir)):
+        return True
+    # realpath only for the rare path that is not already absolute and canonical.
+    if not os.path.isabs(filename):
+        path = os.path.normcase(os.path.realpath(filename))
+        return path.startswith(_SKIP_PREFIXES) or bool(_torch_dir and path.startswith(_torch_dir))
+    return False
+
+
+_cache: dict[str, bool] = {}
+
+
+def user_location(depth: int = 2) -> tuple[str, int] | None:
+    """(file, line) of the innermost caller that is the user's code, or None."""
+    frame = sys._getframe(depth)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        skipped = _cache.get(filename)
+        if skipped is None:
+            skipped = _cache[filename] = _skipped(filename)
+        if not skipped:
+            return filename, frame.f_lineno
+        frame = frame.f_back
+    return None

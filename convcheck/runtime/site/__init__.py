@@ -1,0 +1,1 @@
+"""Folder put first on PYTHONPATH during a run so that every Python process loads the probe."""

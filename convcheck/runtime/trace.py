@@ -1,0 +1,173 @@
+"""Trace I/O: each process appends JSON lines to its own file; the parent reads them all.
+
+Probes only record: every event is a plain dict with an ``ev`` key. A writer thread
+flushes to disk a few times a second so that a process killed at the timeout
+still leaves its trace behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Event = dict[str, Any]
+
+_FLUSH_INTERVAL_S = 0.25
+
+
+class TraceWriter:
+    """Buffers events in memory and appends them to ``trace-<pid>.jsonl``."""
+
+    def __init__(self, trace_dir: str) -> None:
+        self.trace_dir = trace_dir
+        self._pending: list[Event] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.trace_dir, f"trace-{self._pid}.jsonl")
+
+    def emit(self, event: Event) -> None:
+        """Queue one event; cheap enough for every step."""
+        self._pending.append(event)
+        if self._thread is None and not self._closed:
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="convcheck-trace", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._closed:
+            threading.Event().wait(_FLUSH_INTERVAL_S)
+            self.flush()
+
+    def flush(self) -> None:
+        """Append every queued event to the file (safe to call from any thread)."""
+        with self._lock:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, []
+            lines = "".join(json.dumps(e, default=_jsonable) + "\n" for e in batch)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(lines)
+
+    def close(self) -> None:
+        """Final flush; the writer thread stops."""
+        self._closed = True
+        self.flush()
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: drop the parent's queue and write to the child's own file."""
+        self._pending = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._thread = None
+        self._closed = False
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+@dataclass
+class ProcessTrace:
+    """Everything one process recorded, in order."""
+
+    pid: int
+    events: list[Event] = field(default_factory=list)
+
+    def of(self, *kinds: str) -> list[Event]:
+        """The events of these kinds, in order."""
+        return [e for e in self.events if e["ev"] in kinds]
+
+    def first(self, kind: str) -> Event | None:
+        """The first event of this kind."""
+        return next((e for e in self.events if e["ev"] == kind), None)
+
+    @property
+    def header(self) -> Event:
+        return self.first("process") or {}
+
+    @property
+    def rank(self) -> int | None:
+        """The process's rank: from init_process_group if it called it, else from RANK."""
+        init = self.first("dist_init")
+        if init is not None:
+            return init.get("rank")
+        return self.header.get("rank")
+
+    @property
+    def world_size(self) -> int:
+        init = self.first("dist_init")
+        if init is not None:
+            return int(init.get("world_size") or 1)
+        return int(self.header.get("world_size") or 1)
+
+    @property
+    def steps(self) -> int:
+        return len(self.of("step"))
+
+    @property
+    def is_trainer(self) -> bool:
+        """Did this process run training steps (as opposed to a launcher or data worker)?"""
+        return any(e["ev"] in ("step", "backward") for e in self.events)
+
+    @property
+    def crash(self) -> Event | None:
+        return self.first("crash")
+
+
+@dataclass
+class RunTrace:
+    """The traces of every process one run started."""
+
+    processes: list[ProcessTrace]
+    world_size: int = 1
+    steps_budget: int = 0
+
+    @property
+    def trainers(self) -> list[ProcessTrace]:
+        """Processes that trained, ordered by rank."""
+        found = [p for p in self.processes if p.is_trainer]
+        return sorted(found, key=lambda p: (p.rank if p.rank is not None else 1 << 30, p.pid))
+
+    def events(self, *kinds: str) -> Iterator[tuple[ProcessTrace, Event]]:
+        """Every event of these kinds across processes, with its process."""
+        for proc in self.processes:
+            for event in proc.events:
+                if event["ev"] in kinds:
+                    yield proc, event
+
+
+def read_trace_dir(trace_dir: str | Path, world_size: int = 1, steps_budget: int = 0) -> RunTrace:
+    """Read every process's trace file; a torn last line (killed mid-write) is dropped."""
+    processes = []
+    for path in sorted(Path(trace_dir).glob("trace-*.jsonl")):
+        pid = int(path.stem.split("-", 1)[1])
+        events = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        processes.append(ProcessTrace(pid=pid, events=events))
+    return RunTrace(processes=processes, world_size=world_size, steps_budget=steps_budget)
+
+
+def load_events(events: list[Event], pid: int = 1) -> ProcessTrace:
+    """A ProcessTrace from a list of events (for tests of checks on recorded traces)."""
+    return ProcessTrace(pid=pid, events=list(events))

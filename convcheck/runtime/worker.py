@@ -1,0 +1,79 @@
+"""The process the launcher starts: runs the user's script as ``__main__`` under the probe.
+
+Usage (set up by the launcher): ``python -m convcheck.runtime.worker SCRIPT [ARGS...]``.
+How the script ended goes to ``exit-<pid>.json`` in the trace folder, even when the
+script crashed before importing torch (and so before any probe existed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import sys
+import traceback
+
+from convcheck.runtime import env
+from convcheck.runtime import probe as probe_mod
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback without convcheck's and runpy's own frames."""
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__)
+        if "convcheck" + os.sep + "runtime" not in f.filename and not f.filename.endswith("runpy.py")
+    ]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    lines.extend(traceback.format_exception_only(type(exc), exc))
+    return "".join(lines)
+
+
+def _run(script: str) -> dict:
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except probe_mod.StopRun:
+        return {"status": "stopped-at-budget", "code": 0}
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == 0:
+            return {"status": "completed", "code": 0}
+        return {"status": "crashed", "code": code, "error": f"the script called sys.exit({exc.code!r})"}
+    except KeyboardInterrupt:
+        return {"status": "interrupted", "code": 130}
+    except BaseException as exc:  # the user's error: reported, not raised
+        text = _user_traceback(exc)
+        sys.stderr.write(text)
+        return {"status": "crashed", "code": 1, "error": f"{type(exc).__name__}: {exc}", "traceback": text}
+    return {"status": "completed", "code": 0}
+
+
+def main() -> None:
+    """Run the script; record how it ended; leave without interpreter teardown."""
+    script = os.path.abspath(sys.argv[1])
+    sys.argv = [sys.argv[1], *sys.argv[2:]]
+    sys.path[0] = os.path.dirname(script)
+    probe_mod.ENTRY_PID = os.getpid()
+    trace_dir = os.environ.get(env.TRACE_DIR)
+    if trace_dir:
+        probe_mod.register_stack_dump(trace_dir)
+
+    outcome = _run(script)
+    probe = probe_mod.active_probe()
+    if probe is not None:
+        outcome["steps"] = probe.step_count
+        if outcome["status"] == "crashed":
+            probe.emit("crash", error=outcome.get("error"), traceback=outcome.get("traceback", ""),
+                       step=probe.step_count)
+    if trace_dir:
+        with open(os.path.join(trace_dir, f"exit-{os.getpid()}.json"), "w", encoding="utf-8") as fh:
+            json.dump(outcome, fh)
+    if probe is not None:
+        probe.stopping = outcome["status"] == "stopped-at-budget"
+        probe.hard_exit(int(outcome["code"]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(outcome["code"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The static pass: one parse of the script; checks read facts from it."""
