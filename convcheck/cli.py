@@ -66,6 +66,9 @@ def run(
     select: Annotated[Optional[str], typer.Option(help="Only these checks: codes or names, comma-separated.")] = None,
     ignore: Annotated[Optional[str], typer.Option(help="Skip these checks: codes or names, comma-separated.")] = None,
     show_output: Annotated[bool, typer.Option(help="Stream the script's own stdout/stderr.")] = False,
+    trace_dir: Annotated[
+        Optional[Path], typer.Option(help="Keep the per-process traces (JSON lines) in this folder.")
+    ] = None,
 ) -> None:
     """Run SCRIPT for a few steps under instrumentation and report why it may not converge."""
     from convcheck.runner import RunOptions, execute
@@ -83,6 +86,7 @@ def run(
         select=_split_codes(select),
         ignore=_split_codes(ignore),
         show_output=show_output,
+        trace_dir=trace_dir,
     )
     raise typer.Exit(int(execute(options)))
 

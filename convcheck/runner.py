@@ -29,7 +29,7 @@ class RunOptions:
     select: list[str] = field(default_factory=list)
     ignore: list[str] = field(default_factory=list)
     show_output: bool = False
-    keep_run_dir: bool = False
+    trace_dir: Path | None = None
 
 
 class UserError(Exception):
@@ -81,7 +81,13 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode]:
     from convcheck.runtime.launcher import LaunchSpec, launch
     from convcheck.runtime.trace import read_trace_dir
 
-    run_dir = Path(tempfile.mkdtemp(prefix="convcheck-run-"))
+    if options.trace_dir is not None:
+        run_dir = options.trace_dir.resolve()
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(f"--trace-dir {options.trace_dir} is not empty: give a new or empty folder.")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = Path(tempfile.mkdtemp(prefix="convcheck-run-"))
     try:
         spec = LaunchSpec(
             script=script.resolve(), script_args=options.script_args, run_dir=run_dir, steps=options.steps,
@@ -93,7 +99,9 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode]:
         summary = summarize_run(launched, trace, options)
         findings, check_errors = run_checks(checks, ctx, trace, runtime=summary.status != "not-run")
     finally:
-        if not options.keep_run_dir:
+        # Files the script saved are evidence only while the run is analysed.
+        shutil.rmtree(run_dir / "scratch", ignore_errors=True)
+        if options.trace_dir is None:
             shutil.rmtree(run_dir, ignore_errors=True)
     if check_errors:
         summary.error = "; ".join(filter(None, [summary.error, *check_errors]))
@@ -147,7 +155,8 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
         summary.error = f"The run did not finish within --timeout {options.timeout:g} s and was stopped."
         summary.hung_at = _hang_locations(launched.stacks, options.script)
     elif failed:
-        first = launched.workers[launched.first_failure] if launched.first_failure is not None else failed[0]
+        # The root cause failed first; its peers fail after it (gloo: "connection closed by peer").
+        first = min(failed, key=lambda w: (w.outcome.get("time", float("inf")), w.index))
         summary.status = "crashed"
         summary.error = _failure_text(first, options)
     elif total_steps == 0:

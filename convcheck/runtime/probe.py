@@ -126,6 +126,9 @@ class Probe:
         orphaned DataLoader workers hold pipes open: os._exit after cleanup avoids both.
         """
         self.finish("stopped-at-budget" if self.stopping else "exited")
+        if self.is_entry():
+            write_exit_record({"status": "stopped-at-budget" if self.stopping else "completed", "code": code,
+                               "steps": self.step_count})
         for child in multiprocessing.active_children():
             try:
                 child.terminate()
@@ -775,6 +778,21 @@ def register_stack_dump(trace_dir: str) -> None:
     handle = open(os.path.join(trace_dir, f"stack-{os.getpid()}.txt"), "w", encoding="utf-8")
     _stack_files[os.getpid()] = handle
     faulthandler.register(signal.SIGUSR1, file=handle, all_threads=True, chain=False)
+
+
+def write_exit_record(outcome: dict[str, Any]) -> None:
+    """How the entry process ended, for the launcher: ``exit-<pid>.json`` (first write wins)."""
+    trace_dir = os.environ.get(env.TRACE_DIR)
+    if not trace_dir:
+        return
+    path = os.path.join(trace_dir, f"exit-{os.getpid()}.json")
+    if os.path.exists(path):
+        return
+    import json
+    import time
+
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump({**outcome, "time": time.time()}, fh)
 
 
 def active_probe() -> Probe | None:

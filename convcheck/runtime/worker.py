@@ -7,7 +7,6 @@ script crashed before importing torch (and so before any probe existed).
 
 from __future__ import annotations
 
-import json
 import os
 import runpy
 import sys
@@ -21,7 +20,9 @@ def _user_traceback(exc: BaseException) -> str:
     """The traceback without convcheck's and runpy's own frames."""
     frames = [
         f for f in traceback.extract_tb(exc.__traceback__)
-        if "convcheck" + os.sep + "runtime" not in f.filename and not f.filename.endswith("runpy.py")
+        if "convcheck" + os.sep + "runtime" not in f.filename
+        and not f.filename.endswith("runpy.py")
+        and not f.filename.startswith("<frozen")
     ]
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
     lines.extend(traceback.format_exception_only(type(exc), exc))
@@ -64,9 +65,7 @@ def main() -> None:
         if outcome["status"] == "crashed":
             probe.emit("crash", error=outcome.get("error"), traceback=outcome.get("traceback", ""),
                        step=probe.step_count)
-    if trace_dir:
-        with open(os.path.join(trace_dir, f"exit-{os.getpid()}.json"), "w", encoding="utf-8") as fh:
-            json.dump(outcome, fh)
+    probe_mod.write_exit_record(outcome)
     if probe is not None:
         probe.stopping = outcome["status"] == "stopped-at-budget"
         probe.hard_exit(int(outcome["code"]))

@@ -1,0 +1,64 @@
+"""Running convcheck the way users do, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+EXAMPLES = REPO / "examples"
+
+
+@dataclass
+class Result:
+    """A finished ``convcheck`` process."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def report(self) -> dict:
+        return json.loads(self.stdout)
+
+    def findings(self, code: str | None = None) -> list[dict]:
+        found = self.report["findings"]
+        return [f for f in found if code is None or f["code"] == code]
+
+
+def convcheck(*args: str | os.PathLike, cwd: Path | None = None, timeout: float = 120) -> Result:
+    """Run ``python -m convcheck ARGS`` and capture its output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "convcheck", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def read_traces(trace_dir: Path) -> list[list[dict]]:
+    """Every process's events from a --trace-dir folder."""
+    traces = []
+    for path in sorted((trace_dir / "trace").glob("trace-*.jsonl")):
+        traces.append([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    return traces
+
+
+def processes_running(needle: str) -> list[str]:
+    """Command lines of live processes that mention ``needle``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if needle in cmdline and "State:\tZ" not in status:
+            found.append(cmdline)
+    return found
