@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -14,6 +15,14 @@ if TYPE_CHECKING:
     from convcheck.static.context import StaticContext
 
 ENTRY_POINT_GROUP = "convcheck.checks"
+
+
+@dataclass(frozen=True)
+class RunVariant:
+    """Another run of the same script that a check needs as evidence (e.g. a repeat, a world size)."""
+
+    nproc_per_node: int | None
+    steps: int
 
 
 class Check:
@@ -35,6 +44,13 @@ class Check:
     def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
         """Findings from what the run recorded (with the source for context)."""
         return ()
+
+    def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
+        """Further runs this check needs, by label; their traces arrive as ``run.variants[label]``.
+
+        Runs with the same label are shared between checks and launched alongside the main run.
+        """
+        return {}
 
     @classmethod
     def evidence_kinds(cls) -> list[str]:

@@ -78,7 +78,8 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode]:
     except ScriptError as exc:
         raise UserError(str(exc)) from exc
 
-    from convcheck.runtime.launcher import LaunchSpec, launch
+    from convcheck.registry import RunVariant
+    from convcheck.runtime.launcher import LaunchSpec, launch_many
     from convcheck.runtime.trace import read_trace_dir
 
     if options.trace_dir is not None:
@@ -89,13 +90,28 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode]:
     else:
         run_dir = Path(tempfile.mkdtemp(prefix="convcheck-run-"))
     try:
-        spec = LaunchSpec(
-            script=script.resolve(), script_args=options.script_args, run_dir=run_dir, steps=options.steps,
-            timeout=options.timeout, nproc_per_node=options.nproc_per_node,
-            max_batches_per_epoch=options.max_batches_per_epoch, show_output=options.show_output,
-        )
-        launched = launch(spec)
+        variants: dict[str, RunVariant] = {}
+        for check in checks:
+            variants.update(check.extra_runs(options.nproc_per_node, options.steps, ctx))
+
+        def spec_for(folder: Path, nproc: int | None, steps: int, show_output: bool) -> LaunchSpec:
+            return LaunchSpec(
+                script=script.resolve(), script_args=options.script_args, run_dir=folder, steps=steps,
+                timeout=options.timeout, nproc_per_node=nproc,
+                max_batches_per_epoch=options.max_batches_per_epoch, show_output=show_output,
+            )
+
+        specs = {"main": spec_for(run_dir, options.nproc_per_node, options.steps, options.show_output)}
+        for label, variant in variants.items():
+            specs[label] = spec_for(run_dir / "variants" / label, variant.nproc_per_node, variant.steps, False)
+        launches = launch_many(specs)
+        launched = launches.pop("main")
         trace = read_trace_dir(launched.trace_dir, world_size=options.nproc_per_node or 1, steps_budget=options.steps)
+        for label, other in launches.items():
+            variant = variants[label]
+            trace.variants[label] = read_trace_dir(
+                other.trace_dir, world_size=variant.nproc_per_node or 1, steps_budget=variant.steps
+            )
         summary = summarize_run(launched, trace, options)
         findings, check_errors = run_checks(checks, ctx, trace, runtime=summary.status != "not-run")
     finally:

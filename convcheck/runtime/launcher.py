@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,7 @@ def worker_env(spec: LaunchSpec, rank: int, port: int) -> dict[str, str]:
     return environ
 
 
-def launch(spec: LaunchSpec) -> LaunchResult:
+def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchResult:
     """Start the workers, wait for them under the watchdog, and clean up every process."""
     trace_dir = spec.run_dir / "trace"
     scratch_dir = spec.run_dir / "scratch"
@@ -137,7 +138,7 @@ def launch(spec: LaunchSpec) -> LaunchResult:
                     stdout=stdout, stderr=stderr, start_new_session=True,
                 )
             )
-        _wait(procs, spec, result, start)
+        _wait(procs, spec, result, start, cancel)
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
@@ -166,9 +167,34 @@ def launch(spec: LaunchSpec) -> LaunchResult:
     return result
 
 
-def _wait(procs: list[subprocess.Popen], spec: LaunchSpec, result: LaunchResult, start: float) -> None:
+def launch_many(specs: dict[str, LaunchSpec]) -> dict[str, LaunchResult]:
+    """Launch several runs side by side (a check's extra runs next to the main one)."""
+    if len(specs) == 1:
+        return {label: launch(spec) for label, spec in specs.items()}
+    from concurrent.futures import ThreadPoolExecutor
+
+    cancel = threading.Event()
+    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        futures = {label: pool.submit(launch, spec, cancel) for label, spec in specs.items()}
+        try:
+            return {label: future.result() for label, future in futures.items()}
+        except KeyboardInterrupt:
+            # Ctrl-C reaches this thread only: tell the launches to stop and clean up.
+            cancel.set()
+            for future in futures.values():
+                future.result()
+            raise
+
+
+def _wait(
+    procs: list[subprocess.Popen], spec: LaunchSpec, result: LaunchResult, start: float,
+    cancel: threading.Event | None,
+) -> None:
     failed_at: float | None = None
     while True:
+        if cancel is not None and cancel.is_set():
+            result.interrupted = True
+            return
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
             return

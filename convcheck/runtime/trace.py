@@ -138,6 +138,8 @@ class RunTrace:
     processes: list[ProcessTrace]
     world_size: int = 1
     steps_budget: int = 0
+    #: Traces of further runs that checks asked for (``Check.extra_runs``), by label.
+    variants: dict[str, RunTrace] = field(default_factory=dict)
 
     @property
     def trainers(self) -> list[ProcessTrace]:
