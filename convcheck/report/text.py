@@ -133,4 +133,9 @@ def render(report: Report, width: int = 100) -> str:
 
 def print_report(report: Report, console: Console | None = None) -> None:
     """Print the report to a terminal, with colour when it is one."""
-    (console or Console(highlight=False)).print(ReportView(report))
+    if console is None:
+        console = Console(highlight=False)
+        if not console.is_terminal:
+            # Piped into a file or a CI log: wide enough that tracebacks keep their lines.
+            console = Console(highlight=False, width=120)
+    console.print(ReportView(report))

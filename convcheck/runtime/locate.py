@@ -18,6 +18,11 @@ _SKIP_PREFIXES = tuple(
 _torch_dir: str | None = None
 
 
+def is_library_file(filename: str) -> bool:
+    """True for torch's, convcheck's and the standard library's (and site-packages') files."""
+    return _skipped(filename)
+
+
 def _skipped(filename: str) -> bool:
     global _torch_dir
     if filename.startswith("<"):

@@ -17,14 +17,14 @@ from convcheck.runtime import probe as probe_mod
 
 
 def _user_traceback(exc: BaseException) -> str:
-    """The traceback without convcheck's and runpy's own frames."""
-    frames = [
-        f for f in traceback.extract_tb(exc.__traceback__)
-        if "convcheck" + os.sep + "runtime" not in f.filename
-        and not f.filename.endswith("runpy.py")
-        and not f.filename.startswith("<frozen")
-    ]
-    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    """The traceback through the user's own frames, plus the innermost frame where it was raised."""
+    from convcheck.runtime.locate import is_library_file
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    kept = [f for f in frames if not is_library_file(f.filename)]
+    if frames and (not kept or kept[-1] is not frames[-1]):
+        kept.append(frames[-1])
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(kept)]
     lines.extend(traceback.format_exception_only(type(exc), exc))
     return "".join(lines)
 

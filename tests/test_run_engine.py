@@ -1,0 +1,182 @@
+"""End-to-end: real scripts through ``convcheck run``, asserting on traces and exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cc_testing import SCRIPTS, convcheck, processes_running, read_traces
+
+
+def _trainers(traces: list[list[dict]]) -> list[list[dict]]:
+    return [t for t in traces if any(e["ev"] == "step" for e in t)]
+
+
+def _kinds(events: list[dict], kind: str) -> list[dict]:
+    return [e for e in events if e["ev"] == kind]
+
+
+def test_single_process_trace_and_user_files_untouched(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(b"the user's precious checkpoint")
+    traces = tmp_path / "traces"
+    result = convcheck(
+        "run", "--steps", "7", "--max-batches-per-epoch", "3", "--format", "json", "--trace-dir", traces,
+        SCRIPTS / "single.py", "--lr", "0.25", "--ckpt", ckpt,
+    )
+    assert result.code == 0, result.stderr
+    report = result.report
+    assert report["run"]["status"] == "stopped-at-budget"
+    assert report["run"]["script_argv"] == ["--lr", "0.25", "--ckpt", str(ckpt)]
+    # The script's torch.save went to the scratch folder, reported, and the user's file is intact.
+    assert ckpt.read_bytes() == b"the user's precious checkpoint"
+    assert report["run"]["redirected_saves"] == [
+        {"path": str(ckpt), "file": str(SCRIPTS / "single.py"), "line": 24}
+    ]
+    (events,) = _trainers(read_traces(traces))
+    steps = _kinds(events, "step")
+    assert [s["n"] for s in steps] == list(range(1, 8))
+    assert all(s["lrs"] == [0.25] for s in steps)
+    assert all(s["grad"] == [0, 1, 2, 3] and s["changed"] == [0, 1, 2, 3] for s in steps)
+    assert steps[0]["loc"] == [str(SCRIPTS / "single.py"), 23]
+    backward = _kinds(events, "backward")[0]
+    assert backward["loc"] == [str(SCRIPTS / "single.py"), 22]
+    assert backward["graph"][0]["name"] == "NllLossBackward0"
+    assert backward["graph"][0]["attrs"]["reduction"] == 1  # mean
+    assert backward["graph"][0]["attrs"]["self"]["shape"] == [8, 2]
+    # Three batches per epoch: epochs 1 and 2 were cut at 3 batches; epoch 3 ended at the budget,
+    # in the 8th iteration, whose step was the one not taken.
+    epochs = _kinds(events, "loader_epoch")
+    assert [(e["epoch"], e["batches"]) for e in epochs] == [(1, 3), (2, 3), (3, 2)]
+    assert len(set(epochs[0]["indices"])) == 24
+    seeds = _kinds(events, "seed")
+    assert [(s["rng"], s["value"], s["loc"][1]) for s in seeds] == [("torch", 0, 12)]
+    model = _kinds(events, "model")[0]
+    assert [p["name"] for p in model["params"]] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    saves = _kinds(events, "save")
+    assert saves[0]["state_dicts"][0]["keys"] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def test_ddp_two_processes_over_gloo(tmp_path: Path) -> None:
+    traces = tmp_path / "traces"
+    result = convcheck(
+        "run", "--nproc-per-node", "2", "--steps", "6", "--max-batches-per-epoch", "2", "--format", "json",
+        "--trace-dir", traces, SCRIPTS / "ddp_torchrun.py",
+    )
+    assert result.code == 0, result.stderr
+    assert result.report["run"]["status"] == "stopped-at-budget"
+    assert sorted(p["rank"] for p in result.report["run"]["processes"]) == [0, 1]
+    trainers = _trainers(read_traces(traces))
+    assert len(trainers) == 2
+    ranks = set()
+    for events in trainers:
+        (init,) = _kinds(events, "dist_init")
+        assert init["backend"] == "gloo" and init["world_size"] == 2
+        ranks.add(init["rank"])
+        assert len(_kinds(events, "step")) == 6
+        (sampler,) = _kinds(events, "sampler")
+        assert sampler["cls"] == "DistributedSampler" and sampler["num_replicas"] == 2
+        # Epochs 0-2 trained two batches each; epoch 3 began and its first step was the one not taken.
+        assert [e["epoch"] for e in _kinds(events, "set_epoch")] == [0, 1, 2, 3]
+        assert [e["epoch"] for e in _kinds(events, "sampler_iter")] == [0, 1, 2, 3]
+        model = _kinds(events, "model")[0]
+        assert model["wrapper"] and model["params"][0]["name"] == "0.weight"
+    assert ranks == {0, 1}
+    # Each rank drew its own half of the data in epoch 1.
+    first = [set(_kinds(t, "loader_epoch")[0]["indices"]) for t in trainers]
+    assert first[0] and not first[0] & first[1]
+
+
+def test_mp_spawn_script_reaches_children(tmp_path: Path) -> None:
+    traces = tmp_path / "traces"
+    result = convcheck("run", "--steps", "5", "--format", "json", "--trace-dir", traces, SCRIPTS / "spawn.py")
+    assert result.code == 0, result.stderr
+    report = result.report
+    assert report["run"]["status"] == "completed"
+    children = [p for p in report["run"]["processes"] if p["role"] == "child"]
+    assert sorted(p["rank"] for p in children) == [0, 1]
+    assert all(p["steps"] == 5 for p in children)
+    trainers = _trainers(read_traces(traces))
+    assert sorted(_kinds(t, "dist_init")[0]["rank"] for t in trainers) == [0, 1]
+    assert all(_kinds(t, "process")[0]["role"] == "child" for t in trainers)
+
+
+def test_endless_loop_inside_except_exception_is_stopped(tmp_path: Path) -> None:
+    result = convcheck("run", "--steps", "4", "--format", "json", SCRIPTS / "endless.py")
+    assert result.code == 0, result.stderr
+    assert result.report["run"]["status"] == "stopped-at-budget"
+    assert result.report["run"]["processes"][0]["steps"] == 4
+
+
+def test_bare_except_cannot_swallow_the_stop() -> None:
+    result = convcheck("run", "--steps", "3", "--format", "json", "--timeout", "60", SCRIPTS / "bare_except.py")
+    assert result.code == 0, result.stderr
+    assert result.report["run"]["status"] == "stopped-at-budget"
+    assert result.report["run"]["processes"][0]["steps"] == 3
+
+
+def test_dataloader_workers_do_not_outlive_the_run() -> None:
+    script = SCRIPTS / "loader_workers.py"
+    result = convcheck("run", "--steps", "5", "--format", "json", script)
+    assert result.code == 0, result.stderr
+    assert result.report["run"]["status"] == "stopped-at-budget"
+    assert processes_running(str(script)) == []
+
+
+def test_crash_before_first_step_exits_2_with_traceback() -> None:
+    result = convcheck("run", SCRIPTS / "crash_early.py")
+    assert result.code == 2
+    text = " ".join(result.stdout.split())
+    assert "the script failed: RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x5 and 4x2)" in text
+    assert 'crash_early.py", line 6, in <module> out = model(data)' in text
+    assert "convcheck/" not in text.split("Traceback", 1)[1]
+
+
+def test_crash_mid_run_exits_3_with_partial_report(tmp_path: Path) -> None:
+    result = convcheck("run", "--format", "json", SCRIPTS / "crash_midrun.py")
+    assert result.code == 3
+    run = result.report["run"]
+    assert run["status"] == "crashed"
+    assert run["processes"][0]["steps"] == 3
+    assert run["error"].startswith("the script failed: RuntimeError: boom at step 3")
+
+
+def test_no_training_step_exits_5() -> None:
+    result = convcheck("run", SCRIPTS / "no_step.py")
+    assert result.code == 5
+    assert "No training step observed" in result.stdout
+
+
+def test_hang_is_stopped_at_timeout_with_location() -> None:
+    result = convcheck("run", "--timeout", "4", "--format", "json", SCRIPTS / "hang.py")
+    assert result.code == 4
+    run = result.report["run"]
+    assert run["status"] == "timeout"
+    assert run["processes"][0]["steps"] == 1
+    assert len(run["hung_at"]) == 1 and 'hang.py", line 12' in run["hung_at"][0]
+    assert processes_running(str(SCRIPTS / "hang.py")) == []
+
+
+def test_ddp_worker_dies_names_rank_and_stops_peers() -> None:
+    script = SCRIPTS / "ddp_rank_dies.py"
+    result = convcheck("run", "--nproc-per-node", "2", "--format", "json", "--timeout", "60", script)
+    assert result.code == 3
+    run = result.report["run"]
+    assert run["status"] == "crashed"
+    assert run["error"].startswith("rank 1 failed: ValueError: rank 1 ran out of data")
+    assert run["wall_seconds"] < 30
+    assert processes_running(str(script)) == []
+
+
+def test_script_argv_and_dunder_main(tmp_path: Path) -> None:
+    script = tmp_path / "argv.py"
+    script.write_text(
+        "import sys, torch\n"
+        "assert __name__ == '__main__'\n"
+        "assert sys.argv == [%r, '-x', '--flag=1'], sys.argv\n"
+        "w = torch.zeros(1, requires_grad=True)\n"
+        "opt = torch.optim.SGD([w], lr=1.0)\n"
+        "w.sum().backward(); opt.step()\n" % str(script)
+    )
+    result = convcheck("run", "--format", "json", script, "-x", "--flag=1")
+    assert result.code == 0, result.stdout + result.stderr
+    assert result.report["run"]["processes"][0]["steps"] == 1
