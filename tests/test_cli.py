@@ -1,0 +1,128 @@
+"""The command line itself: bad input, exit codes, start-up, packaging."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from cc_testing import REPO, SCRIPTS, convcheck
+
+from convcheck.exitcodes import ExitCode
+
+
+def test_missing_script() -> None:
+    result = convcheck("run", "no/such/train.py")
+    assert result.code == ExitCode.CANNOT_RUN
+    assert result.stderr == "convcheck: no/such/train.py: no such file. Give the path of a Python training script.\n"
+    assert result.stdout == ""
+
+
+def test_folder_instead_of_script(tmp_path: Path) -> None:
+    result = convcheck("run", tmp_path)
+    assert result.code == ExitCode.CANNOT_RUN
+    assert "is a folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_binary_file_is_not_python(tmp_path: Path) -> None:
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"PK\x03\x04\x00\x00binary")
+    result = convcheck("run", weights)
+    assert result.code == ExitCode.CANNOT_RUN
+    assert result.stderr == f"convcheck: {weights} is not a Python file (it contains binary data). Give a training script.\n"
+
+
+def test_text_that_is_not_python(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("train the model for ten epochs\n")
+    result = convcheck("run", notes)
+    assert result.code == ExitCode.CANNOT_RUN
+    assert result.stderr.startswith(f"convcheck: {notes}:1:")
+    assert "It does not look like a Python file. Nothing was run." in result.stderr
+
+
+def test_syntax_error_is_located_and_nothing_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    script = tmp_path / "broken.py"
+    script.write_text(f"open({str(marker)!r}, 'w').close()\nfor x in range(3)\n    pass\n")
+    result = convcheck("run", script)
+    assert result.code == ExitCode.CANNOT_RUN
+    assert result.stderr.startswith(f"convcheck: {script}:2:")
+    assert "SyntaxError: expected ':'" in result.stderr and "Nothing was run." in result.stderr
+    assert not marker.exists()
+
+
+def test_unknown_check_in_select() -> None:
+    result = convcheck("run", "--select", "CC999", SCRIPTS / "single.py")
+    assert result.code == ExitCode.CANNOT_RUN
+    assert result.stderr.startswith("convcheck: Unknown check 'CC999'. Known checks:")
+
+
+def test_trace_dir_must_be_empty(tmp_path: Path) -> None:
+    (tmp_path / "old.txt").write_text("keep me")
+    result = convcheck("run", "--trace-dir", tmp_path, SCRIPTS / "single.py")
+    assert result.code == ExitCode.CANNOT_RUN
+    assert "is not empty" in result.stderr
+    assert (tmp_path / "old.txt").read_text() == "keep me"
+
+
+def test_bad_option_value_is_a_usage_error() -> None:
+    result = convcheck("run", "--steps", "zero", SCRIPTS / "single.py")
+    assert result.code == ExitCode.CANNOT_RUN
+    assert "Invalid value for '--steps'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_output_file_and_json_report(tmp_path: Path) -> None:
+    out = tmp_path / "reports" / "report.json"
+    result = convcheck("run", "--steps", "2", "--format", "json", "--output", out, SCRIPTS / "endless.py")
+    assert result.code == ExitCode.OK, result.stderr
+    assert result.stdout == ""
+    import json
+
+    report = json.loads(out.read_text())
+    assert report["version"] == 1
+    assert report["script"] == str(SCRIPTS / "endless.py")
+    assert set(report) == {"version", "script", "findings", "run"}
+
+
+def test_help_lists_exit_codes() -> None:
+    result = convcheck("run", "--help")
+    assert result.code == 0
+    text = " ".join(result.stdout.split())
+    for code in ExitCode:
+        assert f"{int(code)} " in text
+    assert "stopped at --timeout" in text
+
+
+def test_cli_does_not_import_torch() -> None:
+    code = "import sys, convcheck.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_python_dash_m_and_console_script_agree() -> None:
+    import shutil
+
+    exe = shutil.which("convcheck")
+    assert exe is not None
+    a = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    b = subprocess.run([sys.executable, "-m", "convcheck", "--help"], capture_output=True, text=True)
+    assert a.returncode == b.returncode == 0
+    assert "fix-state-dict" in a.stdout and "run" in a.stdout
+
+
+@pytest.mark.slow
+def test_wheel_contains_checks_and_no_top_level_checks(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("convcheck-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "convcheck/checks/__init__.py" in names
+    assert "convcheck/runtime/site/sitecustomize.py" in names
+    assert not [n for n in names if n.startswith("checks/")]
+    assert not [n for n in names if n.startswith(("tests/", "examples/"))]
