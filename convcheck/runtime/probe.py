@@ -236,13 +236,23 @@ class Probe:
                 return full[: -len(pname) - 1] if full.endswith("." + pname) else full
         return type(module).__name__
 
+    def detailed(self, count: int) -> bool:
+        """Whether the count-th step or backward gets the costly measurements (norms, graph).
+
+        The first five and every tenth: enough to see what a loop does, at a per-step cost
+        that stays within the overhead target on small models.
+        """
+        return count <= 5 or count % 10 == 0
+
     def optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._check_budget(optimizer)
         self._optimizer_index(optimizer)
-        import torch
+        self.pre_step_norms = None
+        if self.detailed(self.step_count + 1):
+            import torch
 
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.pre_step_norms = _norms(torch, params)
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            self.pre_step_norms = _norms(torch, params)
 
     def optimizer_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         import torch
@@ -253,15 +263,16 @@ class Probe:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         ids = [self._param_index(p) for p in params]
         with_grad = [(i, p.grad) for i, p in zip(ids, params) if p.grad is not None]
-        grad_norms = _norms(torch, [g for _, g in with_grad])
-        after = _norms(torch, params)
-        before = self.pre_step_norms or after
-        changed = [i for i, b, a in zip(ids, before, after) if b != a]
+        measured: dict[str, Any] = {}
+        if self.pre_step_norms is not None:
+            # Sampled steps only (see detailed()): norms cost a reduction per tensor and a sync.
+            after = _norms(torch, params)
+            measured["grad_norms"] = _norms(torch, [g for _, g in with_grad])
+            measured["changed"] = [i for i, b, a in zip(ids, self.pre_step_norms, after) if b != a]
         self.emit(
             "step", opt=index, n=self.step_count, backwards=self.backwards_since_step,
             lrs=[_num(g.get("lr")) for g in optimizer.param_groups],
-            grad=[i for i, _ in with_grad], grad_norms=grad_norms, changed=changed,
-            loc=_loc(4),
+            grad=[i for i, _ in with_grad], loc=_loc(4), **measured,
         )
         self.backwards_since_step = 0
         self.nonfinite_seen_this_step = False
@@ -274,18 +285,19 @@ class Probe:
         if self.stopping and not self.is_entry():
             return
         loss = None
-        graph: list[dict[str, Any]] = []
+        sampled: dict[str, Any] = {}
         if getattr(tensor, "numel", None) is not None:
             if tensor.numel() == 1:
                 loss = float(tensor.detach().reshape(()).float())
-            graph = summarize_graph(tensor.grad_fn)
+            if self.detailed(self.backward_count + 1):
+                # Only sampled backwards carry "graph" (see detailed()); the loss formula rarely changes.
+                sampled["graph"] = summarize_graph(tensor.grad_fn)
         self.backward_count += 1
         self.backwards_since_step += 1
         if loss is not None and not math.isfinite(loss):
             # Check every module's output from now on to find where it started.
             self.armed_nonfinite = True
-        self.emit("backward", n=self.backward_count, step=self.step_count, loss=loss,
-                  graph=graph, loc=_loc(4))
+        self.emit("backward", n=self.backward_count, step=self.step_count, loss=loss, loc=_loc(4), **sampled)
 
     def install(self) -> None:
         """Register global hooks and patches; called once torch is imported."""

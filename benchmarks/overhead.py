@@ -1,0 +1,102 @@
+"""Per-step cost of convcheck's probe: instrumented / plain, measured side by side in one run.
+
+    python benchmarks/overhead.py            # full: 5 rounds x 60 steps per model
+    python benchmarks/overhead.py --quick    # CI smoke run: prints ratios, asserts nothing
+
+Each round times the same training loop without the probe and with it (all hooks and
+patches installed, traces written to a temporary folder), alternating so that both
+see the same machine state; the ratio of the medians is reported. Target: <= 1.10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from convcheck.runtime.probe import Probe
+
+
+def mlp_step() -> Callable[[], None]:
+    """A small MLP classifier: 3 layers of 512, batch 64."""
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(64, 256), torch.randint(0, 10, (64,))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def transformer_step() -> Callable[[], None]:
+    """A small transformer encoder: 4 layers, d=256, 4 heads, batch 8 x 32 tokens."""
+    layer = nn.TransformerEncoderLayer(d_model=256, nhead=4, dim_feedforward=512, batch_first=True, dropout=0.1)
+    model = nn.Sequential(nn.Embedding(1000, 256), nn.TransformerEncoder(layer, num_layers=4), nn.Linear(256, 1000))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    tokens = torch.randint(0, 1000, (8, 33))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad()
+        logits = model(tokens[:, :-1])
+        loss_fn(logits.reshape(-1, 1000), tokens[:, 1:].reshape(-1)).backward()
+        opt.step()
+
+    return step
+
+
+def time_steps(step: Callable[[], None], steps: int) -> float:
+    """Seconds per step over ``steps`` steps (after two warm-up steps)."""
+    step()
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def measure(name: str, make: Callable[[], Callable[[], None]], rounds: int, steps: int) -> float:
+    """Alternate plain and instrumented rounds; print and return the ratio of medians."""
+    torch.manual_seed(0)
+    step = make()
+    plain, probed = [], []
+    with tempfile.TemporaryDirectory() as trace_dir:
+        probe = Probe(trace_dir=trace_dir, scratch_dir=None, steps=10**9, max_batches=None)
+        for _ in range(rounds):
+            plain.append(time_steps(step, steps))
+            probe.install()
+            try:
+                probed.append(time_steps(step, steps))
+            finally:
+                probe.uninstall()
+        probe.finish("benchmark")
+    base, inst = statistics.median(plain), statistics.median(probed)
+    ratio = inst / base
+    print(f"{name:<12} plain {base * 1e3:8.2f} ms/step   instrumented {inst * 1e3:8.2f} ms/step   ratio {ratio:.3f}")
+    return ratio
+
+
+def main() -> None:
+    """Run the benchmark and print one line per model."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few short rounds (smoke test)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: stable timings)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rounds, steps = (2, 5) if args.quick else (5, 60)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {rounds} rounds x {steps} steps")
+    measure("mlp", mlp_step, rounds, steps)
+    measure("transformer", transformer_step, rounds, steps)
+
+
+if __name__ == "__main__":
+    main()
