@@ -19,7 +19,7 @@ from typing import Any
 
 from convcheck.runtime import env
 from convcheck.runtime.graph import summarize_graph
-from convcheck.runtime.locate import user_location
+from convcheck.runtime.locate import is_library_file, user_location
 from convcheck.runtime.patches import Patches
 from convcheck.runtime.trace import Event, TraceWriter
 
@@ -513,7 +513,10 @@ def _patch_seeding(probe: Probe, torch: Any, patches: Patches) -> None:
                     # torch.manual_seed seeds CUDA itself: record the user's call only.
                     return original(*args, **kwargs)
                 value = args[0] if args else kwargs.get("seed", kwargs.get("a"))
-                probe.emit("seed", rng=rng, value=_num(value), loc=_loc(3), step=probe.step_count)
+                # torch seeds each DataLoader worker itself: such calls are marked internal.
+                internal = is_library_file(sys._getframe(1).f_code.co_filename)
+                probe.emit("seed", rng=rng, value=_num(value), loc=_loc(3), step=probe.step_count,
+                           internal=internal)
                 probe.seeding = True
                 try:
                     return original(*args, **kwargs)
