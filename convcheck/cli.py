@@ -107,7 +107,17 @@ def explain(code: Annotated[str, typer.Argument(help="A check's code (CC004) or 
     raise typer.Exit(int(print_explanation(code)))
 
 
-app.command("fix-state-dict", epilog=None)(fix_state_dict)
+app.command("fix-state-dict")(fix_state_dict)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of the --format json report."""
+    import json
+
+    from convcheck.findings import Report
+
+    typer.echo(json.dumps(Report.model_json_schema(), indent=2))
 
 
 def _split_codes(value: str | None) -> list[str]:

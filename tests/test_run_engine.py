@@ -183,3 +183,42 @@ def test_script_argv_and_dunder_main(tmp_path: Path) -> None:
     result = convcheck("run", "--format", "json", script, "-x", "--flag=1")
     assert result.code == 0, result.stdout + result.stderr
     assert result.report["run"]["processes"][0]["steps"] == 1
+
+
+def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = SCRIPTS / "hang.py"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convcheck", "run", "--timeout", "120", script],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not processes_running(str(script)) or len(processes_running(str(script))) < 2:
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.1)
+    time.sleep(1.5)  # let the script reach its loop
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err
+    assert "interrupted" in out
+    time.sleep(0.2)
+    assert [c for c in processes_running(str(script)) if "convcheck.runtime.worker" in c] == []
+
+
+def test_dataloader_workers_are_probed_too(tmp_path: Path) -> None:
+    traces = tmp_path / "traces"
+    result = convcheck("run", "--steps", "3", "--format", "json", "--trace-dir", traces, SCRIPTS / "loader_workers.py")
+    assert result.code == 0, result.stderr
+    all_traces = read_traces(traces)
+    workers = [t for t in all_traces if t[0]["role"] == "forked-child"]
+    assert len(workers) == 2
+    # torch seeds each worker itself; the probe marks those calls as not the user's.
+    for events in workers:
+        assert {(e["rng"], e["internal"]) for e in _kinds(events, "seed")} == {
+            ("python", True), ("torch", True), ("numpy", True)
+        }

@@ -42,7 +42,7 @@ class FindingView:
         head.append(f"  [{f.source}]", style="dim")
         yield head
         grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(style="dim", no_wrap=True, min_width=8)
         grid.add_column(overflow="fold")
         grid.add_row("", Text(f.message))
         if f.evidence:
@@ -65,9 +65,10 @@ class ReportView:
         header = Text()
         header.append("convcheck ", style="bold")
         header.append(report.script, style="bold")
+        count = len(trainers) or len(run.processes)
         header.append(
-            f" — {len(trainers) or len(run.processes)} training process(es), up to {steps} step(s) each, "
-            f"{_STATUS[run.status]} ({run.wall_seconds:.1f} s)"
+            f" · {count} process{'es' if count != 1 else ''} · {steps} step{'s' if steps != 1 else ''}"
+            f"{' each' if count > 1 else ''} · {_STATUS[run.status]} · {run.wall_seconds:.1f} s"
         )
         yield header
         yield Text("")
@@ -128,7 +129,7 @@ def render(report: Report, width: int = 100) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, highlight=False, soft_wrap=False)
     console.print(ReportView(report))
-    return buffer.getvalue()
+    return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
 
 
 def print_report(report: Report, console: Console | None = None) -> None:
