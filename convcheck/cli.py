@@ -29,6 +29,9 @@ app = typer.Typer(
 class OutputFormat(str, Enum):
     text = "text"
     json = "json"
+    sarif = "sarif"
+    junit = "junit"
+    github = "github"
 
 
 class FailOn(str, Enum):
@@ -54,41 +57,79 @@ def run(
         Optional[int],
         typer.Option(min=1, max=64, help="Start N DDP workers (RANK, WORLD_SIZE, MASTER_* set), like torchrun."),
     ] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps observed per process.")] = 20,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Optimizer steps observed per process [20].")] = None,
     max_batches_per_epoch: Annotated[
         Optional[int],
         typer.Option(min=1, help="End each DataLoader epoch after K batches so epoch 2 and 3 fit the budget."),
     ] = None,
-    timeout: Annotated[float, typer.Option(min=1, help="Stop a hung or slow run after this many seconds.")] = 300.0,
-    output_format: Annotated[OutputFormat, typer.Option("--format", help="Report format.")] = OutputFormat.text,
-    output: Annotated[Optional[Path], typer.Option(help="Write the report to FILE instead of stdout.")] = None,
-    fail_on: Annotated[FailOn, typer.Option(help="Exit 1 when a finding is at or above this severity.")] = FailOn.error,
+    timeout: Annotated[
+        Optional[float], typer.Option(min=1, help="Stop a hung or slow run after this many seconds [300].")
+    ] = None,
+    output_format: Annotated[
+        Optional[list[OutputFormat]],
+        typer.Option("--format", help="Report format; repeat for several (text, json, sarif, junit, github)."),
+    ] = None,
+    output: Annotated[
+        Optional[list[Path]],
+        typer.Option(help="Write the report to FILE (one per --format, in order) or into a folder."),
+    ] = None,
+    fail_on: Annotated[
+        Optional[FailOn], typer.Option(help="Exit 1 when a finding is at or above this severity [error].")
+    ] = None,
     select: Annotated[Optional[str], typer.Option(help="Only these checks: codes or names, comma-separated.")] = None,
     ignore: Annotated[Optional[str], typer.Option(help="Skip these checks: codes or names, comma-separated.")] = None,
     show_output: Annotated[bool, typer.Option(help="Stream the script's own stdout/stderr.")] = False,
     trace_dir: Annotated[
         Optional[Path], typer.Option(help="Keep the per-process traces (JSON lines) in this folder.")
     ] = None,
+    static_only: Annotated[
+        bool, typer.Option(help="Only read the script's source: never start it (for pre-commit hooks).")
+    ] = False,
+    baseline: Annotated[
+        Optional[Path], typer.Option(help="Leave out findings already listed in this baseline file.")
+    ] = None,
+    write_baseline: Annotated[
+        Optional[Path], typer.Option(help="Record this run's findings as the baseline in FILE; exit 0 on findings.")
+    ] = None,
 ) -> None:
-    """Run SCRIPT for a few steps under instrumentation and report why it may not converge."""
-    from convcheck.runner import RunOptions, execute
+    """Run SCRIPT for a few steps under instrumentation and report why it may not converge.
 
-    options = RunOptions(
-        script=script,
-        script_args=list(script_args or []),
-        nproc_per_node=nproc_per_node,
-        steps=steps,
-        max_batches_per_epoch=max_batches_per_epoch,
-        timeout=timeout,
-        output_format=output_format.value,
-        output=output,
-        fail_on=fail_on.value,
-        select=_split_codes(select),
-        ignore=_split_codes(ignore),
-        show_output=show_output,
-        trace_dir=trace_dir,
+    Settings come from [tool.convcheck] in the nearest pyproject.toml; flags override them.
+    """
+    from convcheck.runner import UserError, execute, resolve_options
+
+    flags = dict(
+        nproc_per_node=nproc_per_node, steps=steps, max_batches_per_epoch=max_batches_per_epoch,
+        timeout=timeout, fail_on=fail_on.value if fail_on else None,
+        select=_split_codes(select), ignore=_split_codes(ignore),
+        formats=[f.value for f in output_format or [OutputFormat.text]], outputs=list(output or []),
+        show_output=show_output, trace_dir=trace_dir, static_only=static_only, baseline=baseline,
+        write_baseline=write_baseline,
     )
+    try:
+        options = resolve_options(script, list(script_args or []), flags)
+    except UserError as exc:
+        typer.echo(f"convcheck: {exc}", err=True)
+        raise typer.Exit(int(ExitCode.CANNOT_RUN)) from None
     raise typer.Exit(int(execute(options)))
+
+
+@app.command()
+def config(
+    path: Annotated[Path, typer.Argument(help="A script or folder; the nearest pyproject.toml applies.")] = Path("."),
+) -> None:
+    """Print the effective configuration: [tool.convcheck] from the nearest pyproject.toml, with defaults."""
+    import json
+
+    from convcheck.config import ConfigError, load_config
+
+    try:
+        effective = load_config(path if path.exists() else Path("."))
+    except ConfigError as exc:
+        typer.echo(f"convcheck: {exc}", err=True)
+        raise typer.Exit(int(ExitCode.CANNOT_RUN)) from None
+    typer.echo(f"# from {effective.source or 'defaults (no [tool.convcheck] found)'}")
+    typer.echo(json.dumps(effective.settings.model_dump(by_alias=True), indent=2))
 
 
 @app.command()

@@ -68,7 +68,7 @@ class RunSummary(BaseModel):
 
     status: Literal[
         "completed", "stopped-at-budget", "no-training-step", "crashed", "timeout",
-        "interrupted", "not-run",
+        "interrupted", "not-run", "static-only",
     ] = "not-run"
     steps_budget: int = 0
     nproc_per_node: int = 1
@@ -78,6 +78,8 @@ class RunSummary(BaseModel):
     hung_at: list[str] = Field(default_factory=list)
     redirected_saves: list[dict[str, Any]] = Field(default_factory=list)
     script_argv: list[str] = Field(default_factory=list)
+    #: Findings left out because the --baseline file already lists them.
+    baseline_suppressed: int = 0
 
 
 class Report(BaseModel):

@@ -34,6 +34,8 @@ class Check:
 
     code: ClassVar[str]
     name: ClassVar[str]
+    #: Settings from ``[tool.convcheck.checks.CODE]``.
+    options: dict[str, Any] = {}
     severity: ClassVar[Severity]
     summary: ClassVar[str]
 
@@ -122,8 +124,14 @@ def find_check(code_or_name: str) -> type[Check] | None:
     return None
 
 
-def select_checks(select: list[str], ignore: list[str]) -> list[Check]:
-    """Instances of the checks left after --select and --ignore; unknown codes are an error."""
+def select_checks(
+    select: list[str], ignore: list[str], options: dict[str, dict[str, Any]] | None = None
+) -> list[Check]:
+    """Instances of the checks left after --select and --ignore; unknown codes are an error.
+
+    ``options`` maps a code or name to that check's settings (``[tool.convcheck.checks.CODE]``),
+    given to the instance as ``check.options``.
+    """
     checks = all_checks()
 
     def resolve(items: list[str]) -> set[str]:
@@ -138,4 +146,16 @@ def select_checks(select: list[str], ignore: list[str]) -> list[Check]:
 
     selected = resolve(select) if select else {c.code for c in checks}
     ignored = resolve(ignore)
-    return [c() for c in checks if c.code in selected and c.code not in ignored]
+    by_code = {}
+    for key, value in (options or {}).items():
+        match = find_check(key)
+        if match is None:
+            raise SelectionError(f"[tool.convcheck.checks] names an unknown check {key!r}.")
+        by_code[match.code] = dict(value)
+    instances = []
+    for cls in checks:
+        if cls.code in selected and cls.code not in ignored:
+            check = cls()
+            check.options = by_code.get(cls.code, {})
+            instances.append(check)
+    return instances

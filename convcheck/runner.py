@@ -11,11 +11,12 @@ from pathlib import Path
 
 from convcheck.exitcodes import ExitCode
 from convcheck.findings import Finding, ProcessSummary, Report, RunSummary, Severity
+from convcheck.report.context import RenderContext
 
 
 @dataclass
 class RunOptions:
-    """Everything ``convcheck run`` was asked to do."""
+    """Everything ``convcheck run`` was asked to do (configuration file and flags merged)."""
 
     script: Path
     script_args: list[str] = field(default_factory=list)
@@ -23,23 +24,59 @@ class RunOptions:
     steps: int = 20
     max_batches_per_epoch: int | None = None
     timeout: float = 300.0
-    output_format: str = "text"
-    output: Path | None = None
+    formats: list[str] = field(default_factory=lambda: ["text"])
+    outputs: list[Path] = field(default_factory=list)
     fail_on: str = "error"
     select: list[str] = field(default_factory=list)
     ignore: list[str] = field(default_factory=list)
     show_output: bool = False
     trace_dir: Path | None = None
+    static_only: bool = False
+    baseline: Path | None = None
+    write_baseline: Path | None = None
+    per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
+    check_options: dict[str, dict] = field(default_factory=dict)
+    config_source: str | None = None
 
 
 class UserError(Exception):
     """Bad input: reported as one paragraph with exit code 2."""
 
 
+#: Settings that both ``[tool.convcheck]`` and the command line can give (the flag wins).
+MERGED_SETTINGS = ("select", "ignore", "fail_on", "steps", "nproc_per_node", "timeout", "max_batches_per_epoch")
+
+
+def resolve_options(script: Path, script_args: list[str], flags: dict) -> RunOptions:
+    """Merge the nearest ``[tool.convcheck]`` with the flags given (None or [] = not given)."""
+    from convcheck.config import ConfigError, load_config
+
+    try:
+        config = load_config(script.parent if script.parent.exists() else Path.cwd())
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
+    settings = config.settings
+    merged = {}
+    for key in MERGED_SETTINGS:
+        value = flags.pop(key, None)
+        merged[key] = value if value not in (None, []) else getattr(settings, key)
+    return RunOptions(
+        script=script, script_args=script_args, per_file_ignores=dict(settings.per_file_ignores),
+        check_options=dict(settings.checks), config_source=config.source, **merged, **flags,
+    )
+
+
 def execute(options: RunOptions) -> ExitCode:
     """Run the whole pipeline and return the exit code; never raises."""
     try:
-        report, code = diagnose(options)
+        destinations = plan_outputs(options)
+        report, code, ctx = diagnose(options)
+        if options.write_baseline is not None:
+            from convcheck.baseline import write_baseline
+
+            write_baseline(report.findings, options.write_baseline, ctx.root)
+            if code == ExitCode.FINDINGS:
+                code = ExitCode.OK
     except UserError as exc:
         _error(str(exc))
         return ExitCode.CANNOT_RUN
@@ -54,34 +91,97 @@ def execute(options: RunOptions) -> ExitCode:
             "with the command you ran."
         )
         return ExitCode.INTERNAL_ERROR
-    try:
-        write_report(report, options)
-    except OSError as exc:
-        _error(f"Cannot write the report to {options.output}: {exc.strerror or exc}.")
-        return ExitCode.CANNOT_RUN
+    for fmt, path in destinations:
+        try:
+            write_report(report, fmt, path, ctx)
+        except OSError as exc:
+            _error(f"Cannot write the {fmt} report to {path}: {exc.strerror or exc}.")
+            return ExitCode.CANNOT_RUN
     return code
 
 
-def diagnose(options: RunOptions) -> tuple[Report, ExitCode]:
-    """Static pass, instrumented run and analysis; the report and its exit code."""
+def plan_outputs(options: RunOptions) -> list[tuple[str, Path | None]]:
+    """Where each format goes: stdout, a file each, or files in one folder."""
+    from convcheck.report import EXTENSIONS
+
+    formats, outputs = options.formats or ["text"], options.outputs
+    if len(set(formats)) != len(formats):
+        raise UserError(f"--format lists a format twice: {', '.join(formats)}.")
+    if not outputs:
+        if len(formats) > 1:
+            raise UserError(
+                "Several formats need --output: one folder for all of them, or one --output per --format, in order."
+            )
+        return [(formats[0], None)]
+    if len(outputs) == len(formats):
+        if len(formats) == 1 and outputs[0].is_dir():
+            planned = [(formats[0], outputs[0] / f"convcheck.{EXTENSIONS[formats[0]]}")]
+        else:
+            planned = list(zip(formats, outputs))
+    elif len(outputs) == 1:
+        folder = outputs[0]
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"--output {folder} is a file; with several formats give a folder or one file each.")
+        planned = [(fmt, folder / f"convcheck.{EXTENSIONS[fmt]}") for fmt in formats]
+    else:
+        raise UserError(f"{len(outputs)} --output values for {len(formats)} formats: give one folder or one per format.")
+    script = options.script.resolve()
+    for _, path in planned:
+        if path is not None and path.resolve() == script:
+            raise UserError(f"--output {path} is the script itself; convcheck never overwrites your files.")
+    return planned
+
+
+def diagnose(options: RunOptions) -> tuple[Report, ExitCode, RenderContext]:
+    """Static pass, instrumented run and analysis; the report, its exit code and render settings."""
     from convcheck.analysis import run_checks
+    from convcheck.fingerprints import repo_root
     from convcheck.registry import SelectionError, select_checks
     from convcheck.static.context import ScriptError, load_script
+    from convcheck.suppress import apply_suppressions
 
     script = options.script
     try:
-        checks = select_checks(options.select, options.ignore)
+        checks = select_checks(options.select, options.ignore, options.check_options)
     except SelectionError as exc:
         raise UserError(str(exc)) from exc
     try:
         ctx = load_script(script)
     except ScriptError as exc:
         raise UserError(str(exc)) from exc
+    render_ctx = RenderContext(root=repo_root(script), fail_on=options.fail_on, checks=[type(c) for c in checks])
 
+    if options.static_only:
+        summary = RunSummary(status="static-only", steps_budget=0, script_argv=options.script_args)
+        findings, check_errors = run_checks(checks, ctx, None, runtime=False)
+    else:
+        summary, findings, check_errors = _instrumented(options, checks, ctx)
+    config_dir = Path(options.config_source).parent if options.config_source else None
+    findings = apply_suppressions(findings, options.per_file_ignores, config_dir, extra_files=[str(script)])
+    selected = {type(c).code for c in checks}
+    findings = sort_findings([f for f in findings if f.code in selected])
+    if options.baseline is not None:
+        from convcheck.baseline import BaselineError, filter_baseline
+
+        try:
+            findings, known = filter_baseline(findings, options.baseline, render_ctx.root)
+        except BaselineError as exc:
+            raise UserError(str(exc)) from exc
+        summary.baseline_suppressed = known
+    if check_errors:
+        summary.error = "; ".join(filter(None, [summary.error, *check_errors]))
+    report = Report(script=str(script), findings=findings, run=summary)
+    return report, exit_code_for(report, options.fail_on), render_ctx
+
+
+def _instrumented(options: RunOptions, checks: list, ctx) -> tuple[RunSummary, list[Finding], list[str]]:  # noqa: ANN001
+    """Launch the main run (and any extra runs checks asked for), then analyse the traces."""
+    from convcheck.analysis import run_checks
     from convcheck.registry import RunVariant
     from convcheck.runtime.launcher import LaunchSpec, launch_many
     from convcheck.runtime.trace import read_trace_dir
 
+    script = options.script
     if options.trace_dir is not None:
         run_dir = options.trace_dir.resolve()
         if run_dir.exists() and any(run_dir.iterdir()):
@@ -113,16 +213,15 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode]:
                 other.trace_dir, world_size=variant.nproc_per_node or 1, steps_budget=variant.steps
             )
         summary = summarize_run(launched, trace, options)
-        findings, check_errors = run_checks(checks, ctx, trace, runtime=summary.status != "not-run")
+        findings, check_errors = run_checks(checks, ctx, trace, runtime=True)
     finally:
         # Files the script saved are evidence only while the run is analysed.
         shutil.rmtree(run_dir / "scratch", ignore_errors=True)
+        for variant_dir in (run_dir / "variants").glob("*/scratch"):
+            shutil.rmtree(variant_dir, ignore_errors=True)
         if options.trace_dir is None:
             shutil.rmtree(run_dir, ignore_errors=True)
-    if check_errors:
-        summary.error = "; ".join(filter(None, [summary.error, *check_errors]))
-    report = Report(script=str(script), findings=findings, run=summary)
-    return report, exit_code_for(report, options.fail_on)
+    return summary, findings, check_errors
 
 
 def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: ANN001
@@ -231,21 +330,21 @@ def exit_code_for(report: Report, fail_on: str) -> ExitCode:
     return ExitCode.OK
 
 
-def write_report(report: Report, options: RunOptions) -> None:
-    """Render the report in the chosen format to stdout or --output."""
+def write_report(report: Report, fmt: str, path: Path | None, ctx: RenderContext) -> None:
+    """Render the report in one format to stdout or a file."""
     from convcheck.report import render
 
-    if options.output is None and options.output_format == "text":
+    if path is None and fmt == "text":
         from convcheck.report.text import print_report
 
         print_report(report)
         return
-    text = render(report, options.output_format)
-    if options.output is None:
+    text = render(report, fmt, ctx)
+    if path is None:
         sys.stdout.write(text)
         return
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(text, encoding="utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
 
 
 def _error(message: str) -> None:

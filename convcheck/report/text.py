@@ -22,6 +22,7 @@ _STATUS = {
     "timeout": "stopped at the timeout",
     "interrupted": "interrupted",
     "not-run": "not run",
+    "static-only": "static checks only (the script was not run)",
 }
 
 
@@ -66,10 +67,13 @@ class ReportView:
         header.append("convcheck ", style="bold")
         header.append(report.script, style="bold")
         count = len(trainers) or len(run.processes)
-        header.append(
-            f" · {count} process{'es' if count != 1 else ''} · {steps} step{'s' if steps != 1 else ''}"
-            f"{' each' if count > 1 else ''} · {_STATUS[run.status]} · {run.wall_seconds:.1f} s"
-        )
+        if run.status == "static-only":
+            header.append(f" · {_STATUS[run.status]}")
+        else:
+            header.append(
+                f" · {count} process{'es' if count != 1 else ''} · {steps} step{'s' if steps != 1 else ''}"
+                f"{' each' if count > 1 else ''} · {_STATUS[run.status]} · {run.wall_seconds:.1f} s"
+            )
         yield header
         yield Text("")
         if run.error:
@@ -89,6 +93,8 @@ class ReportView:
                 where = f"  ({_short(save.get('file'))}:{save.get('line')})" if save.get("file") else ""
                 yield Text(f"  {save.get('path')}{where}", style="dim")
             yield Text("")
+        if run.baseline_suppressed:
+            yield Text(f"{run.baseline_suppressed} finding(s) already in the baseline were left out.", style="dim")
         yield Text(_summary_line(report), style="bold")
 
 
