@@ -2,4 +2,8 @@
 
 from __future__ import annotations
 
-ALL: list = []
+from convcheck.checks.cc100_unused_suppression import UnusedSuppression
+
+ALL: list = [
+    UnusedSuppression,
+]
