@@ -1,0 +1,224 @@
+"""The CI gate: configuration, suppressions, baselines, --static-only, rules and explain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cc_testing import convcheck
+
+from convcheck.config import ConfigError, load_config
+from convcheck.findings import Finding, Location, Severity
+from convcheck.suppress import apply_suppressions
+
+TRAIN = """\
+import torch
+w = torch.zeros(2, requires_grad=True)
+opt = torch.optim.SGD([w], lr=0.1)
+for _ in range(3):
+    opt.zero_grad()
+    w.sum().backward()
+    opt.step()
+"""
+
+
+def _finding(path: Path, line: int, code: str = "CC004") -> Finding:
+    return Finding(code=code, name="x", severity=Severity.ERROR, message="m", location=Location(path=str(path), line=line))
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+def test_config_from_nearest_pyproject_with_a_convcheck_table(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.convcheck]\nsteps = 7\nfail-on = "warning"\nselect = ["CC004"]\n')
+    nested = tmp_path / "pkg" / "sub"
+    nested.mkdir(parents=True)
+    (tmp_path / "pkg" / "pyproject.toml").write_text("[project]\nname = 'x'\n")  # no table: keep looking up
+    config = load_config(nested)
+    assert config.source == str(tmp_path / "pyproject.toml")
+    assert (config.settings.steps, config.settings.fail_on, config.settings.select) == (7, "warning", ["CC004"])
+
+
+def test_unknown_key_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.convcheck]\nstep = 7\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path)
+    assert "unknown key 'step'" in str(err.value) and "steps" in str(err.value)
+    (tmp_path / "train.py").write_text(TRAIN)
+    result = convcheck("run", tmp_path / "train.py")
+    assert result.code == 2
+    assert result.stderr.startswith(f"convcheck: {tmp_path / 'pyproject.toml'}: [tool.convcheck] is invalid: unknown key")
+
+
+def test_bad_value_and_bad_toml(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.convcheck]\nfail-on = "sometimes"\n')
+    with pytest.raises(ConfigError, match="fail-on"):
+        load_config(tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[tool.convcheck\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path)
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.convcheck]\nsteps = 2\n")
+    (tmp_path / "train.py").write_text(TRAIN.replace("range(3)", "range(100)"))
+    from_file = convcheck("run", "--format", "json", tmp_path / "train.py")
+    assert from_file.code == 0, from_file.stderr
+    assert from_file.report["run"]["steps_budget"] == 2
+    assert from_file.report["run"]["processes"][0]["steps"] == 2
+    from_flag = convcheck("run", "--steps", "4", "--format", "json", tmp_path / "train.py")
+    assert from_flag.report["run"]["processes"][0]["steps"] == 4
+
+
+def test_config_command_prints_effective_settings(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.convcheck]\ntimeout = 60\n[tool.convcheck.per-file-ignores]\n"legacy/*.py" = ["CC002"]\n')
+    result = convcheck("config", tmp_path)
+    assert result.code == 0
+    head, body = result.stdout.split("\n", 1)
+    assert head == f"# from {tmp_path / 'pyproject.toml'}"
+    settings = json.loads(body)
+    assert settings["timeout"] == 60 and settings["per-file-ignores"] == {"legacy/*.py": ["CC002"]}
+    assert settings["steps"] == 20
+
+
+# -- suppressions -------------------------------------------------------------------------
+
+
+def test_inline_suppression_on_the_line_and_on_the_statement(tmp_path: Path) -> None:
+    script = tmp_path / "t.py"
+    script.write_text(
+        "x = 1  # convcheck: ignore[CC004]\n"
+        "loader = make(  # convcheck: ignore[cc004]\n"
+        "    data,\n"
+        ")\n"
+        "y = 2\n"
+    )
+    kept = apply_suppressions([_finding(script, 1), _finding(script, 3), _finding(script, 5)])
+    assert [(f.code, f.location.line) for f in kept] == [("CC004", 5)]
+
+
+def test_suppressions_accept_names() -> None:
+    from convcheck.suppress import _normalize
+
+    assert _normalize("unused-suppression") == "CC100"
+    assert _normalize(" cc004 ") == "CC004"
+
+
+def test_suppression_of_another_code_does_not_apply_and_is_reported_unused(tmp_path: Path) -> None:
+    script = tmp_path / "t.py"
+    script.write_text("x = 1  # convcheck: ignore[CC002]\n")
+    kept = apply_suppressions([_finding(script, 1)])
+    assert [(f.code, f.severity, f.location.line) for f in kept] == [
+        ("CC004", Severity.ERROR, 1), ("CC100", Severity.INFO, 1)
+    ]
+    assert kept[1].message == (
+        "This '# convcheck: ignore' suppresses nothing: no finding of CC002 was reported here."
+    )
+
+
+def test_file_level_suppression(tmp_path: Path) -> None:
+    script = tmp_path / "t.py"
+    script.write_text("# convcheck: ignore-file[CC002, CC004]\nx = 1\ny = 2\n")
+    kept = apply_suppressions([_finding(script, 2), _finding(script, 3, "CC002"), _finding(script, 3, "CC005")])
+    assert [(f.code, f.location.line) for f in kept] == [("CC005", 3)]
+
+
+def test_per_file_ignores_from_config(tmp_path: Path) -> None:
+    legacy = tmp_path / "legacy" / "old.py"
+    legacy.parent.mkdir()
+    legacy.write_text("x = 1\n")
+    kept = apply_suppressions(
+        [_finding(legacy, 1), _finding(legacy, 1, "CC005")], {"legacy/*.py": ["CC004"]}, tmp_path
+    )
+    assert [f.code for f in kept] == ["CC005"]
+
+
+def test_unused_suppression_end_to_end_and_static_only_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran.txt"
+    script = tmp_path / "train.py"
+    script.write_text(f"open({str(marker)!r}, 'w').write('ran')\n" + TRAIN + "x = 1  # convcheck: ignore[CC004]\n")
+    result = convcheck("run", "--static-only", "--fail-on", "info", "--format", "json", script)
+    assert not marker.exists()
+    assert result.code == 1, result.stderr
+    assert result.report["run"]["status"] == "static-only"
+    assert [(f["code"], f["location"]["line"]) for f in result.report["findings"]] == [("CC100", 9)]
+
+
+# -- baselines -----------------------------------------------------------------------------
+
+
+def test_baseline_round_trip(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN + "x = 1  # convcheck: ignore[CC004]\n")
+    baseline = tmp_path / "baseline.json"
+    written = convcheck("run", "--static-only", "--fail-on", "info", "--write-baseline", baseline, script)
+    assert written.code == 0, written.stderr
+    assert [e["code"] for e in json.loads(baseline.read_text())["findings"]] == ["CC100"]
+    # The same findings, moved down a line: still known.
+    script.write_text("# a comment\n" + TRAIN + "x = 1  # convcheck: ignore[CC004]\n")
+    clean = convcheck("run", "--static-only", "--fail-on", "info", "--baseline", baseline, "--format", "json", script)
+    assert clean.code == 0, clean.stdout
+    assert clean.report["findings"] == [] and clean.report["run"]["baseline_suppressed"] == 1
+    # A new finding fails the gate.
+    script.write_text("# a comment\n" + TRAIN + "x = 1  # convcheck: ignore[CC004]\ny = 2  # convcheck: ignore[CC005]\n")
+    new = convcheck("run", "--static-only", "--fail-on", "info", "--baseline", baseline, "--format", "json", script)
+    assert new.code == 1
+    assert [(f["code"], f["location"]["line"]) for f in new.report["findings"]] == [("CC100", 10)]
+
+
+def test_missing_baseline_is_bad_input(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    result = convcheck("run", "--static-only", "--baseline", tmp_path / "nope.json", script)
+    assert result.code == 2
+    assert "no such file. Create it with --write-baseline." in result.stderr
+
+
+# -- several formats, rules, explain ---------------------------------------------------------
+
+
+def test_several_formats_into_one_folder(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN + "x = 1  # convcheck: ignore[CC004]\n")
+    out = tmp_path / "reports"
+    result = convcheck(
+        "run", "--static-only", "--format", "sarif", "--format", "junit", "--format", "json", "--output", out, script
+    )
+    assert result.code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["convcheck.json", "convcheck.sarif", "convcheck.xml"]
+    assert json.loads((out / "convcheck.sarif").read_text())["version"] == "2.1.0"
+
+
+def test_several_formats_without_output_is_an_error(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    result = convcheck("run", "--static-only", "--format", "sarif", "--format", "json", script)
+    assert result.code == 2 and "Several formats need --output" in result.stderr
+
+
+def test_output_never_overwrites_the_script(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    result = convcheck("run", "--static-only", "--output", script, script)
+    assert result.code == 2 and "convcheck never overwrites your files" in result.stderr
+    assert script.read_text() == TRAIN
+
+
+def test_rules_lists_every_check() -> None:
+    from convcheck.registry import all_checks
+
+    result = convcheck("rules")
+    assert result.code == 0
+    for check in all_checks():
+        assert check.code in result.stdout and check.name in result.stdout
+
+
+def test_explain_by_code_and_name_and_unknown() -> None:
+    by_code = convcheck("explain", "cc100")
+    by_name = convcheck("explain", "unused-suppression")
+    assert by_code.code == by_name.code == 0
+    assert by_code.stdout == by_name.stdout
+    assert "CC100 unused-suppression (info)" in by_code.stdout and "Why is this bad?" in by_code.stdout
+    unknown = convcheck("explain", "CC999")
+    assert unknown.code == 2 and "unknown check 'CC999'" in unknown.stderr
