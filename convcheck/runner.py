@@ -145,19 +145,27 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode, RenderContext]:
         checks = select_checks(options.select, options.ignore, options.check_options)
     except SelectionError as exc:
         raise UserError(str(exc)) from exc
+    # Nothing runs with --static-only, so every argument is a script to read (pre-commit passes many).
+    scripts = [script, *map(Path, options.script_args)] if options.static_only else [script]
     try:
-        ctx = load_script(script)
+        contexts = [load_script(path) for path in scripts]
     except ScriptError as exc:
         raise UserError(str(exc)) from exc
     render_ctx = RenderContext(root=repo_root(script), fail_on=options.fail_on, checks=[type(c) for c in checks])
 
     if options.static_only:
-        summary = RunSummary(status="static-only", steps_budget=0, script_argv=options.script_args)
-        findings, check_errors = run_checks(checks, ctx, None, runtime=False)
+        summary = RunSummary(status="static-only", steps_budget=0)
+        findings, check_errors = [], []
+        for ctx in contexts:
+            found, errors = run_checks(checks, ctx, None, runtime=False)
+            findings += found
+            check_errors += errors
     else:
-        summary, findings, check_errors = _instrumented(options, checks, ctx)
+        summary, findings, check_errors = _instrumented(options, checks, contexts[0])
     config_dir = Path(options.config_source).parent if options.config_source else None
-    findings = apply_suppressions(findings, options.per_file_ignores, config_dir, extra_files=[str(script)])
+    findings = apply_suppressions(
+        findings, options.per_file_ignores, config_dir, extra_files=[str(path) for path in scripts]
+    )
     selected = {type(c).code for c in checks}
     findings = sort_findings([f for f in findings if f.code in selected])
     if options.baseline is not None:
@@ -170,7 +178,7 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode, RenderContext]:
         summary.baseline_suppressed = known
     if check_errors:
         summary.error = "; ".join(filter(None, [summary.error, *check_errors]))
-    report = Report(script=str(script), findings=findings, run=summary)
+    report = Report(script=" ".join(map(str, scripts)), findings=findings, run=summary)
     return report, exit_code_for(report, options.fail_on), render_ctx
 
 

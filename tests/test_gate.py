@@ -222,3 +222,14 @@ def test_explain_by_code_and_name_and_unknown() -> None:
     assert "CC100 unused-suppression (info)" in by_code.stdout and "Why is this bad?" in by_code.stdout
     unknown = convcheck("explain", "CC999")
     assert unknown.code == 2 and "unknown check 'CC999'" in unknown.stderr
+
+
+def test_static_only_reads_every_file_given(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.py", tmp_path / "b.py"
+    first.write_text("x = 1  # convcheck: ignore[CC004]\n")
+    second.write_text("y = 2\nz = 3  # convcheck: ignore[CC005]\n")
+    result = convcheck("run", "--static-only", "--fail-on", "info", "--format", "json", first, second)
+    assert result.code == 1
+    assert [(Path(f["location"]["path"]).name, f["location"]["line"]) for f in result.report["findings"]] == [
+        ("a.py", 1), ("b.py", 2)
+    ]
