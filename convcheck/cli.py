@@ -34,6 +34,12 @@ class OutputFormat(str, Enum):
     github = "github"
 
 
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
 class FailOn(str, Enum):
     error = "error"
     warning = "warning"
@@ -85,6 +91,16 @@ def run(
     static_only: Annotated[
         bool, typer.Option(help="Only read the script's source: never start it (for pre-commit hooks).")
     ] = False,
+    device: Annotated[
+        Device, typer.Option(help="auto: map CUDA usage onto the CPU when there is no GPU; cpu: always; cuda: never.")
+    ] = Device.auto,
+    pretend_cuda: Annotated[
+        bool, typer.Option(help="Make torch.cuda.is_available() answer True while CUDA is mapped onto the CPU.")
+    ] = False,
+    cuda_devices: Annotated[
+        Optional[int],
+        typer.Option(min=1, max=64, help="GPUs torch.cuda.device_count() reports with --pretend-cuda [--nproc-per-node]."),
+    ] = None,
     baseline: Annotated[
         Optional[Path], typer.Option(help="Leave out findings already listed in this baseline file.")
     ] = None,
@@ -104,7 +120,7 @@ def run(
         select=_split_codes(select), ignore=_split_codes(ignore),
         formats=[f.value for f in output_format or [OutputFormat.text]], outputs=list(output or []),
         show_output=show_output, trace_dir=trace_dir, static_only=static_only, baseline=baseline,
-        write_baseline=write_baseline,
+        write_baseline=write_baseline, device=device.value, pretend_cuda=pretend_cuda, cuda_devices=cuda_devices,
     )
     try:
         options = resolve_options(script, list(script_args or []), flags)

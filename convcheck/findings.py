@@ -78,6 +78,10 @@ class RunSummary(BaseModel):
     hung_at: list[str] = Field(default_factory=list)
     redirected_saves: list[dict[str, Any]] = Field(default_factory=list)
     script_argv: list[str] = Field(default_factory=list)
+    #: CUDA usage that was mapped onto the CPU (first use of each kind, with the user's line).
+    device_mapping: list[dict[str, Any]] = Field(default_factory=list)
+    #: CUDA features with no CPU equivalent that stopped the run.
+    unmappable: list[dict[str, Any]] = Field(default_factory=list)
     #: Findings left out because the --baseline file already lists them.
     baseline_suppressed: int = 0
 

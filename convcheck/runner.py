@@ -32,6 +32,9 @@ class RunOptions:
     show_output: bool = False
     trace_dir: Path | None = None
     static_only: bool = False
+    device: str = "auto"
+    pretend_cuda: bool = False
+    cuda_devices: int | None = None
     baseline: Path | None = None
     write_baseline: Path | None = None
     per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
@@ -207,6 +210,8 @@ def _instrumented(options: RunOptions, checks: list, ctx) -> tuple[RunSummary, l
                 script=script.resolve(), script_args=options.script_args, run_dir=folder, steps=steps,
                 timeout=options.timeout, nproc_per_node=nproc,
                 max_batches_per_epoch=options.max_batches_per_epoch, show_output=show_output,
+                device=options.device, pretend_cuda=options.pretend_cuda,
+                cuda_devices=options.cuda_devices or nproc or 1,
             )
 
         specs = {"main": spec_for(run_dir, options.nproc_per_node, options.steps, options.show_output)}
@@ -270,6 +275,15 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
             loc = event.get("loc") or [None, None]
             saves[(event.get("path"), loc[0], loc[1])] = {"path": event.get("path"), "file": loc[0], "line": loc[1]}
     summary.redirected_saves = list(saves.values())
+    mapped = {}
+    for _, event in trace.events("device_map"):
+        loc = event.get("loc") or [None, None]
+        mapped.setdefault(event["what"], {"what": event["what"], "file": loc[0], "line": loc[1]})
+    summary.device_mapping = list(mapped.values())
+    summary.unmappable = [
+        {"what": e["what"], "file": (e.get("loc") or [None])[0], "line": (e.get("loc") or [None, None])[1]}
+        for _, e in trace.events("device_unmappable")
+    ]
     failed = [w for w in launched.workers if w.outcome.get("status") == "crashed" or w.returncode not in (0, None)]
     if launched.interrupted:
         summary.status = "interrupted"

@@ -87,6 +87,15 @@ class ReportView:
             group = [f for f in report.findings if f.severity == severity]
             if group:
                 yield Group(*(FindingView(f) for f in group))
+        if run.device_mapping:
+            yield Text("The script's CUDA usage ran on the CPU (AMP as CPU fp16); mapped:")
+            for item in run.device_mapping:
+                where = f"  ({_short(item.get('file'))}:{item.get('line')})" if item.get("file") else ""
+                yield Text(f"  {item['what']}{where}", style="dim")
+            yield Text("")
+        for item in run.unmappable:
+            where = f" at {_short(item.get('file'))}:{item.get('line')}" if item.get("file") else ""
+            yield Text(f"{item['what']}{where} has no CPU equivalent: the run stopped there.", style="red")
         if run.redirected_saves:
             yield Text("Files the script saved during the run went to a scratch folder (yours were not touched):")
             for save in run.redirected_saves:

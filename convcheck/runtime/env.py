@@ -6,3 +6,9 @@ STEPS = "CONVCHECK_STEPS"
 MAX_BATCHES = "CONVCHECK_MAX_BATCHES_PER_EPOCH"
 #: The PYTHONPATH the user had before convcheck put its site folder first.
 ORIGINAL_PYTHONPATH = "CONVCHECK_ORIGINAL_PYTHONPATH"
+#: auto | cpu | cuda: whether CUDA usage is mapped onto the CPU.
+DEVICE = "CONVCHECK_DEVICE"
+#: "1": torch.cuda.is_available() answers True (and device_count() the local world size).
+PRETEND_CUDA = "CONVCHECK_PRETEND_CUDA"
+#: How many GPUs torch.cuda.device_count() reports under PRETEND_CUDA.
+PRETEND_DEVICES = "CONVCHECK_PRETEND_DEVICES"

@@ -41,6 +41,9 @@ class LaunchSpec:
     nproc_per_node: int | None = None
     max_batches_per_epoch: int | None = None
     show_output: bool = False
+    device: str = "auto"
+    pretend_cuda: bool = False
+    cuda_devices: int = 1
     python: str = sys.executable
 
 
@@ -100,6 +103,9 @@ def worker_env(spec: LaunchSpec, rank: int, port: int) -> dict[str, str]:
         environ[env.MAX_BATCHES] = str(spec.max_batches_per_epoch)
     else:
         environ.pop(env.MAX_BATCHES, None)
+    environ[env.DEVICE] = spec.device
+    environ[env.PRETEND_CUDA] = "1" if spec.pretend_cuda else "0"
+    environ[env.PRETEND_DEVICES] = str(spec.cuda_devices)
     environ["PYTHONUNBUFFERED"] = "1"
     environ["PYTHONFAULTHANDLER"] = "1"
     if spec.nproc_per_node is not None:

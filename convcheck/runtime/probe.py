@@ -310,6 +310,9 @@ class Probe:
         self.handles.append(optim_mod.register_optimizer_step_pre_hook(self.optimizer_pre_hook))
         self.handles.append(optim_mod.register_optimizer_step_post_hook(self.optimizer_post_hook))
         _install_patches(self, torch)
+        from convcheck.runtime.cuda_shim import install_cuda_shim
+
+        install_cuda_shim(self, torch, os.environ.get(env.DEVICE, "auto"), os.environ.get(env.PRETEND_CUDA) == "1")
 
     def uninstall(self) -> None:
         """Remove every hook and patch."""

@@ -1,0 +1,77 @@
+"""Scripts written for CUDA run on this CPU-only machine with their CUDA usage mapped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cc_testing import SCRIPTS, convcheck, read_traces
+
+
+def _events(traces: list[list[dict]], kind: str) -> list[dict]:
+    return [e for t in traces for e in t if e["ev"] == kind]
+
+
+def test_torchrun_ddp_amp_script_written_for_cuda(tmp_path: Path) -> None:
+    traces = tmp_path / "t"
+    result = convcheck(
+        "run", "--nproc-per-node", "2", "--steps", "5", "--max-batches-per-epoch", "3", "--format", "json",
+        "--trace-dir", traces, SCRIPTS / "cuda_ddp_amp.py",
+    )
+    assert result.code == 0, result.stdout + result.stderr
+    run = result.report["run"]
+    assert run["status"] == "stopped-at-budget"
+    assert sorted(p["rank"] for p in run["processes"]) == [0, 1] and all(p["steps"] == 5 for p in run["processes"])
+    mapped = {m["what"]: m["line"] for m in run["device_mapping"]}
+    assert mapped == {
+        "backend nccl -> gloo": 9, "torch.cuda.set_device": 11, "Module.to(cuda)": 13, "DDP device_ids -> CPU": 14,
+        "GradScaler('cuda') -> CPU": 16, "Tensor.cuda()": 23, "Tensor.to(cuda)": 23,
+        "autocast('cuda') -> CPU fp16": 25, "torch.cuda.synchronize": 32,
+    }
+    events = read_traces(traces)
+    # AMP is real: CPU fp16 autocast and a CPU GradScaler that scales, unscales, steps and updates.
+    assert {(e["device"], e["dtype"], e["enabled"]) for e in _events(events, "autocast")} == {
+        ("cpu", "torch.float16", True)
+    }
+    calls = [e["call"] for e in _events(events, "scaler")[:4]]
+    assert calls == ["scale", "unscale_", "step", "update"]
+    assert {e["backend"] for e in _events(events, "dist_init")} == {"gloo"}
+
+
+def test_mp_spawn_trainer_written_for_cuda_with_pretend(tmp_path: Path) -> None:
+    snapshot = tmp_path / "snapshot.pt"
+    result = convcheck(
+        "run", "--pretend-cuda", "--cuda-devices", "2", "--steps", "6", "--format", "json",
+        SCRIPTS / "cuda_spawn.py", snapshot,
+    )
+    assert result.code == 0, result.stdout + result.stderr
+    run = result.report["run"]
+    assert run["status"] == "completed"
+    children = sorted((p["rank"], p["steps"]) for p in run["processes"] if p["role"] == "child")
+    assert children == [(0, 6), (1, 6)]
+    mapped = {m["what"] for m in run["device_mapping"]}
+    assert {"torch.cuda.is_available (pretended)", "torch.cuda.device_count (pretended)",
+            "device='cuda' in a tensor factory", "autocast('cuda') -> CPU fp16"} <= mapped
+    # The snapshot the script saved went to the scratch folder.
+    assert not snapshot.exists()
+    assert run["redirected_saves"][0]["path"] == str(snapshot)
+
+
+def test_without_pretend_is_available_tells_the_truth() -> None:
+    result = convcheck("run", "--format", "json", SCRIPTS / "cuda_spawn.py", "x.pt")
+    assert result.code == 2
+    assert "AssertionError: this script needs a GPU" in result.report["run"]["error"]
+
+
+def test_unmappable_call_is_named_with_its_line() -> None:
+    result = convcheck("run", "--format", "json", SCRIPTS / "cuda_stream.py")
+    assert result.code == 3
+    run = result.report["run"]
+    assert run["unmappable"] == [{"what": "torch.cuda.Stream", "file": str(SCRIPTS / "cuda_stream.py"), "line": 9}]
+    assert run["processes"][0]["steps"] == 1
+    assert f"torch.cuda.Stream at {SCRIPTS / 'cuda_stream.py'}:9 has no CPU equivalent" in run["error"]
+
+
+def test_device_cuda_maps_nothing() -> None:
+    result = convcheck("run", "--device", "cuda", "--format", "json", SCRIPTS / "cuda_stream.py")
+    assert result.code == 2
+    assert result.report["run"]["device_mapping"] == []
