@@ -17,7 +17,7 @@ import sys
 import traceback
 from typing import Any
 
-from convcheck.runtime import env
+from convcheck.runtime import env, stepstats
 from convcheck.runtime.graph import summarize_graph
 from convcheck.runtime.locate import is_library_file, user_location
 from convcheck.runtime.patches import Patches
@@ -68,7 +68,8 @@ class Probe:
         self.armed_nonfinite = False
         self.nonfinite_events = 0
         self.nonfinite_seen_this_step = False
-        self.pre_step_norms: list[float] | None = None
+        self.pre_step: stepstats.Snapshot | None = None
+        self.last_params: list[Any] = []
         self.loader_ids: dict[int, int] = {}
         self.sampler_ids: dict[int, int] = {}
         self._open_epochs: dict[int, Event] = {}
@@ -145,6 +146,8 @@ class Probe:
             self.hard_exit(0)
         if self.attempts.get(key, 0) >= self.steps_budget:
             self.stopping = True
+            if self.last_params:
+                self.emit_histograms(self.last_params, "last")
             self.emit("stop", reason="budget", steps=self.step_count)
             if self.is_entry():
                 raise StopRun()
@@ -247,12 +250,12 @@ class Probe:
     def optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._check_budget(optimizer)
         self._optimizer_index(optimizer)
-        self.pre_step_norms = None
+        self.pre_step = None
         if self.detailed(self.step_count + 1):
             import torch
 
             params = [p for g in optimizer.param_groups for p in g["params"]]
-            self.pre_step_norms = _norms(torch, params)
+            self.pre_step = stepstats.snapshot(torch, params, copy=stepstats.update_sampled(self.step_count + 1))
 
     def optimizer_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         import torch
@@ -264,11 +267,12 @@ class Probe:
         ids = [self._param_index(p) for p in params]
         with_grad = [(i, p.grad) for i, p in zip(ids, params) if p.grad is not None]
         measured: dict[str, Any] = {}
-        if self.pre_step_norms is not None:
+        if self.pre_step is not None:
             # Sampled steps only (see detailed()): norms cost a reduction per tensor and a sync.
-            after = _norms(torch, params)
-            measured["grad_norms"] = _norms(torch, [g for _, g in with_grad])
-            measured["changed"] = [i for i, b, a in zip(ids, self.pre_step_norms, after) if b != a]
+            measured = stepstats.measure(torch, self.pre_step, params, [g for _, g in with_grad])
+            measured["changed"] = [i for i, moved in zip(ids, measured.pop("changed_mask")) if moved]
+        if self.step_count == 1:
+            self.emit_histograms(params, "first")
         self.emit(
             "step", opt=index, n=self.step_count, backwards=self.backwards_since_step,
             lrs=[_num(g.get("lr")) for g in optimizer.param_groups],
@@ -276,7 +280,21 @@ class Probe:
         )
         self.backwards_since_step = 0
         self.nonfinite_seen_this_step = False
-        self.pre_step_norms = None
+        self.pre_step = None
+
+    def emit_histograms(self, params: list[Any], when: str) -> None:
+        """Weight and gradient histograms of the largest parameters (first and last step)."""
+        import torch
+
+        self.last_params = list(params)
+        largest = sorted(params, key=lambda p: -p.numel())[: stepstats.HISTOGRAM_LAYERS]
+        tensors = []
+        for param in largest:
+            index = self._param_index(param)
+            tensors.append({"param": index, "kind": "weight", **stepstats.histogram(torch, param)})
+            if param.grad is not None:
+                tensors.append({"param": index, "kind": "grad", **stepstats.histogram(torch, param.grad)})
+        self.emit("histograms", when=when, step=self.step_count, tensors=tensors)
 
     # -- patched functions -------------------------------------------------------
 
@@ -721,18 +739,6 @@ def _first_tensor(value: Any) -> Any:
             if found is not None:
                 return found
     return None
-
-
-def _norms(torch: Any, tensors: list[Any]) -> list[float]:
-    if not tensors:
-        return []
-    with torch.no_grad():
-        detached = [t.detach() for t in tensors]
-        try:
-            norms = torch._foreach_norm(detached)
-        except Exception:
-            norms = [t.float().norm() for t in detached]
-        return [float(v) for v in torch.stack([n.float().cpu() for n in norms]).tolist()]
 
 
 def _num(value: Any) -> Any:
