@@ -88,6 +88,9 @@ def run(
     trace_dir: Annotated[
         Optional[Path], typer.Option(help="Keep the per-process traces (JSON lines) in this folder.")
     ] = None,
+    tensorboard: Annotated[
+        Optional[Path], typer.Option(help="Write TensorBoard event files for this run under DIR (one folder per run).")
+    ] = None,
     static_only: Annotated[
         bool, typer.Option(help="Only read the script's source: never start it (for pre-commit hooks).")
     ] = False,
@@ -121,6 +124,7 @@ def run(
         formats=[f.value for f in output_format or [OutputFormat.text]], outputs=list(output or []),
         show_output=show_output, trace_dir=trace_dir, static_only=static_only, baseline=baseline,
         write_baseline=write_baseline, device=device.value, pretend_cuda=pretend_cuda, cuda_devices=cuda_devices,
+        tensorboard=tensorboard,
     )
     try:
         options = resolve_options(script, list(script_args or []), flags)

@@ -82,6 +82,12 @@ class RunSummary(BaseModel):
     device_mapping: list[dict[str, Any]] = Field(default_factory=list)
     #: CUDA features with no CPU equivalent that stopped the run.
     unmappable: list[dict[str, Any]] = Field(default_factory=list)
+    #: Mean loss per optimizer step of the first training process (for the terminal view).
+    loss_curve: list[float] = Field(default_factory=list)
+    #: The layers with the largest gradient norm at the last sampled step: name and norm.
+    top_grad_layers: list[dict[str, Any]] = Field(default_factory=list)
+    #: Where --tensorboard wrote this run's event files.
+    tensorboard_dir: str | None = None
     #: Findings left out because the --baseline file already lists them.
     baseline_suppressed: int = 0
 

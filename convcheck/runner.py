@@ -35,6 +35,7 @@ class RunOptions:
     device: str = "auto"
     pretend_cuda: bool = False
     cuda_devices: int | None = None
+    tensorboard: Path | None = None
     baseline: Path | None = None
     write_baseline: Path | None = None
     per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
@@ -156,6 +157,7 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode, RenderContext]:
         raise UserError(str(exc)) from exc
     render_ctx = RenderContext(root=repo_root(script), fail_on=options.fail_on, checks=[type(c) for c in checks])
 
+    trace = None
     if options.static_only:
         summary = RunSummary(status="static-only", steps_budget=0)
         findings, check_errors = [], []
@@ -164,7 +166,7 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode, RenderContext]:
             findings += found
             check_errors += errors
     else:
-        summary, findings, check_errors = _instrumented(options, checks, contexts[0])
+        summary, findings, check_errors, trace = _instrumented(options, checks, contexts[0])
     config_dir = Path(options.config_source).parent if options.config_source else None
     findings = apply_suppressions(
         findings, options.per_file_ignores, config_dir, extra_files=[str(path) for path in scripts]
@@ -182,11 +184,22 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode, RenderContext]:
     if check_errors:
         summary.error = "; ".join(filter(None, [summary.error, *check_errors]))
     report = Report(script=" ".join(map(str, scripts)), findings=findings, run=summary)
+    if options.tensorboard is not None and trace is not None:
+        from convcheck.report.tensorboard import write_tensorboard
+
+        try:
+            folder = write_tensorboard(trace, report, options.tensorboard)
+        except OSError as exc:
+            raise UserError(f"Cannot write TensorBoard logs to {options.tensorboard}: {exc.strerror or exc}.") from exc
+        report.run.tensorboard_dir = str(folder)
     return report, exit_code_for(report, options.fail_on), render_ctx
 
 
-def _instrumented(options: RunOptions, checks: list, ctx) -> tuple[RunSummary, list[Finding], list[str]]:  # noqa: ANN001
-    """Launch the main run (and any extra runs checks asked for), then analyse the traces."""
+def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN202
+    """Launch the main run (and any extra runs checks asked for), then analyse the traces.
+
+    Returns the run summary, the findings, the checks that failed, and the main trace.
+    """
     from convcheck.analysis import run_checks
     from convcheck.registry import RunVariant
     from convcheck.runtime.launcher import LaunchSpec, launch_many
@@ -234,7 +247,7 @@ def _instrumented(options: RunOptions, checks: list, ctx) -> tuple[RunSummary, l
             shutil.rmtree(variant_dir, ignore_errors=True)
         if options.trace_dir is None:
             shutil.rmtree(run_dir, ignore_errors=True)
-    return summary, findings, check_errors
+    return summary, findings, check_errors, trace
 
 
 def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: ANN001
@@ -280,6 +293,7 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
         loc = event.get("loc") or [None, None]
         mapped.setdefault(event["what"], {"what": event["what"], "file": loc[0], "line": loc[1]})
     summary.device_mapping = list(mapped.values())
+    summary.loss_curve, summary.top_grad_layers = _story(trace)
     summary.unmappable = [
         {"what": e["what"], "file": (e.get("loc") or [None])[0], "line": (e.get("loc") or [None, None])[1]}
         for _, e in trace.events("device_unmappable")
@@ -306,6 +320,31 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
         statuses = {w.outcome.get("status") for w in launched.workers}
         summary.status = "stopped-at-budget" if "stopped-at-budget" in statuses else "completed"
     return summary
+
+
+def _story(trace) -> tuple[list[float], list[dict]]:  # noqa: ANN001
+    """The first trainer's loss per step and its largest gradient norms at the last sampled step."""
+    trainers = trace.trainers
+    if not trainers:
+        return [], []
+    proc = trainers[0]
+    losses: dict[int, list[float]] = {}
+    for event in proc.of("backward"):
+        if event.get("loss") is not None:
+            losses.setdefault(event["step"], []).append(event["loss"])
+    steps = proc.steps
+    curve = [round(sum(v) / len(v), 6) for k, v in sorted(losses.items()) if k < max(steps, 1)]
+    names = {}
+    for model in proc.of("model"):
+        for param in model.get("params", []):
+            names.setdefault(param["id"], param["name"])
+    sampled = [e for e in proc.of("step") if "grad_norms" in e]
+    top = []
+    if sampled:
+        last = sampled[-1]
+        pairs = sorted(zip(last["grad"], last["grad_norms"]), key=lambda p: -p[1] if p[1] == p[1] else 0)
+        top = [{"name": names.get(pid, f"param{pid}"), "norm": norm, "step": last["n"]} for pid, norm in pairs[:3]]
+    return curve, top
 
 
 def _failure_text(worker, options: RunOptions) -> str:  # noqa: ANN001

@@ -87,6 +87,9 @@ class ReportView:
             group = [f for f in report.findings if f.severity == severity]
             if group:
                 yield Group(*(FindingView(f) for f in group))
+        glance = _glance(report)
+        if glance is not None:
+            yield glance
         if run.device_mapping:
             yield Text("The script's CUDA usage ran on the CPU (AMP as CPU fp16); mapped:")
             for item in run.device_mapping:
@@ -105,6 +108,50 @@ class ReportView:
         if run.baseline_suppressed:
             yield Text(f"{run.baseline_suppressed} finding(s) already in the baseline were left out.", style="dim")
         yield Text(_summary_line(report), style="bold")
+
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    """Values as block characters, lowest ▁ to highest █ (at most ``width``, evenly sampled)."""
+    finite = [v for v in values if v == v and abs(v) != float("inf")]
+    if not finite:
+        return ""
+    if len(values) > width:
+        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    low, high = min(finite), max(finite)
+    span = high - low or 1.0
+    out = []
+    for v in values:
+        if v != v or abs(v) == float("inf"):
+            out.append("!")
+        else:
+            out.append(_SPARKS[min(len(_SPARKS) - 1, int((v - low) / span * len(_SPARKS)))])
+    return "".join(out)
+
+
+def _glance(report: Report) -> Group | None:
+    """The run's story in three lines: the loss, the largest gradients, each finding's number."""
+    run = report.run
+    if not run.loss_curve and not run.top_grad_layers:
+        return None
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim", no_wrap=True, min_width=9)
+    grid.add_column(overflow="fold")
+    if run.loss_curve:
+        curve = run.loss_curve
+        grid.add_row(
+            "loss", f"{sparkline(curve)}  {curve[0]:.4g} → {curve[-1]:.4g} ({len(curve)} step{'s' if len(curve) != 1 else ''})"
+        )
+    if run.top_grad_layers:
+        layers = " · ".join(f"{item['name']} {item['norm']:.3g}" for item in run.top_grad_layers)
+        grid.add_row("grad norm", f"{layers} (step {run.top_grad_layers[0]['step']})")
+    for finding in report.findings:
+        if finding.evidence:
+            key, value = next(iter(finding.evidence.items()))
+            grid.add_row(finding.code, _evidence_text({key: value}))
+    return Group(Text("At a glance", style="bold"), Padding(grid, (0, 0, 1, 2)))
 
 
 def _summary_line(report: Report) -> str:
