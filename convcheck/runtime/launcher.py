@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convcheck.runtime import env
+from convcheck.runtime.trace import pid_of, process_tag
 
 _POLL_S = 0.05
 #: After one worker fails, how long the others get to fail on their own (gloo peers fail fast).
@@ -162,7 +163,7 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
             index=index, pid=proc.pid, rank=index if spec.nproc_per_node is not None else None,
             returncode=proc.returncode, stderr_tail=_tail(err_path), stdout_tail=_tail(out_path),
         )
-        exit_file = trace_dir / f"exit-{proc.pid}.json"
+        exit_file = trace_dir / f"exit-{process_tag(proc.pid)}.json"
         if exit_file.exists():
             try:
                 worker.outcome = json.loads(exit_file.read_text(encoding="utf-8"))
@@ -230,7 +231,7 @@ def _dump_stacks(procs: list[subprocess.Popen], trace_dir: Path) -> dict[int, st
     for path in trace_dir.glob("stack-*.txt"):
         text = path.read_text(encoding="utf-8", errors="replace").strip()
         if text:
-            stacks[int(path.stem.split("-", 1)[1])] = text
+            stacks[pid_of(path.stem)] = text
     return stacks
 
 

@@ -21,7 +21,7 @@ from convcheck.runtime import env, stepstats
 from convcheck.runtime.graph import summarize_graph
 from convcheck.runtime.locate import is_library_file, user_location
 from convcheck.runtime.patches import Patches
-from convcheck.runtime.trace import Event, TraceWriter
+from convcheck.runtime.trace import Event, TraceWriter, process_tag
 
 _MAX_RECORDED_KEYS = 2000
 _MAX_RECORDED_INDICES = 4096
@@ -789,7 +789,7 @@ _stack_files: dict[int, Any] = {}
 
 
 def register_stack_dump(trace_dir: str) -> None:
-    """On SIGUSR1 write every thread's stack to ``stack-<pid>.txt``: the launcher asks at a timeout.
+    """On SIGUSR1 write every thread's stack to ``stack-<host>-<pid>.txt``: the launcher asks at a timeout.
 
     faulthandler writes from the signal handler itself, so this works even while
     the main thread is blocked inside a C call such as a gloo collective.
@@ -799,17 +799,17 @@ def register_stack_dump(trace_dir: str) -> None:
 
     if not hasattr(signal, "SIGUSR1") or os.getpid() in _stack_files:
         return
-    handle = open(os.path.join(trace_dir, f"stack-{os.getpid()}.txt"), "w", encoding="utf-8")
+    handle = open(os.path.join(trace_dir, f"stack-{process_tag()}.txt"), "w", encoding="utf-8")
     _stack_files[os.getpid()] = handle
     faulthandler.register(signal.SIGUSR1, file=handle, all_threads=True, chain=False)
 
 
 def write_exit_record(outcome: dict[str, Any]) -> None:
-    """How the entry process ended, for the launcher: ``exit-<pid>.json`` (first write wins)."""
+    """How the entry process ended, for the launcher: ``exit-<host>-<pid>.json`` (first write wins)."""
     trace_dir = os.environ.get(env.TRACE_DIR)
     if not trace_dir:
         return
-    path = os.path.join(trace_dir, f"exit-{os.getpid()}.json")
+    path = os.path.join(trace_dir, f"exit-{process_tag()}.json")
     if os.path.exists(path):
         return
     import json

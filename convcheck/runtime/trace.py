@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,8 +21,18 @@ Event = dict[str, Any]
 _FLUSH_INTERVAL_S = 0.25
 
 
+def process_tag(pid: int | None = None) -> str:
+    """``<host>-<pid>``: unique across the nodes of a job that share one trace folder."""
+    return f"{socket.gethostname()}-{pid if pid is not None else os.getpid()}"
+
+
+def pid_of(stem: str) -> int:
+    """The pid in a ``kind-<host>-<pid>`` file name."""
+    return int(stem.rsplit("-", 1)[1])
+
+
 class TraceWriter:
-    """Buffers events in memory and appends them to ``trace-<pid>.jsonl``."""
+    """Buffers events in memory and appends them to ``trace-<host>-<pid>.jsonl``."""
 
     def __init__(self, trace_dir: str) -> None:
         self.trace_dir = trace_dir
@@ -33,7 +44,7 @@ class TraceWriter:
 
     @property
     def path(self) -> str:
-        return os.path.join(self.trace_dir, f"trace-{self._pid}.jsonl")
+        return os.path.join(self.trace_dir, f"trace-{process_tag(self._pid)}.jsonl")
 
     def emit(self, event: Event) -> None:
         """Queue one event; cheap enough for every step."""
@@ -159,7 +170,7 @@ def read_trace_dir(trace_dir: str | Path, world_size: int = 1, steps_budget: int
     """Read every process's trace file; a torn last line (killed mid-write) is dropped."""
     processes = []
     for path in sorted(Path(trace_dir).glob("trace-*.jsonl")):
-        pid = int(path.stem.split("-", 1)[1])
+        pid = pid_of(path.stem)
         events = []
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:

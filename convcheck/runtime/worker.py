@@ -1,7 +1,7 @@
 """The process the launcher starts: runs the user's script as ``__main__`` under the probe.
 
 Usage (set up by the launcher): ``python -m convcheck.runtime.worker SCRIPT [ARGS...]``.
-How the script ended goes to ``exit-<pid>.json`` in the trace folder, even when the
+How the script ended goes to ``exit-<host>-<pid>.json`` in the trace folder, even when the
 script crashed before importing torch (and so before any probe existed).
 """
 
