@@ -48,10 +48,11 @@ def _run(script: str) -> dict:
     return {"status": "completed", "code": 0}
 
 
-def main() -> None:
-    """Run the script; record how it ended; leave without interpreter teardown."""
-    script = os.path.abspath(sys.argv[1])
-    sys.argv = [sys.argv[1], *sys.argv[2:]]
+def run_entry(script: str, argv: list[str]) -> dict:
+    """Run the script as ``__main__`` in this process and record how it ended (exit record, crash event)."""
+    script = os.path.abspath(script)
+    sys.argv = [argv[0] if argv else script, *argv[1:]]
+    # Started with -m, sys.path[0] is the working folder; `python script.py` puts the script's there.
     sys.path[0] = os.path.dirname(script)
     probe_mod.ENTRY_PID = os.getpid()
     trace_dir = os.environ.get(env.TRACE_DIR)
@@ -65,13 +66,26 @@ def main() -> None:
         if outcome["status"] == "crashed":
             probe.emit("crash", error=outcome.get("error"), traceback=outcome.get("traceback", ""),
                        step=probe.step_count)
-    probe_mod.write_exit_record(outcome)
-    if probe is not None:
         probe.stopping = outcome["status"] == "stopped-at-budget"
-        probe.hard_exit(int(outcome["code"]))
+        probe.finish(outcome["status"])
+    probe_mod.write_exit_record(outcome)
+    return outcome
+
+
+def leave(code: int) -> None:
+    """Stop this process's children and exit without interpreter teardown."""
+    probe = probe_mod.active_probe()
+    if probe is not None:
+        probe.hard_exit(code)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(int(outcome["code"]))
+    os._exit(code)
+
+
+def main() -> None:
+    """Run the script given on the command line, then leave."""
+    outcome = run_entry(sys.argv[1], sys.argv[1:])
+    leave(int(outcome["code"]))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ not imported here: the probe installs itself the moment the script imports torch
 so a helper subprocess that never touches torch pays nothing.
 """
 
-import importlib.abc
 import importlib.util
 import os
 import sys
@@ -25,41 +24,10 @@ def _load_shadowed_sitecustomize() -> None:
             return
 
 
-class _TorchImportWatcher(importlib.abc.MetaPathFinder):
-    """Installs the probe right after ``import torch`` finishes executing."""
-
-    def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001, ANN201
-        if fullname != "torch":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("torch")
-        if spec is None or spec.loader is None:
-            return spec
-        loader = spec.loader
-        original_exec = loader.exec_module
-
-        def exec_module(module):  # noqa: ANN001, ANN202
-            original_exec(module)
-            from convcheck.runtime.probe import install_from_env
-
-            install_from_env()
-
-        loader.exec_module = exec_module
-        return spec
-
-
-def _activate() -> None:
-    if not os.environ.get("CONVCHECK_TRACE_DIR"):
-        return
-    if "torch" in sys.modules:
-        from convcheck.runtime.probe import install_from_env
-
-        install_from_env()
-    else:
-        sys.meta_path.insert(0, _TorchImportWatcher())
-
-
 try:
     _load_shadowed_sitecustomize()
 finally:
-    _activate()
+    if os.environ.get("CONVCHECK_TRACE_DIR"):
+        from convcheck.runtime.bootstrap import activate
+
+        activate()
