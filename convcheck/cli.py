@@ -135,6 +135,39 @@ def run(
 
 
 @app.command()
+def report(
+    trace_dir: Annotated[Path, typer.Option(help="The folder the job's ranks wrote their traces to.")],
+    script: Annotated[
+        Optional[Path], typer.Argument(help="The training script [read from the traces].")
+    ] = None,
+    output_format: Annotated[
+        Optional[list[OutputFormat]], typer.Option("--format", help="Report format; repeat for several.")
+    ] = None,
+    output: Annotated[Optional[list[Path]], typer.Option(help="Write the report to FILE or into a folder.")] = None,
+    fail_on: Annotated[Optional[FailOn], typer.Option(help="Exit 1 at or above this severity [error].")] = None,
+    select: Annotated[Optional[str], typer.Option(help="Only these checks, comma-separated.")] = None,
+    ignore: Annotated[Optional[str], typer.Option(help="Skip these checks, comma-separated.")] = None,
+    tensorboard: Annotated[Optional[Path], typer.Option(help="Also write TensorBoard event files under DIR.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="Leave out findings listed in this baseline.")] = None,
+) -> None:
+    """Analyse traces a job left behind (``python -m convcheck.worker`` under torchrun or srun)."""
+    from convcheck.runner import UserError, execute, resolve_options, script_from_traces
+
+    try:
+        target = script or script_from_traces(trace_dir)
+        flags = dict(
+            fail_on=fail_on.value if fail_on else None, select=_split_codes(select), ignore=_split_codes(ignore),
+            formats=[f.value for f in output_format or [OutputFormat.text]], outputs=list(output or []),
+            tensorboard=tensorboard, baseline=baseline, from_traces=trace_dir,
+        )
+        options = resolve_options(target, [], flags)
+    except UserError as exc:
+        typer.echo(f"convcheck: {exc}", err=True)
+        raise typer.Exit(int(ExitCode.CANNOT_RUN)) from None
+    raise typer.Exit(int(execute(options)))
+
+
+@app.command()
 def config(
     path: Annotated[Path, typer.Argument(help="A script or folder; the nearest pyproject.toml applies.")] = Path("."),
 ) -> None:

@@ -36,6 +36,8 @@ class RunOptions:
     pretend_cuda: bool = False
     cuda_devices: int | None = None
     tensorboard: Path | None = None
+    #: Analyse the traces in this folder instead of running the script (``convcheck report``).
+    from_traces: Path | None = None
     baseline: Path | None = None
     write_baseline: Path | None = None
     per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
@@ -67,6 +69,22 @@ def resolve_options(script: Path, script_args: list[str], flags: dict) -> RunOpt
     return RunOptions(
         script=script, script_args=script_args, per_file_ignores=dict(settings.per_file_ignores),
         check_options=dict(settings.checks), config_source=config.source, **merged, **flags,
+    )
+
+
+def script_from_traces(trace_dir: Path) -> Path:
+    """The script the traced job ran, from the first entry process's recorded argv."""
+    from convcheck.runtime.trace import read_trace_dir
+
+    if not trace_dir.is_dir():
+        raise UserError(f"--trace-dir {trace_dir}: no such folder.")
+    for proc in read_trace_dir(trace_dir).processes:
+        header = proc.header
+        if header.get("role") == "entry" and header.get("argv"):
+            return Path(header["argv"][0])
+    raise UserError(
+        f"--trace-dir {trace_dir} holds no trace of a script run by convcheck's worker: "
+        "run the job with `python -m convcheck.worker --trace-dir DIR train.py`, or name the script."
     )
 
 
@@ -165,6 +183,8 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode, RenderContext]:
             found, errors = run_checks(checks, ctx, None, runtime=False)
             findings += found
             check_errors += errors
+    elif options.from_traces is not None:
+        summary, findings, check_errors, trace = _recorded(options, checks, contexts[0])
     else:
         summary, findings, check_errors, trace = _instrumented(options, checks, contexts[0])
     config_dir = Path(options.config_source).parent if options.config_source else None
@@ -193,6 +213,22 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode, RenderContext]:
             raise UserError(f"Cannot write TensorBoard logs to {options.tensorboard}: {exc.strerror or exc}.") from exc
         report.run.tensorboard_dir = str(folder)
     return report, exit_code_for(report, options.fail_on), render_ctx
+
+
+def _recorded(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN202
+    """Analyse traces another launcher left in ``options.from_traces`` (torchrun, srun)."""
+    from convcheck.analysis import run_checks
+    from convcheck.runtime.launcher import result_from_trace_dir
+    from convcheck.runtime.trace import read_trace_dir
+
+    folder = options.from_traces
+    trace = read_trace_dir(folder, steps_budget=options.steps)
+    trace.world_size = max([p.world_size for p in trace.processes] or [1])
+    launched = result_from_trace_dir(folder)
+    summary = summarize_run(launched, trace, options)
+    summary.nproc_per_node = trace.world_size
+    findings, check_errors = run_checks(checks, ctx, trace, runtime=True)
+    return summary, findings, check_errors, trace
 
 
 def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN202

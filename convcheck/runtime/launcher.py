@@ -76,6 +76,21 @@ class LaunchResult:
     first_failure: int | None = None
 
 
+def result_from_trace_dir(trace_dir: Path) -> LaunchResult:
+    """A LaunchResult for traces written by a launch convcheck did not make (torchrun, srun)."""
+    workers = []
+    for index, path in enumerate(sorted(trace_dir.glob("exit-*.json"))):
+        try:
+            outcome = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            outcome = {}
+        workers.append(
+            WorkerResult(index=index, pid=pid_of(path.stem), rank=outcome.get("rank"), returncode=outcome.get("code"),
+                         outcome=outcome)
+        )
+    return LaunchResult(workers=workers, trace_dir=trace_dir, scratch_dir=trace_dir / "scratch")
+
+
 def free_port() -> int:
     """A TCP port that is free on localhost right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -815,8 +815,11 @@ def write_exit_record(outcome: dict[str, Any]) -> None:
     import json
     import time
 
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump({**outcome, "time": time.time()}, fh)
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump({**outcome, "time": time.time()}, fh)
+    except OSError:
+        pass  # the trace folder is gone (cleaned up after the report): nothing left to tell
 
 
 def active_probe() -> Probe | None:

@@ -68,8 +68,12 @@ class TraceWriter:
                 return
             batch, self._pending = self._pending, []
             lines = "".join(json.dumps(e, default=_jsonable) + "\n" for e in batch)
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(lines)
+            try:
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(lines)
+            except OSError:
+                # Never fail the user's training because a trace could not be written.
+                self._closed = True
 
     def close(self) -> None:
         """Final flush; the writer thread stops."""

@@ -1,0 +1,66 @@
+"""Worker mode under torchrun: two launches on this machine play two nodes of one job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from cc_testing import SCRIPTS, convcheck
+from convcheck.runtime.launcher import free_port
+
+
+def _two_nodes(tmp_path: Path, worker_args: list[str], script: Path) -> list[subprocess.CompletedProcess]:
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "convcheck-test",
+        "-m", "convcheck.worker", *worker_args, str(script),
+    ]
+    nodes = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = []
+    for node in nodes:
+        out, err = node.communicate(timeout=120)
+        results.append(subprocess.CompletedProcess(cmd, node.returncode, out, err))
+    return results
+
+
+def test_two_nodes_share_a_trace_folder_and_rank0_reports(tmp_path: Path) -> None:
+    traces = tmp_path / "traces"
+    report_file = tmp_path / "report.json"
+    nodes = _two_nodes(
+        tmp_path,
+        ["--trace-dir", str(traces), "--steps", "4", "--max-batches-per-epoch", "2", "--format", "json",
+         "--output", str(report_file)],
+        SCRIPTS / "ddp_torchrun.py",
+    )
+    assert [n.returncode for n in nodes] == [0, 0], nodes[0].stderr[-2000:] + nodes[1].stderr[-2000:]
+    report = json.loads(report_file.read_text())
+    assert report["run"]["status"] == "stopped-at-budget"
+    assert sorted((p["rank"], p["steps"]) for p in report["run"]["processes"]) == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    assert len(list(traces.glob("trace-*.jsonl"))) == 4
+    # The traces stay for later analysis: `convcheck report` reaches the same verdict.
+    again = convcheck("report", "--trace-dir", traces, "--format", "json")
+    assert again.code == 0, again.stderr
+    assert again.report["findings"] == report["findings"]
+    assert again.report["run"]["processes"] == report["run"]["processes"]
+
+
+def test_two_nodes_gather_traces_over_the_jobs_process_group(tmp_path: Path) -> None:
+    report_file = tmp_path / "report.json"
+    nodes = _two_nodes(
+        tmp_path, ["--steps", "3", "--format", "json", "--output", str(report_file)], SCRIPTS / "ddp_torchrun.py"
+    )
+    assert [n.returncode for n in nodes] == [0, 0], nodes[0].stderr[-2000:] + nodes[1].stderr[-2000:]
+    report = json.loads(report_file.read_text())
+    assert sorted(p["rank"] for p in report["run"]["processes"]) == [0, 1, 2, 3]
+    # Rank 0 removed the gathered copies; nothing was left in the working folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_report_without_traces_is_bad_input(tmp_path: Path) -> None:
+    result = convcheck("report", "--trace-dir", tmp_path)
+    assert result.code == 2
+    assert "holds no trace of a script run by convcheck's worker" in result.stderr
