@@ -348,7 +348,7 @@ class Probe:
         if loader is not None:
             loader._convcheck_epochs = count
         record = {"loader": loader_id, "epoch": count, "batches": 0, "indices": [], "n_indices": 0,
-                  "hash": hashlib.blake2b(digest_size=8)}
+                  "hash": hashlib.blake2b(digest_size=8), "step_start": self.step_count, "first_batch": None}
         self._open_epochs[id(iterator)] = record
 
     def record_indices(self, iterator: Any, index: Any) -> None:
@@ -362,6 +362,24 @@ class Probe:
             if record["n_indices"] < _MAX_RECORDED_INDICES:
                 record["indices"].append(value)
             record["n_indices"] += 1
+
+    def note_batch(self, iterator: Any, batch: Any) -> None:
+        """Fingerprint the epoch's first batch (sum and shape of its first tensor): once per epoch.
+
+        Equal indices on two ranks mean equal samples only if the ranks read the same dataset;
+        the fingerprint tells per-rank datasets (shards) apart.
+        """
+        record = self._open_epochs.get(id(iterator))
+        if record is None or record["first_batch"] is not None:
+            return
+        tensor = _first_tensor(batch)
+        if tensor is None:
+            record["first_batch"] = ""
+            return
+        try:
+            record["first_batch"] = f"{list(tensor.shape)}:{float(tensor.detach().double().sum())!r}"
+        except Exception:
+            record["first_batch"] = ""
 
     def count_batch(self, iterator: Any) -> bool:
         """Count a batch; False when the epoch should end here (--max-batches-per-epoch)."""
@@ -383,7 +401,8 @@ class Probe:
     def _close_epoch(self, record: Event, complete: bool) -> None:
         self.emit("loader_epoch", loader=record["loader"], epoch=record["epoch"], batches=record["batches"],
                   n_indices=record["n_indices"], digest=record["hash"].hexdigest(),
-                  indices=record["indices"], complete=complete, step=self.step_count)
+                  indices=record["indices"], complete=complete, step=self.step_count,
+                  step_start=record.get("step_start"), first_batch=record.get("first_batch"))
 
     # -- process lifecycle -----------------------------------------------------------
 
@@ -479,10 +498,12 @@ def _patch_data(probe: Probe, torch: Any, patches: Patches) -> None:
             if not probe.count_batch(self):
                 raise StopIteration
             try:
-                return original(self)
+                batch = original(self)
             except StopIteration:
                 probe.end_epoch(self)
                 raise
+            probe.note_batch(self, batch)
+            return batch
 
         return __next__
 
