@@ -72,7 +72,7 @@ def write_process(writer: Any, proc: ProcessTrace, report: Report) -> None:
         if "update_norms" in event:
             ids = opt_params.get(event["opt"], [])
             for pid, update, weight in zip(ids, event["update_norms"], event["param_norms"]):
-                if weight > 0:
+                if update is not None and weight > 0:
                     writer.add_scalar(f"update_ratio/{names.get(pid, f'param{pid}')}", update / weight, step)
     skipped = 0
     for event in proc.of("scaler"):

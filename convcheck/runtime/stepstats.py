@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Parameters are copied before a sampled step (to measure the update ||dw||) only up to
-#: this many bytes in all: beyond it the update ratio is left out rather than double the
-#: parameters' memory.
-SNAPSHOT_BUDGET_BYTES = 256 * 1024 * 1024
+#: this many bytes in all, in parameter order: the rest get no update ratio, rather than
+#: the probe doubling the parameters' memory (the peak-RSS target is 1.10x).
+SNAPSHOT_BUDGET_BYTES = 32 * 1024 * 1024
 HISTOGRAM_BINS = 30
 #: Histograms are taken for the largest parameters only.
 HISTOGRAM_LAYERS = 4
@@ -24,7 +24,8 @@ class Snapshot:
     """The parameters just before a sampled step."""
 
     norms: list[float]
-    copies: list[Any] | None
+    #: One copy per parameter, None where the budget ran out; None when not sampled.
+    copies: list[Any | None] | None
 
 
 def norms(torch: Any, tensors: list[Any]) -> list[float]:
@@ -51,11 +52,15 @@ def update_sampled(step: int) -> bool:
 
 def snapshot(torch: Any, params: list[Any], copy: bool) -> Snapshot:
     """Norms before the step, and copies when asked and they fit the budget."""
-    size = sum(p.numel() * p.element_size() for p in params)
     copies = None
-    if copy and size <= SNAPSHOT_BUDGET_BYTES:
+    if copy:
+        copies, spent = [], 0
         with torch.no_grad():
-            copies = [p.detach().clone() for p in params]
+            for p in params:
+                size = p.numel() * p.element_size()
+                fits = spent + size <= SNAPSHOT_BUDGET_BYTES
+                copies.append(p.detach().clone() if fits else None)
+                spent += size if fits else 0
     return Snapshot(norms=norms(torch, params), copies=copies)
 
 
@@ -68,10 +73,13 @@ def measure(torch: Any, before: Snapshot, params: list[Any], grads: list[Any]) -
         "changed_mask": [b != a for b, a in zip(before.norms, after)],
     }
     if before.copies is not None:
-        with torch.no_grad():
-            # In place: the copies become -dw, whose norm is ||dw||; no new allocation.
-            torch._foreach_sub_(before.copies, [p.detach() for p in params])
-        stats["update_norms"] = norms(torch, before.copies)
+        pairs = [(c, p.detach()) for c, p in zip(before.copies, params) if c is not None]
+        if pairs:
+            with torch.no_grad():
+                # In place: the copies become -dw, whose norm is ||dw||; no new allocation.
+                torch._foreach_sub_([c for c, _ in pairs], [p for _, p in pairs])
+            measured = iter(norms(torch, [c for c, _ in pairs]))
+            stats["update_norms"] = [next(measured) if c is not None else None for c in before.copies]
     total = sum(g.numel() for g in grads)
     stats["nonfinite_grad_fraction"] = 0.0
     suspects = [g for g, n in zip(grads, stats["grad_norms"]) if not math.isfinite(n)]
@@ -86,18 +94,25 @@ def measure(torch: Any, before: Snapshot, params: list[Any], grads: list[Any]) -
 def histogram(torch: Any, tensor: Any) -> dict[str, Any]:
     """TensorBoard's raw histogram fields for one tensor."""
     with torch.no_grad():
-        values = tensor.detach().float().flatten()
-        values = values[torch.isfinite(values)]
+        values = tensor.detach()
+        if values.dtype != torch.float32:
+            values = values.float()
+        values = values.reshape(-1)
+        squares = float(values.norm()) ** 2
+        if not math.isfinite(squares):
+            # Rare: only then pay for a filtered copy.
+            values = values[torch.isfinite(values)]
+            squares = float(values.norm()) ** 2
         if values.numel() == 0:
             return {"min": 0.0, "max": 0.0, "num": 0, "sum": 0.0, "sum_squares": 0.0, "limits": [], "counts": []}
-        low, high = float(values.min()), float(values.max())
+        low, high = (float(v) for v in torch.aminmax(values))
         if low == high:
             high = low + 1e-12
         counts = torch.histc(values, bins=HISTOGRAM_BINS, min=low, max=high)
         step = (high - low) / HISTOGRAM_BINS
         return {
             "min": low, "max": high, "num": int(values.numel()), "sum": float(values.sum()),
-            "sum_squares": float((values * values).sum()),
+            "sum_squares": squares,
             "limits": [low + step * (i + 1) for i in range(HISTOGRAM_BINS)],
             "counts": [float(c) for c in counts.tolist()],
         }
