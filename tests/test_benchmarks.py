@@ -1,0 +1,34 @@
+"""The benchmark scripts run in quick mode and print their ratios (they assert no timings)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from cc_testing import REPO
+
+_RATIO = re.compile(r"ratio\s+(\d+\.\d+)")
+
+
+@pytest.mark.parametrize("name", ["overhead.py", "memory.py"])
+def test_benchmark_prints_ratios(name: str) -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / name), "--quick"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    ratios = [float(r) for r in _RATIO.findall(out.stdout)]
+    assert ratios, out.stdout
+    assert all(r > 0 for r in ratios)
+    print(out.stdout)
+
+
+def test_time_to_verdict_quick() -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "time_to_verdict.py"), "--quick"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "fixed start-up cost" in out.stdout
+    print(out.stdout)
