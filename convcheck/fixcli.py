@@ -29,11 +29,11 @@ class FixFormat(str, Enum):
 def fix_state_dict(
     checkpoint: Annotated[
         Path,
-        typer.Argument(help="The checkpoint: .pt/.pth/.bin/.ckpt (torch.save, zip or legacy format) or .safetensors."),
+        typer.Argument(metavar="CHECKPOINT", help="The checkpoint: .pt/.pth/.bin/.ckpt (torch.save, zip or legacy format) or .safetensors."),
     ],
     output: Annotated[
         Optional[Path],
-        typer.Option("--output", "-o", help="Write the fixed checkpoint to FILE (atomic, verified). Without it, nothing is written."),
+        typer.Option("--output", "-o", metavar="FILE", help="Write the fixed checkpoint to FILE (atomic, verified). Without it, nothing is written."),
     ] = None,
     in_place: Annotated[
         bool,
@@ -41,11 +41,11 @@ def fix_state_dict(
     ] = False,
     prefix: Annotated[
         Optional[list[str]],
-        typer.Option("--prefix", help="Also remove this leading prefix when every key has it, e.g. Lightning's 'model.' (repeatable)."),
+        typer.Option("--prefix", metavar="TEXT", help="Also remove this leading prefix when every key has it, e.g. Lightning's 'model.' (repeatable)."),
     ] = None,
     add_prefix: Annotated[
         Optional[str],
-        typer.Option("--add-prefix", help="Put this prefix in front of every key (after removing wrapper prefixes), e.g. 'module.'."),
+        typer.Option("--add-prefix", metavar="TEXT", help="Put this prefix in front of every key (after removing wrapper prefixes), e.g. 'module.'."),
     ] = None,
     model: Annotated[
         Optional[str],
@@ -63,7 +63,7 @@ def fix_state_dict(
         bool,
         typer.Option("--trust", help="Load with weights_only=False. This RUNS CODE stored in the file: only for files you trust."),
     ] = False,
-    output_format: Annotated[FixFormat, typer.Option("--format", help="Output format.")] = FixFormat.text,
+    output_format: Annotated[FixFormat, typer.Option("--format", help="Output format: text for people, json for scripts.")] = FixFormat.text,
 ) -> None:
     """Remove `module.` / `_orig_mod.` prefixes from the state_dicts in a checkpoint.
 
@@ -111,7 +111,7 @@ def fix_state_dict(
         render_text(result)
     if result.status == "verification-failed" and result.verification is not None:
         typer.echo(
-            "error: the written file did not match the source, so it was removed: "
+            "convcheck: the written file did not match the source, so it was removed: "
             + "; ".join(result.verification.problems[:5]),
             err=True,
         )
@@ -122,7 +122,7 @@ def _fail(checkpoint: str, message: str, kind: str, code: ExitCode, as_json: boo
     if as_json:
         typer.echo(json.dumps({"version": 1, "checkpoint": checkpoint, "status": "error",
                                "error": {"kind": kind, "message": message}}, indent=2))
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"convcheck: {message}", err=True)
     raise typer.Exit(int(code))
 
 
