@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from convcheck.checks.cc004_sampler_epoch_not_set import SamplerEpochNotSet
 from convcheck.checks.cc100_unused_suppression import UnusedSuppression
 
 ALL: list = [
+    SamplerEpochNotSet,
     UnusedSuppression,
 ]
