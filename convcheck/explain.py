@@ -14,18 +14,27 @@ def print_rules(console: Console | None = None) -> None:
     from convcheck.registry import all_checks
 
     table = Table(title="convcheck checks", show_lines=False)
-    for column in ("code", "name", "severity", "evidence", "summary"):
-        table.add_column(column, overflow="fold")
+    for column in ("code", "name", "severity", "evidence"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("summary", overflow="fold")
     for check in all_checks():
         table.add_row(check.code, check.name, check.severity.value, "+".join(check.evidence_kinds()), check.summary)
-    (console or Console()).print(table)
+    _console(console).print(table)
+
+
+def _console(console: Console | None) -> Console:
+    if console is not None:
+        return console
+    console = Console()
+    # Piped (CI logs, files): wide enough that codes and names are never folded.
+    return console if console.is_terminal else Console(width=120)
 
 
 def print_explanation(code: str, console: Console | None = None) -> ExitCode:
     """The documentation of one check, or a clear error for an unknown code."""
     from convcheck.registry import all_checks, find_check
 
-    console = console or Console()
+    console = _console(console)
     check = find_check(code)
     if check is None:
         known = ", ".join(f"{c.code} ({c.name})" for c in all_checks())
