@@ -152,7 +152,9 @@ def render_text(result: "FixResult", file=None) -> None:
         for old, new in sd.examples:
             console.print(f"      {e(old)} → {e(new)}")
         if sd.metadata_entries is not None:
-            console.print(f"      _metadata ({sd.metadata_entries} module entries) renamed to match")
+            console.print(
+                f"      _metadata renamed to match ({sd.metadata_entries} → {sd.metadata_entries_after} module entries)"
+            )
     if result.model is not None:
         m = result.model
         console.print(f"  model {e(m.factory)} ({e(m.model_class)}, {m.model_keys} keys)")

@@ -29,6 +29,7 @@ import struct
 import sys
 import tempfile
 import threading
+import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -310,6 +311,7 @@ class StateDictReport(BaseModel):
     mixed: dict[str, int] = Field(default_factory=dict)
     mixed_examples: list[str] = Field(default_factory=list)
     metadata_entries: int | None = None
+    metadata_entries_after: int | None = None
     interior_orig_mod: int = 0
 
 
@@ -398,9 +400,9 @@ def plan_state_dict(
     prefixes: Sequence[str] = WRAPPER_PREFIXES,
     add_prefix: str = "",
     force: bool = False,
-    metadata_entries: int | None = None,
+    metadata: dict | None = None,
 ) -> StateDictPlan:
-    """Decide how one state_dict's keys change; pure (keys in, plan out)."""
+    """Decide how one state_dict's keys change; pure (keys and ``_metadata`` in, plan out)."""
     keys = list(keys)
     prefixes = tuple(prefixes)
     chain = common_wrapper_prefix(keys, prefixes) or ""
@@ -408,7 +410,7 @@ def plan_state_dict(
     location = describe_path(path)
     report = StateDictReport(
         path=list(path), location=location, keys=len(keys), status="clean",
-        metadata_entries=metadata_entries,
+        metadata_entries=len(metadata) if metadata is not None else None,
         interior_orig_mod=sum(1 for k in keys if "._orig_mod." in k[len(chain):]),
     )
     if mixed:
@@ -439,6 +441,8 @@ def plan_state_dict(
     report.status = "fix" if changed else "clean"
     if not changed:
         plan = KeyPlan(prefixes=prefixes)
+    if metadata is not None:
+        report.metadata_entries_after = len(rename_metadata(metadata, plan))
     return StateDictPlan(path, keys, plan, report)
 
 
@@ -475,6 +479,8 @@ def fix_checkpoint(options: FixOptions) -> FixResult:
     modified except by ``in_place`` after a backup exists.
     """
     source = Path(options.checkpoint)
+    if options.in_place and source.is_symlink():
+        source = source.resolve()  # fix the file the link points to; the link stays a link
     prefixes = tuple(dict.fromkeys(WRAPPER_PREFIXES + tuple(normalize_prefix(p) for p in options.prefixes)))
     add_prefix = normalize_prefix(options.add_prefix) if options.add_prefix else ""
     if options.output is not None and options.in_place:
@@ -494,7 +500,7 @@ def fix_checkpoint(options: FixOptions) -> FixResult:
     reader = _open_source(source, fmt, options.trust)
     plans = [
         plan_state_dict(path, list(sd.keys()), prefixes, add_prefix, options.force,
-                        len(sd._metadata) if isinstance(getattr(sd, "_metadata", None), dict) else None)
+                        sd._metadata if isinstance(getattr(sd, "_metadata", None), dict) else None)
         for path, sd in reader.state_dicts()
     ]
     if not plans:
@@ -522,7 +528,7 @@ def fix_checkpoint(options: FixOptions) -> FixResult:
 
 def _decide(result: FixResult, options: FixOptions, reader: Any, plans: Sequence[StateDictPlan],
             changes: bool, mode: str, target: Path | None, notes: list[str]) -> Any:
-    source = Path(options.checkpoint)
+    source = Path(result.checkpoint)
     if options.model:
         result.model = _check_model(options.model, reader, plans)
         if options.strict and not result.model.strict_ok:
@@ -1008,6 +1014,12 @@ def _patch_crc(fd: int, rec: _ZipRecord, crc: int) -> None:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def _printable(text: str, limit: int = 160) -> str:
+    """``text`` on one line, without control or garbage characters, at most ``limit`` long."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _first_line(exc: BaseException) -> str:
     text = _ANSI.sub("", str(exc)).strip()
     return (text.splitlines()[0] if text else type(exc).__name__).strip()
@@ -1057,7 +1069,10 @@ class _TorchReader:
         import torch
 
         try:
-            return torch.load(self.path, map_location=map_location, weights_only=not self.trust, mmap=mmap)
+            with warnings.catch_warnings():
+                # e.g. "Detected pickle protocol 4": noise next to the error this reports instead
+                warnings.simplefilter("ignore")
+                return torch.load(self.path, map_location=map_location, weights_only=not self.trust, mmap=mmap)
         except pickle.UnpicklingError as exc:
             raise self._unpickling_error(exc) from exc
         except RuntimeError as exc:
@@ -1097,10 +1112,10 @@ class _TorchReader:
                 "with weights_only=False, which runs whatever code the file contains. Nothing was changed.",
                 kind="unsafe",
             )
-        reason = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+        found = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", text, re.S)
+        reason = _printable(found.group(1) if found else "") or _printable(_first_line(exc))
         return CheckpointError(
-            f"{self.path} is corrupted or not a PyTorch checkpoint: its pickle cannot be read "
-            f"({reason.group(1).strip() if reason else _first_line(exc)})."
+            f"{self.path} is corrupted or not a PyTorch checkpoint: its pickle cannot be read ({reason})."
         )
 
     def cpu_payload(self) -> Any:

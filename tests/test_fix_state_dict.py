@@ -319,6 +319,33 @@ def test_safetensors(tmp_path: Path, net: nn.Module) -> None:
         assert f.metadata() == {"format": "pt", "epoch": "3"}
 
 
+def test_safetensors_against_a_model(tmp_path: Path, net: nn.Module, netdef: ModuleType) -> None:
+    st = pytest.importorskip("safetensors.torch")
+    source = tmp_path / "model.safetensors"
+    st.save_file(nn.DataParallel(net).state_dict(), str(source))
+
+    result = fix(source, "--model", f"{netdef.PATH}:make", "--strict", "--in-place", "--format", "json")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    report = json.loads(result.stdout)
+    assert report["model"]["strict_ok"] is True and report["status"] == "fixed"
+    assert_same_tensors({k: v for k, v in sorted(st.load_file(str(source)).items())},
+                        dict(sorted(net.state_dict().items())))
+
+
+def test_plain_torch_save_path_writes_the_same_checkpoint(tmp_path: Path, net: nn.Module,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "ddp.pt"
+    torch.save({"model": nn.DataParallel(net).state_dict(), "epoch": 2}, source)
+    assert fix(source, "-o", tmp_path / "fast.pt").exit_code == ExitCode.OK
+    monkeypatch.setattr(statedict._TorchReader, "_fast_path_possible", lambda self: False)
+    assert fix(source, "-o", tmp_path / "plain.pt").exit_code == ExitCode.OK
+    fast = torch.load(tmp_path / "fast.pt", weights_only=True)
+    plain = torch.load(tmp_path / "plain.pt", weights_only=True)
+    assert_same_tensors(fast["model"], plain["model"])
+    assert fast["epoch"] == plain["epoch"] == 2 and dict(fast["model"]._metadata) == dict(plain["model"]._metadata)
+
+
 def test_module_in_the_middle_of_a_key_is_left_alone(tmp_path: Path, net: nn.Module) -> None:
     source = tmp_path / "plain.pt"
     torch.save({"model": net.state_dict()}, source)
@@ -352,6 +379,33 @@ def test_output_and_in_place(tmp_path: Path, net: nn.Module) -> None:
     again = fix(source, "--in-place")  # now clean: left untouched, the backup too
     assert again.exit_code == ExitCode.OK and "nothing to fix" in again.stdout
     assert (tmp_path / "ddp.pt.bak").read_bytes() == original
+
+
+def test_in_place_through_a_symlink_fixes_the_file_it_points_to(tmp_path: Path, net: nn.Module) -> None:
+    real = tmp_path / "real.pt"
+    torch.save(nn.DataParallel(net).state_dict(), real)
+    original = real.read_bytes()
+    (tmp_path / "link.pt").symlink_to(real)
+
+    result = fix(tmp_path / "link.pt", "--in-place")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert (tmp_path / "link.pt").is_symlink()
+    assert list(torch.load(tmp_path / "link.pt", weights_only=True)) == NET_KEYS
+    assert (tmp_path / "real.pt.bak").read_bytes() == original
+
+
+def test_output_of_a_clean_checkpoint_is_an_identical_copy(tmp_path: Path, net: nn.Module) -> None:
+    source = tmp_path / "clean.pt"
+    torch.save({"model": net.state_dict(), "epoch": 1}, source)
+
+    result = fix(source, "-o", tmp_path / "copy.pt", "--format", "json")
+
+    assert result.exit_code == ExitCode.OK
+    report = json.loads(result.stdout)
+    assert (report["status"], report["output"], report["verification"]["ok"]) == ("unchanged-copy", str(tmp_path / "copy.pt"), True)
+    copy = torch.load(tmp_path / "copy.pt", weights_only=True)
+    assert_same_tensors(copy["model"], net.state_dict()) and copy["epoch"] == 1
 
 
 def test_in_place_refuses_to_overwrite_a_different_backup(tmp_path: Path, net: nn.Module) -> None:
