@@ -33,7 +33,7 @@ import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
@@ -406,7 +406,9 @@ def plan_state_dict(
     keys = list(keys)
     prefixes = tuple(prefixes)
     chain = common_wrapper_prefix(keys, prefixes) or ""
-    mixed = mixed_prefixes(keys, prefixes, after=chain)
+    # Only a state_dict without a common chain can be half-wrapped. After a chain, a
+    # leading "module." is a real submodule (DDP(model) where model.module exists).
+    mixed = mixed_prefixes(keys, prefixes) if not chain else {}
     location = describe_path(path)
     report = StateDictReport(
         path=list(path), location=location, keys=len(keys), status="clean",

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import socket
-import sys
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -150,6 +149,10 @@ def test_mixed_prefixes_and_force_plan() -> None:
     forced = plan_state_dict(("model",), keys, force=True)
     assert forced.report.status == "fix" and forced.report.keys_changed == 2
     assert [forced.plan.rename(k) for k in keys] == ["fc.weight", "fc.bias", "head.weight"]
+    # DDP around a model whose own top-level submodule is called "module": one prefix, not mixed
+    wrapped = plan_state_dict((), ["module.module.weight", "module.head.weight"])
+    assert wrapped.report.status == "fix"
+    assert [wrapped.plan.rename(k) for k in wrapped.keys] == ["module.weight", "head.weight"]
     with pytest.raises(statedict.CheckpointError, match="same name"):
         plan_state_dict((), ["module.fc.weight", "fc.weight"], force=True)
 
