@@ -53,6 +53,7 @@ class Probe:
         self.handles: list[Any] = []
         self.stopping = False
         self.seeding = False
+        self.warnings_recorded = 0
         self.finished = False
         # Per-optimizer step attempts (performed + skipped by a GradScaler).
         self.attempts: dict[int, int] = {}
@@ -63,6 +64,7 @@ class Probe:
         self.param_ids: dict[int, int] = {}
         self.param_names: dict[int, str] = {}
         self.known_roots: set[int] = set()
+        self.mode_modules: list[tuple[Any, list[tuple[str, Any]]]] = []
         self.depth = 0
         self.fp16_autocast_depth = 0
         self.armed_nonfinite = False
@@ -172,7 +174,14 @@ class Probe:
                 params.append({"id": index, "name": name, "shape": list(param.shape),
                                "requires_grad": bool(param.requires_grad), "dtype": str(param.dtype)})
         if params:
-            self.emit("model", cls=type(module).__name__, params=params, wrapper=wrapper)
+            # Dropout and batch-norm behave differently in eval mode: remember them to watch their mode.
+            import torch.nn as nn
+
+            sensitive = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
+            moded = [(name, sub) for name, sub in module.named_modules() if isinstance(sub, sensitive)]
+            self.mode_modules.append((module, moded))
+            self.emit("model", cls=type(module).__name__, params=params, wrapper=wrapper,
+                      mode_modules=[{"name": name, "cls": type(sub).__name__} for name, sub in moded])
 
     def _param_index(self, param: Any) -> int:
         index = self.param_ids.get(id(param))
@@ -315,6 +324,9 @@ class Probe:
         if loss is not None and not math.isfinite(loss):
             # Check every module's output from now on to find where it started.
             self.armed_nonfinite = True
+        in_eval = [name for _, moded in self.mode_modules for name, sub in moded if not sub.training]
+        if in_eval:
+            sampled["eval_modules"] = in_eval[:50]
         self.emit("backward", n=self.backward_count, step=self.step_count, loss=loss, loc=_loc(4), **sampled)
 
     def install(self) -> None:
@@ -441,6 +453,58 @@ def _install_patches(probe: Probe, torch: Any) -> None:
         return __init__
 
     patches.wrap(torch.optim.Optimizer, "__init__", wrap_optimizer_init)
+
+    def wrap_zero_grad(kind: str) -> Any:
+        def make(original: Any) -> Any:
+            def zero_grad(self: Any, *args: Any, **kwargs: Any) -> Any:
+                probe.emit("zero_grad", kind=kind, step=probe.step_count,
+                           backwards=probe.backwards_since_step, loc=_loc(3))
+                return original(self, *args, **kwargs)
+
+            return zero_grad
+
+        return make
+
+    # Where gradients are cleared relative to backward and step: no hook reports it.
+    patches.wrap(torch.optim.Optimizer, "zero_grad", wrap_zero_grad("optimizer"))
+    patches.wrap(torch.nn.Module, "zero_grad", wrap_zero_grad("module"))
+
+    from torch.optim import lr_scheduler
+
+    scheduler_cls = getattr(lr_scheduler, "LRScheduler", None) or lr_scheduler._LRScheduler
+
+    # Scheduler steps have no hook; their order against optimizer steps is the evidence.
+    def wrap_scheduler_step(original: Any) -> Any:
+        def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
+            internal = is_library_file(sys._getframe(1).f_code.co_filename)
+            try:
+                lrs = [_num(v) for v in self.get_last_lr()]
+            except Exception:
+                lrs = []
+            probe.emit("sched_step", cls=type(self).__name__, step=probe.step_count, internal=internal,
+                       lrs=lrs, loc=_loc(3))
+            return result
+
+        return step
+
+    patches.wrap(scheduler_cls, "step", wrap_scheduler_step)
+
+    import warnings
+
+    # PyTorch reports silent shape bugs (a broadcast target in mse_loss) as warnings only.
+    def wrap_showwarning(original: Any) -> Any:
+        def showwarning(message: Any, category: Any, filename: str, lineno: int, *args: Any, **kwargs: Any) -> Any:
+            if probe.warnings_recorded < 50:
+                probe.warnings_recorded += 1
+                probe.emit("warning", category=getattr(category, "__name__", str(category)),
+                           message=str(message)[:500], origin=[filename, lineno], loc=_loc(3),
+                           step=probe.step_count)
+            return original(message, category, filename, lineno, *args, **kwargs)
+
+        return showwarning
+
+    patches.wrap(warnings, "showwarning", wrap_showwarning)
 
     _patch_data(probe, torch, patches)
     _patch_seeding(probe, torch, patches)
