@@ -100,6 +100,32 @@ class Flow:
                 for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
                     if arg is not None:
                         self.parameters.add(arg.arg)
+        self._bind_call_arguments()
+
+    def _bind_call_arguments(self) -> None:
+        """A parameter of a function defined here depends on what its callers pass (``mp.spawn`` included)."""
+        for call in (n for n in ast.walk(self.ctx.tree) if isinstance(n, ast.Call)):
+            callee = dotted_name(call.func)
+            given: list[ast.AST] = list(call.args)
+            keywords = {kw.arg: kw.value for kw in call.keywords if kw.arg}
+            if last_segment(callee) in ("spawn", "start_processes") and call.args:
+                # mp.spawn(fn, args=(a, b)) calls fn(rank, a, b).
+                callee = dotted_name(call.args[0])
+                spawn_args = keywords.get("args", call.args[1] if len(call.args) > 1 else None)
+                given = [ast.Constant(value=0), *(spawn_args.elts if isinstance(spawn_args, ast.Tuple) else [])]
+                keywords = {}
+            function = self.functions.get(last_segment(callee)) if callee else None
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            params = [a.arg for a in [*function.args.posonlyargs, *function.args.args]]
+            if params and params[0] == "self" and "." in (callee or ""):
+                params = params[1:]
+            for name, value in zip(params, given):
+                if not isinstance(value, ast.Starred):
+                    self.assigned.setdefault(name, []).append((call.lineno, value))
+            for name, value in keywords.items():
+                if name in params or any(a.arg == name for a in function.args.kwonlyargs):
+                    self.assigned.setdefault(name, []).append((call.lineno, value))
 
     def values_of(self, name: str, before: int | None = None) -> list[tuple[int, ast.AST]]:
         """What was assigned to ``name`` (dotted), optionally only on lines before ``before``."""
