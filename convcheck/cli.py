@@ -185,12 +185,24 @@ def config(
     typer.echo(json.dumps(effective.settings.model_dump(by_alias=True), indent=2))
 
 
-@app.command()
-def rules() -> None:
-    """List every check: code, name, default severity, evidence used, summary."""
-    from convcheck.explain import print_rules
+class RulesFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
 
-    print_rules()
+
+@app.command()
+def rules(
+    output_format: Annotated[RulesFormat, typer.Option("--format", help="table, or markdown (docs/rules.md)")] = (
+        RulesFormat.table
+    ),
+) -> None:
+    """List every check: code, name, default severity, evidence used, summary."""
+    from convcheck.explain import print_rules, rules_markdown
+
+    if output_format == RulesFormat.markdown:
+        typer.echo(rules_markdown(), nl=False)
+    else:
+        print_rules()
 
 
 @app.command()

@@ -30,6 +30,36 @@ def _console(console: Console | None) -> Console:
     return console if console.is_terminal else Console(width=120)
 
 
+REQUIRED_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead", "Fix")
+
+
+def rules_markdown() -> str:
+    """Every check's documentation as one markdown page (docs/rules.md is this, generated)."""
+    from convcheck.registry import all_checks
+
+    lines = [
+        "# convcheck rules",
+        "",
+        "Generated from each check's docstring by `convcheck rules --format markdown`; do not edit by hand.",
+        "",
+        "| code | name | default severity | evidence | summary |",
+        "|---|---|---|---|---|",
+    ]
+    checks = all_checks()
+    for check in checks:
+        anchor = check.code.lower()
+        lines.append(
+            f"| [{check.code}](#{anchor}) | {check.name} | {check.severity.value} | "
+            f"{'+'.join(check.evidence_kinds())} | {check.summary} |"
+        )
+    for check in checks:
+        doc = check.documentation().replace("\n## ", "\n### ")
+        if doc.startswith("## "):
+            doc = "#" + doc
+        lines += ["", f'<a id="{check.code.lower()}"></a>', f"## {check.code} {check.name}", "", doc]
+    return "\n".join(lines) + "\n"
+
+
 def print_explanation(code: str, console: Console | None = None) -> ExitCode:
     """The documentation of one check, or a clear error for an unknown code."""
     from convcheck.registry import all_checks, find_check
