@@ -222,3 +222,26 @@ def test_dataloader_workers_are_probed_too(tmp_path: Path) -> None:
         assert {(e["rng"], e["internal"]) for e in _kinds(events, "seed")} == {
             ("python", True), ("torch", True), ("numpy", True)
         }
+
+
+def test_the_users_own_sitecustomize_still_runs(tmp_path: Path) -> None:
+    import os
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import os\nos.environ['USER_SITE_LOADED'] = 'yes'\n")
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import os, torch\n"
+        "assert os.environ.get('USER_SITE_LOADED') == 'yes'\n"
+        "w = torch.zeros(1, requires_grad=True)\n"
+        "opt = torch.optim.SGD([w], lr=1.0)\n"
+        "w.sum().backward(); opt.step()\n"
+    )
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(site))
+    proc = subprocess.run([sys.executable, "-m", "convcheck", "run", "--format", "json", str(script)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
