@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from convcheck.checks.cc001_state_dict_prefix import StateDictPrefix
+from convcheck.checks.cc003_loss_double_normalization import LossDoubleNormalization
 from convcheck.checks.cc004_sampler_epoch_not_set import SamplerEpochNotSet
 from convcheck.checks.cc005_lr_not_scaled import LrNotScaled
 from convcheck.checks.cc100_unused_suppression import UnusedSuppression
 
 ALL: list = [
     StateDictPrefix,
+    LossDoubleNormalization,
     SamplerEpochNotSet,
     LrNotScaled,
     UnusedSuppression,

@@ -1,0 +1,493 @@
+"""CC003 loss-double-normalization: a mean-reduced loss divided again by the batch size; gradient
+accumulation whose loss is not divided by the number of micro-batches, or divided twice."""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from convcheck.findings import Finding, Severity
+from convcheck.registry import Check, RunVariant
+from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
+from convcheck.static.context import StaticContext, dotted_name
+from convcheck.static.flow import Flow, keyword, last_segment, user_location
+
+_FIX_DOUBLE = (
+    "Remove the division by the batch size: a loss with reduction='mean' is already the average over the "
+    "batch. If you want a per-sample sum divided by the number of samples, build the loss with "
+    "reduction='sum' and divide once."
+)
+_FIX_ACCUM = (
+    "Divide the loss by the number of micro-batches per optimizer step (`(loss / accum_steps).backward()`), "
+    "so that the accumulated gradient is the mean over the whole effective batch."
+)
+_FIX_ACCUM_TWICE = (
+    "Divide the loss by the number of micro-batches only: the mean-reduced loss is already averaged over "
+    "each micro-batch, so dividing by the batch size as well shrinks the gradient once more."
+)
+
+#: torch.nn.functional losses and the nn.Module losses that reduce by the mean by default.
+_LOSS_FUNCTIONS = frozenset({
+    "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
+    "binary_cross_entropy_with_logits", "kl_div", "soft_margin_loss", "multilabel_soft_margin_loss",
+    "poisson_nll_loss", "gaussian_nll_loss", "cosine_embedding_loss", "margin_ranking_loss",
+    "hinge_embedding_loss", "multi_margin_loss", "triplet_margin_loss",
+})
+_LOSS_MODULES = frozenset({
+    "CrossEntropyLoss", "NLLLoss", "MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss", "BCELoss",
+    "BCEWithLogitsLoss", "KLDivLoss", "SoftMarginLoss", "MultiLabelSoftMarginLoss", "PoissonNLLLoss",
+    "GaussianNLLLoss", "CosineEmbeddingLoss", "MarginRankingLoss", "HingeEmbeddingLoss", "MultiMarginLoss",
+    "TripletMarginLoss",
+})
+#: Names that hold a batch size.
+_BATCH_NAMES = frozenset({"batch_size", "bs", "bsz", "batch", "batchsize", "b", "n_batch", "num_samples",
+                          "n_samples", "local_batch_size", "micro_batch_size", "per_device_batch_size"})
+#: Autograd nodes of losses that record their reduction (0 none, 1 mean, 2 sum).
+_REDUCED = frozenset({
+    "NllLossBackward0", "NllLoss2DBackward0", "MseLossBackward0", "SmoothL1LossBackward0", "HuberLossBackward0",
+    "BinaryCrossEntropyBackward0", "BinaryCrossEntropyWithLogitsBackward0", "SoftMarginLossBackward0",
+    "MultiMarginLossBackward0", "MultilabelMarginLossBackward0", "L1LossBackward0",
+})
+#: Nodes a loss passes through unchanged in scale (casts under AMP, copies, sums with other terms).
+_THROUGH = frozenset({
+    "AddBackward0", "AddBackward1", "SubBackward0", "SubBackward1", "NegBackward0", "CloneBackward0",
+    "ToCopyBackward0", "MulBackward1", "ViewBackward0", "ReshapeAliasBackward0", "SqueezeBackward0",
+    "SqueezeBackward1", "UnsqueezeBackward0", "ExpandBackward0",
+})
+
+
+class LossDoubleNormalization(Check):
+    """## What it does
+    Finds a loss that is averaged twice: a loss built with `reduction='mean'` (the default of every
+    `torch.nn` loss, and `.mean()`) that is then divided again by the batch size. With gradient
+    accumulation, it also finds losses that are not divided by the number of micro-batches per optimizer
+    step, and losses divided by both.
+
+    At run time it reads the autograd graph of the loss at each sampled `backward()` before the graph is
+    freed: the loss node's reduction and batch size, and every division on the way to the value
+    `backward()` was called on. It counts the `backward()` calls between optimizer steps. From the source
+    it finds `criterion(out, y) / batch_size` and `loss /= x.size(0)` after a mean-reduced loss.
+
+    ## Why is this bad?
+    A mean-reduced loss is already the average over the batch. Dividing it by the batch size again makes
+    every gradient B times too small: the effective learning rate drops by the batch size, training looks
+    stuck, and changing the batch size silently changes the learning rate. With k micro-batches
+    accumulated per step and no division by k, the gradient is k times the mean: the effective learning
+    rate grows with the accumulation count.
+
+    ## Example
+    ```python
+    criterion = nn.CrossEntropyLoss()
+    loss = criterion(model(x), y) / x.size(0)  # already a mean over the batch
+    loss.backward()
+    ```
+
+    ## Use instead
+    ```python
+    criterion = nn.CrossEntropyLoss()
+    loss = criterion(model(x), y)
+    loss.backward()
+    ```
+    or, with accumulation over `accum` micro-batches:
+    ```python
+    (criterion(model(x), y) / accum).backward()
+    ```
+
+    ## Fix
+    Divide a mean-reduced loss only by the number of accumulated micro-batches. If a per-sample sum is
+    wanted, use `reduction='sum'` and divide once by the number of samples. A sum-reduced loss divided by
+    the batch size, a division by the accumulation count, and label smoothing are not reported.
+    """
+
+    code = "CC003"
+    name = "loss-double-normalization"
+    severity = Severity.ERROR
+    summary = "A mean-reduced loss divided again by the batch size; accumulation not divided by its count."
+
+    _deferred = False
+    _pending: list[Finding]
+
+    def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
+        # A run follows: static findings wait for it so that one bug gives one finding.
+        self._deferred = True
+        return {}
+
+    # -- static ------------------------------------------------------------------------------
+
+    def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
+        found = list(self._static(ctx))
+        if self._deferred:
+            self._pending = found
+            return []
+        return found
+
+    def _static(self, ctx: StaticContext) -> Iterable[Finding]:
+        for site in static_divisions(ctx):
+            yield self.finding(
+                f"`{site.loss}` is a mean-reduced loss ({site.why}) and is divided again by `{site.divisor}`, "
+                "which looks like the batch size: the gradient becomes batch-size times too small.",
+                fix=_FIX_DOUBLE, location=(ctx.display_path, site.line), severity=Severity.WARNING,
+                source="static", evidence={"loss": site.loss, "divisor": site.divisor, "reduction": "mean"},
+            )
+
+    # -- runtime -----------------------------------------------------------------------------
+
+    def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
+        pending = list(getattr(self, "_pending", []))
+        self._pending = []
+        proc = next(iter(run.trainers), None)
+        if proc is None:
+            return pending
+        observations = observe(proc)
+        if not observations:
+            return pending  # no graph was recorded: the source is the only evidence
+        findings: list[Finding] = []
+        verdict = _worst(observations)
+        if verdict is not None:
+            finding = self._runtime_finding(verdict, observations, ctx)
+            twin = _nearest(pending, finding)
+            if twin is not None and verdict.kind in ("double", "accum-twice"):
+                finding = finding.model_copy(update={"location": twin.location, "source": "static+runtime"})
+            findings.append(finding)
+        # Static suspicions the graphs contradict (no division by the batch size was seen) are dropped.
+        return findings
+
+    def _runtime_finding(self, obs: Observation, all_obs: list[Observation], ctx: StaticContext) -> Finding:
+        where = user_location(obs.loc, ctx)
+        count = sum(1 for o in all_obs if o.kind == obs.kind)
+        evidence: dict[str, Any] = {
+            "loss_node": obs.node, "reduction": obs.reduction, "batch_size": obs.batch,
+            "divisors": obs.divisors, "backwards_per_step": obs.k, "backward_calls_seen": count,
+            "loss_value": obs.loss,
+        }
+        divisors = " × ".join(_fmt(d) for d in obs.divisors) or "nothing"
+        if obs.kind == "double":
+            message = (
+                f"The loss ({obs.node}, reduction='{obs.reduction}' over a batch of {obs.batch}) was divided by {divisors} "
+                f"before backward(): the batch size divides it twice, so gradients are {obs.batch}× too small "
+                f"(seen in {count} of the sampled backward calls)."
+            )
+            return self.finding(message, fix=_FIX_DOUBLE, location=where, evidence=evidence)
+        if obs.kind == "accum-twice":
+            message = (
+                f"{obs.k} backward() calls accumulate into each optimizer step and the loss ({obs.node}, "
+                f"reduction='mean' over a batch of {obs.batch}) was divided by {divisors}: by the accumulation "
+                f"count and by the batch size, so gradients are {obs.batch}× too small."
+            )
+            return self.finding(message, fix=_FIX_ACCUM_TWICE, location=where, evidence=evidence)
+        message = (
+            f"{obs.k} backward() calls accumulate into each optimizer step, but the loss ({obs.node}, "
+            f"{obs.reduction}-reduced over a batch of {obs.batch}) is divided by {divisors}: the accumulated "
+            f"gradient is {obs.k}× the mean gradient, so the effective learning rate is {obs.k}× the one set."
+        )
+        return self.finding(message, fix=_FIX_ACCUM, location=where, evidence=evidence, severity=Severity.WARNING)
+
+
+# -- runtime analysis of recorded loss graphs -------------------------------------------------------
+
+
+@dataclass
+class Observation:
+    """One loss term seen at one backward call, and what its divisions amount to."""
+
+    kind: str  # "double", "accum-missing", "accum-twice", "accum-ok", "ok"
+    node: str
+    reduction: str
+    batch: int
+    divisors: list[float]
+    k: int
+    loc: Any
+    loss: Any
+
+
+def observe(proc: ProcessTrace) -> list[Observation]:
+    """Every loss term in every recorded loss graph of this process, judged against its step's backward count."""
+    steps = proc.of("step")
+    per_step = {s.get("n"): int(s.get("backwards") or 0) for s in steps}
+    counts = [k for k in per_step.values() if k > 0]
+    usual = Counter(counts).most_common(1)[0][0] if counts else 1
+    found = []
+    for event in proc.of("backward"):
+        graph = event.get("graph")
+        if not graph:
+            continue
+        k = per_step.get((event.get("step") or 0) + 1) or usual
+        for term in loss_terms(graph):
+            found.append(_judge(term, k, event))
+    return found
+
+
+@dataclass
+class Term:
+    node: str
+    reduction: str  # "mean" or "sum"
+    batch: int
+    divisors: list[float]
+
+
+def loss_terms(graph: list[Event]) -> list[Term]:
+    """The reduced loss nodes reachable from the root through scale-preserving nodes, with the divisors met."""
+    children: dict[int, list[int]] = {}
+    for index, node in enumerate(graph):
+        children.setdefault(node.get("parent", -1), []).append(index)
+    terms: list[Term] = []
+    todo: list[tuple[int, list[float]]] = [(0, [])] if graph else []
+    while todo:
+        index, divisors = todo.pop()
+        node = graph[index]
+        name = node.get("name", "")
+        attrs = node.get("attrs") or {}
+        kids = children.get(index, [])
+        divisor = _divisor(name, attrs)
+        if divisor is not None:
+            # A sum divided by its own length is a mean (label smoothing, batchmean): seen as one term.
+            below = [graph[c] for c in kids]
+            if (len(below) == 1 and below[0].get("name") == "SumBackward0"
+                    and _first_dim((below[0].get("attrs") or {}).get("self_sym_sizes")) == divisor):
+                terms.append(Term("SumBackward0/len", "mean", int(divisor), divisors))
+                continue
+            todo.extend((c, [*divisors, divisor]) for c in kids)
+            continue
+        if name in _REDUCED:
+            reduction = attrs.get("reduction")
+            batch = _first_dim((attrs.get("self") or {}).get("shape"))
+            if reduction in (1, 2) and batch:
+                terms.append(Term(name, "mean" if reduction == 1 else "sum", batch, divisors))
+            continue
+        if name == "MeanBackward0":
+            batch = _first_dim(attrs.get("self_sym_sizes"))
+            if batch:
+                terms.append(Term(name, "mean", batch, divisors))
+            continue
+        if name == "SumBackward0":
+            batch = _first_dim(attrs.get("self_sym_sizes"))
+            if batch:
+                terms.append(Term(name, "sum", batch, divisors))
+            continue
+        if name in _THROUGH or (name == "MulBackward0" and _scalar(attrs.get("other")) is not None):
+            todo.extend((c, divisors) for c in kids)
+    return terms
+
+
+def _judge(term: Term, k: int, event: Event) -> Observation:
+    batch = term.batch
+    total = 1.0
+    for d in term.divisors:
+        total *= d
+    kind = "ok"
+    if term.reduction == "sum":
+        # A sum divided by the batch size is a mean: only what is divided beyond that counts.
+        extra = total / batch if batch else 0.0
+        integral = batch >= 1 and _close(extra, round(extra)) and extra >= 1
+        twice = integral and batch >= 2 and batch != k and (_close(extra, batch) or _close(extra, batch * k))
+    else:
+        extra = total
+        integral = True
+        twice = batch >= 2 and batch != k and (
+            any(_close(d, batch) for d in term.divisors) or _close(extra, batch) or _close(extra, batch * k)
+        )
+    if twice:
+        kind = "accum-twice" if k >= 2 and _close(extra, batch * k) else "double"
+    elif integral and k >= 2 and _close(extra, 1.0):
+        kind = "accum-missing"
+    elif integral and k >= 2 and _close(extra, k):
+        kind = "accum-ok"
+    return Observation(kind, term.node, term.reduction, batch, term.divisors, k, event.get("loc"), event.get("loss"))
+
+
+def _worst(observations: list[Observation]) -> Observation | None:
+    """The observation to report: a double normalization first; accumulation only if every term agrees."""
+    for kind in ("double", "accum-twice"):
+        hit = next((o for o in observations if o.kind == kind), None)
+        if hit is not None:
+            return hit
+    missing = [o for o in observations if o.kind == "accum-missing"]
+    if missing and not any(o.kind == "accum-ok" for o in observations):
+        return missing[0]
+    return None
+
+
+def _divisor(name: str, attrs: dict[str, Any]) -> float | None:
+    """The scalar a Div node divides by, or 1/x of a Mul by a reciprocal (``loss * (1 / n)``)."""
+    if name in ("DivBackward0", "DivBackward1"):
+        value = _scalar(attrs.get("other"))
+        return value if value is not None and value != 0 else None
+    if name == "MulBackward0":
+        value = _scalar(attrs.get("other"))
+        if value and 0 < value < 1:
+            inverse = 1.0 / value
+            if abs(inverse - round(inverse)) < 1e-3 * inverse:
+                return float(round(inverse))
+    return None
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict) and value.get("shape") in ([], [1]) and isinstance(value.get("value"), (int, float)):
+        return float(value["value"])
+    return None
+
+
+def _first_dim(shape: Any) -> int | None:
+    if isinstance(shape, list) and shape and isinstance(shape[0], (int, float)):
+        return int(shape[0])
+    return None
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-4 * max(1.0, abs(b))
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _nearest(pending: list[Finding], finding: Finding) -> Finding | None:
+    """The static finding that most likely names this runtime finding's division (the last before its backward)."""
+    if not pending:
+        return None
+    line = finding.location.line if finding.location and finding.location.line else 1 << 30
+    before = [p for p in pending if p.location and (p.location.line or 0) <= line]
+    return (before or pending)[-1]
+
+
+# -- static analysis --------------------------------------------------------------------------------
+
+
+@dataclass
+class DivisionSite:
+    line: int
+    loss: str
+    divisor: str
+    why: str
+
+
+def static_divisions(ctx: StaticContext) -> list[DivisionSite]:
+    """Divisions of a mean-reduced loss by something that looks like the batch size, whose result reaches backward()."""
+    flow = Flow(ctx)
+    backward_names = _backward_names(ctx)
+    sites: list[DivisionSite] = []
+    for node in ast.walk(ctx.tree):
+        if isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Div):
+            target = dotted_name(node.target)
+            if target is None or target not in backward_names:
+                continue
+            why = _mean_loss(node.target, flow, node.lineno)
+            if why and _is_batch_size(node.value, flow, node.lineno):
+                sites.append(DivisionSite(node.lineno, target, ast.unparse(node.value), why))
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.BinOp) and isinstance(node.value.op, ast.Div):
+            names = [dotted_name(t) for t in node.targets]
+            if not any(n in backward_names for n in names if n):
+                continue
+            site = _division(node.value, flow, node.lineno)
+            if site:
+                sites.append(site)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "backward":
+            receiver = _unwrap_scale(node.func.value)
+            if isinstance(receiver, ast.BinOp) and isinstance(receiver.op, ast.Div):
+                site = _division(receiver, flow, node.lineno)
+                if site:
+                    sites.append(site)
+    unique = {s.line: s for s in sites}
+    return [unique[line] for line in sorted(unique)]
+
+
+def _division(expr: ast.BinOp, flow: Flow, line: int) -> DivisionSite | None:
+    why = _mean_loss(expr.left, flow, line)
+    if why and _is_batch_size(expr.right, flow, line):
+        return DivisionSite(line, ast.unparse(expr.left), ast.unparse(expr.right), why)
+    return None
+
+
+def _unwrap_scale(node: ast.AST) -> ast.AST:
+    """``scaler.scale(x)`` → ``x``."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "scale" and node.args:
+        return node.args[0]
+    return node
+
+
+def _backward_names(ctx: StaticContext) -> set[str]:
+    """Names that ``.backward()`` is called on (directly or through ``scaler.scale(name)``)."""
+    names = set()
+    for call in ctx.calls():
+        if isinstance(call.func, ast.Attribute) and call.func.attr == "backward":
+            name = dotted_name(_unwrap_scale(call.func.value))
+            if name:
+                names.add(name)
+    return names
+
+
+def _mean_loss(node: ast.AST, flow: Flow, line: int, depth: int = 0) -> str | None:
+    """Why ``node`` is a mean-reduced loss (a short phrase), or None."""
+    if depth > 4:
+        return None
+    if isinstance(node, ast.Call):
+        name = dotted_name(node.func)
+        last = last_segment(name)
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "mean" and not node.args and not node.keywords:
+            return ".mean()"
+        if last in _LOSS_FUNCTIONS:
+            return _reduction_phrase(keyword(node, "reduction"), f"{last}(...)")
+        if name:
+            for _, value in reversed(flow.values_of(name, before=line)):
+                if isinstance(value, ast.Call) and last_segment(dotted_name(value.func)) in _LOSS_MODULES:
+                    return _reduction_phrase(keyword(value, "reduction"), f"{last_segment(dotted_name(value.func))}()")
+            if last in _LOSS_MODULES:
+                return None
+        return None
+    name = dotted_name(node)
+    if name:
+        values = [v for ln, v in flow.values_of(name, before=line) if ln <= line]
+        if values:
+            return _mean_loss(values[-1], flow, line, depth + 1)
+    return None
+
+
+def _reduction_phrase(reduction: ast.AST | None, what: str) -> str | None:
+    if reduction is None:
+        return f"{what} averages by default"
+    if isinstance(reduction, ast.Constant) and reduction.value == "mean":
+        return f"{what} with reduction='mean'"
+    if isinstance(reduction, ast.Constant) and reduction.value == "batchmean":
+        return f"{what} with reduction='batchmean'"
+    if isinstance(reduction, ast.IfExp) and any(
+        isinstance(branch, ast.Constant) and branch.value == "mean" for branch in (reduction.body, reduction.orelse)
+    ):
+        return f"{what} with reduction='mean' in one branch"
+    return None
+
+
+def _is_batch_size(node: ast.AST, flow: Flow, line: int, depth: int = 0) -> bool:
+    """``batch_size``, ``args.bs``, ``x.size(0)``, ``x.shape[0]``, ``len(x)``, or a name assigned one of them."""
+    if depth > 3:
+        return False
+    if isinstance(node, ast.Name) and node.id.lower() in _BATCH_NAMES:
+        return True
+    if isinstance(node, ast.Attribute) and node.attr.lower() in _BATCH_NAMES:
+        return True
+    if isinstance(node, ast.Call):
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "size" and len(node.args) == 1 \
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value == 0:
+            return True
+        if isinstance(func, ast.Name) and func.id == "len" and len(node.args) == 1:
+            arg = dotted_name(node.args[0]) or ""
+            return not any(word in arg.lower() for word in ("loader", "dataset", "data", "epoch"))
+        if isinstance(func, ast.Name) and func.id == "float" and len(node.args) == 1:
+            return _is_batch_size(node.args[0], flow, line, depth + 1)
+    if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value == 0:
+        value = node.value
+        if isinstance(value, ast.Attribute) and value.attr == "shape":
+            return True
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "size" \
+                and not value.args:
+            return True
+    if isinstance(node, ast.Name):
+        values = [v for ln, v in flow.values_of(node.id, before=line) if ln <= line]
+        if values:
+            return _is_batch_size(values[-1], flow, line, depth + 1)
+    return False

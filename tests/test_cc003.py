@@ -1,0 +1,189 @@
+"""CC003 loss-double-normalization: loss graphs recorded at backward, source snippets, a real script."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+from pathlib import Path
+
+import pytest
+from cc_testing import SCRIPTS, convcheck
+
+from convcheck.checks.cc003_loss_double_normalization import LossDoubleNormalization, loss_terms
+from convcheck.runtime.trace import RunTrace, load_events
+from convcheck.static.context import StaticContext
+
+CTX = StaticContext(path=Path("train.py"), source="", tree=ast.parse(""))
+
+
+def _div(value: float, parent: int = -1, depth: int = 0) -> dict:
+    return {"name": "DivBackward0", "depth": depth, "parent": parent,
+            "attrs": {"other": {"shape": [], "value": value}, "self": None}}
+
+
+def _nll(batch: int, reduction: int = 1, parent: int = -1, depth: int = 0) -> dict:
+    return {"name": "NllLossBackward0", "depth": depth, "parent": parent,
+            "attrs": {"reduction": reduction, "self": {"shape": [batch, 4]}, "target": {"shape": [batch]}}}
+
+
+def _run(graphs: list[list[dict]], per_step: int = 1) -> RunTrace:
+    events: list[dict] = [{"ev": "process", "pid": 1, "role": "entry"}]
+    n = 0
+    for step in range(len(graphs) // per_step):
+        for graph in graphs[step * per_step:(step + 1) * per_step]:
+            n += 1
+            events.append({"ev": "backward", "n": n, "step": step, "loss": 1.0, "loc": ["train.py", 20],
+                           "graph": graph})
+        events.append({"ev": "step", "opt": 0, "n": step + 1, "backwards": per_step, "grad": [0], "lrs": [0.1]})
+    return RunTrace(processes=[load_events(events)])
+
+
+def _findings(run: RunTrace) -> list[tuple[str, int | None]]:
+    check = LossDoubleNormalization()
+    return [(f.severity.value, f.location.line if f.location else None) for f in check.check_runtime(run, CTX)]
+
+
+def test_mean_loss_divided_by_batch_size_is_an_error() -> None:
+    graph = [_div(32.0), _nll(32, parent=0, depth=1)]
+    check = LossDoubleNormalization()
+    (finding,) = check.check_runtime(_run([graph] * 3), CTX)
+    assert finding.severity.value == "error"
+    assert finding.evidence["batch_size"] == 32 and finding.evidence["divisors"] == [32.0]
+    assert "divided by 32" in finding.message and "32× too small" in finding.message
+
+
+@pytest.mark.parametrize(
+    ("graph", "per_step", "expected"),
+    [
+        # sum-reduced loss divided by the number of samples: a mean, correct
+        ([_div(32.0), _nll(32, reduction=2, parent=0, depth=1)], 1, []),
+        # mean-reduced loss alone
+        ([_nll(32)], 1, []),
+        # a division that is not the batch size (a temperature, a constant)
+        ([_div(2.0), _nll(32, parent=0, depth=1)], 1, []),
+        # accumulation over 4 micro-batches, divided by 4: correct
+        ([_div(4.0), _nll(16, parent=0, depth=1)], 4, []),
+        # accumulation with no division
+        ([_nll(16)], 4, [("warning", 20)]),
+        # accumulation divided by 4 and by the batch size
+        ([_div(4.0), _div(16.0, parent=0, depth=1), _nll(16, parent=1, depth=2)], 4, [("error", 20)]),
+        # sum-reduced, divided by the batch size and by the accumulation count: correct
+        ([_div(64.0), _nll(16, reduction=2, parent=0, depth=1)], 4, []),
+        # the mean written as a multiplication by 1/B
+        ([{"name": "MulBackward0", "depth": 0, "parent": -1, "attrs": {"other": {"shape": [], "value": 0.125}}},
+          _nll(8, parent=0, depth=1)], 1, [("error", 20)]),
+    ],
+    ids=["sum-over-n", "mean", "temperature", "accum-ok", "accum-missing", "accum-twice", "sum-accum", "mul-inverse"],
+)
+def test_runtime_verdicts(graph: list[dict], per_step: int, expected: list) -> None:
+    assert _findings(_run([graph] * (per_step * 3), per_step=per_step)) == expected
+
+
+def test_label_smoothing_internal_mean_is_not_a_division() -> None:
+    # cross_entropy(label_smoothing=0.1) as recorded: 0.9 * nll + 0.025 * (sum / B)
+    graph = [
+        {"name": "AddBackward0", "depth": 0, "parent": -1},
+        {"name": "MulBackward1", "depth": 1, "parent": 0, "attrs": {"other": 0.9}},
+        {"name": "MulBackward1", "depth": 1, "parent": 0, "attrs": {"other": 0.025}},
+        _nll(8, parent=1, depth=2),
+        _div(8.0, parent=2, depth=2),
+        {"name": "SumBackward0", "depth": 3, "parent": 4, "attrs": {"self_sym_sizes": [8]}},
+    ]
+    assert [t.divisors for t in loss_terms(graph)] == [[], []]
+    assert _findings(_run([graph] * 3)) == []
+    doubled = [_div(8.0)] + [{**n, "parent": n["parent"] + 1, "depth": n["depth"] + 1} for n in graph]
+    assert _findings(_run([doubled] * 3)) == [("error", 20)]
+
+
+def test_graphs_from_torch() -> None:
+    torch = pytest.importorskip("torch")
+    from convcheck.runtime.graph import summarize_graph
+
+    x = torch.randn(8, 4, requires_grad=True)
+    y = torch.randint(0, 4, (8,))
+    f = torch.nn.functional
+    cases = {
+        "ce/B": (f.cross_entropy(x, y) / x.size(0), ["double"]),
+        "ce/=B": (f.cross_entropy(x, y).div(8), ["double"]),
+        "sum/B": (f.cross_entropy(x, y, reduction="sum") / 8, ["ok"]),
+        "smooth": (f.cross_entropy(x, y, label_smoothing=0.1), ["ok", "ok"]),
+        "mse/B": (f.mse_loss(x, torch.zeros(8, 4)) / 8, ["double"]),
+        "l1/B": (f.l1_loss(x, torch.zeros(8, 4)) / 8, ["double"]),
+        "bce/B": (f.binary_cross_entropy_with_logits(x, torch.rand(8, 4)) / 8, ["double"]),
+        "mean/B": ((x ** 2).mean() / 8, ["double"]),
+        "kl/B": (f.kl_div(f.log_softmax(x, 1), f.softmax(x.detach(), 1), reduction="batchmean") / 8, ["double"]),
+    }
+    from convcheck.checks.cc003_loss_double_normalization import _judge
+
+    for label, (loss, kinds) in cases.items():
+        terms = loss_terms(summarize_graph(loss.grad_fn))
+        assert [_judge(t, 1, {}).kind for t in terms] == kinds, label
+
+
+STATIC = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+criterion = nn.CrossEntropyLoss()
+summed = nn.CrossEntropyLoss(reduction="sum")
+for x, y in loader:
+    loss = criterion(model(x), y) / x.size(0)  # expect
+    loss.backward()
+for x, y in loader:
+    loss = criterion(model(x), y)
+    loss /= len(x)  # expect
+    loss.backward()
+for x, y in loader:
+    (F.mse_loss(model(x), y) / args.batch_size).backward()  # expect
+for x, y in loader:
+    bs = x.shape[0]
+    loss = F.cross_entropy(model(x), y).mean() / bs  # expect
+    scaler.scale(loss).backward()
+for x, y in loader:
+    loss = summed(model(x), y) / x.size(0)
+    loss.backward()
+for x, y in loader:
+    loss = criterion(model(x), y) / accum_steps
+    loss.backward()
+    total += loss.item() / x.size(0)
+    logged = criterion(model(x), y) / x.size(0)
+    avg = running / len(loader)
+'''
+
+
+def test_static_expectations() -> None:
+    source = textwrap.dedent(STATIC)
+    ctx = StaticContext(path=Path("snippet.py"), source=source, tree=ast.parse(source))
+    found = list(LossDoubleNormalization().check_static(ctx))
+    expected = [n for n, line in enumerate(source.splitlines(), start=1) if line.endswith("# expect")]
+    assert [f.location.line for f in found] == expected
+    assert {f.severity.value for f in found} == {"warning"} and {f.source for f in found} == {"static"}
+
+
+def test_static_finding_is_dropped_when_the_graphs_show_no_division() -> None:
+    source = "loss = criterion(model(x), y) / x.size(0)\nloss.backward()\ncriterion = nn.CrossEntropyLoss()\n"
+    source = "import torch.nn as nn\ncriterion = nn.CrossEntropyLoss()\n" + source
+    ctx = StaticContext(path=Path("t.py"), source=source, tree=ast.parse(source))
+    check = LossDoubleNormalization()
+    check.extra_runs(None, 5, ctx)
+    assert list(check.check_static(ctx)) == []
+    assert list(check.check_runtime(_run([[_nll(32)]] * 3), ctx)) == []
+
+
+def test_trainer_class_script_end_to_end(tmp_path: Path) -> None:
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC003", "--steps", "3",
+                       SCRIPTS / "cc003_trainer.py", "--batch-size", "16")
+    assert result.code == 0, result.stderr
+    (finding,) = result.findings("CC003")
+    assert finding["severity"] == "error" and finding["source"] == "static+runtime"
+    assert finding["location"]["line"] == _line(SCRIPTS / "cc003_trainer.py", "/ self.args.batch_size")
+    assert finding["evidence"]["batch_size"] == 16
+    fixed = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC003", "--steps", "3",
+                      SCRIPTS / "cc003_trainer.py", "--batch-size", "16", "--sum")
+    assert fixed.code == 0, fixed.stderr
+    assert fixed.findings("CC003") == []
+
+
+def _line(path: Path, needle: str) -> int:
+    return next(n for n, line in enumerate(path.read_text().splitlines(), start=1) if needle in line)
