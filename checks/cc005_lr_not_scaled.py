@@ -91,7 +91,13 @@ class _RunFacts:
     loc: Any
     batch: int | None
     accumulation: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: The lr a scheduler started from (``initial_lr``), where one is attached.
+    base_lrs: list[float | None] = field(default_factory=list)
+
+    @property
+    def base_lr(self) -> float | None:
+        base = self.base_lrs[0] if self.base_lrs else None
+        return base if base is not None else (self.lrs[0] if self.lrs else None)
 
     @property
     def global_batch(self) -> int | None:
@@ -250,11 +256,12 @@ class LrNotScaled(Check):
         return ([finding] if finding is not None else []) + rest
 
     def _with_run(self, twin: Finding, main: _RunFacts, ctx: StaticContext) -> Finding:
-        lr = main.lrs[0] if main.lrs else None
+        lr = main.base_lr
         ratio = main.world_size * main.accumulation
         suggestion = suggested_lr(lr, ratio, main.cls) if lr else None
         message = twin.message + (
-            f" This run used lr {_fmt(lr)} with {main.world_size} processes"
+            f" This run used {'base ' if main.base_lrs and main.base_lrs[0] is not None else ''}lr {_fmt(lr)} "
+            f"with {main.world_size} processes"
             + (f" and a global batch of {main.global_batch}" if main.global_batch else "")
             + f"; {('linear' if family(main.cls) == 'sgd' else 'square-root')} scaling from one process suggests "
             f"{_fmt(suggestion)}."
@@ -280,8 +287,10 @@ class LrNotScaled(Check):
             return None  # the per-process batch shrinks with the world size: the global batch is fixed
         growth = (g_main / g_single) if g_main and g_single else main.world_size * main.accumulation / single.accumulation
         lr = main.lrs[0]
-        suggestion = suggested_lr(lr, growth, main.cls)
+        base = main.base_lr if main.base_lr is not None else lr
+        suggestion = suggested_lr(base, growth, main.cls)
         rule = "linear" if family(main.cls) == "sgd" else "square-root"
+        schedule = f" (a scheduler's start; base lr {_fmt(base)})" if abs(base - lr) > 1e-12 * max(1.0, abs(base)) else ""
         batches = (
             f"the global batch was {g_single} with 1 process and {g_main} with {main.world_size}"
             if g_main and g_single else
@@ -289,13 +298,14 @@ class LrNotScaled(Check):
             + (f" × {main.accumulation} accumulation steps)" if main.accumulation > 1 else ")")
         )
         message = (
-            f"{main.cls} used lr {_fmt(lr)} with 1 process and lr {_fmt(lr)} with {main.world_size} processes, while "
-            f"{batches}: the learning rate ignores the world size. The {rule} scaling rule suggests lr "
-            f"{_fmt(suggestion)} at world size {main.world_size}."
+            f"{main.cls} used lr {_fmt(lr)} with 1 process and lr {_fmt(lr)} with {main.world_size} processes{schedule}, "
+            f"while {batches}: the learning rate ignores the world size. The {rule} scaling rule suggests "
+            f"{'a base ' if schedule else ''}lr {_fmt(suggestion)} at world size {main.world_size}."
         )
         evidence = {
             "optimizer": main.cls,
             "lr_by_world_size": {"1": single.lrs, str(main.world_size): main.lrs},
+            "base_lr": base,
             "per_process_batch": {"1": single.batch, str(main.world_size): main.batch},
             "accumulation_steps": {"1": single.accumulation, str(main.world_size): main.accumulation},
             "global_batch": {"1": g_single, str(main.world_size): g_main},
@@ -324,9 +334,11 @@ def _run_facts(run: RunTrace | None) -> _RunFacts | None:
         return None
     world = max(p.world_size for p in trainers)
     lrs = [float(v) for v in step.get("lrs") or [] if isinstance(v, (int, float))]
+    base = [g.get("initial_lr") if isinstance(g.get("initial_lr"), (int, float)) else None
+            for g in optimizer.get("groups") or []]
     return _RunFacts(
         world_size=world, cls=str(optimizer.get("cls")), lrs=lrs, loc=optimizer.get("loc") or step.get("loc"),
-        batch=_training_batch(proc), accumulation=max(1, int(step.get("backwards") or 1)),
+        batch=_training_batch(proc), accumulation=max(1, int(step.get("backwards") or 1)), base_lrs=base,
     )
 
 

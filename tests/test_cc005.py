@@ -228,3 +228,11 @@ def test_torchrun_script_reading_local_rank(script: str, expect: set) -> None:
                        SCRIPTS / script, "--base-lr", "0.2")
     assert result.code == 0, result.stderr
     assert {(f["severity"], f["location"]["line"]) for f in result.findings("CC005")} == expect
+
+
+def test_suggestion_starts_from_the_schedulers_base_lr() -> None:
+    run = trace(2, 0.05, 0.05)
+    for proc in [*run.processes, *run.variants[VARIANT].processes]:
+        proc.first("optimizer")["groups"][0]["initial_lr"] = 0.2
+    [finding] = runtime(run)
+    assert "base lr 0.2" in finding.message and finding.evidence["suggested_lr"] == pytest.approx(0.4)
