@@ -15,6 +15,7 @@ import multiprocessing.util
 import os
 import sys
 import traceback
+import weakref
 from typing import Any
 
 from convcheck.runtime import env, stepstats
@@ -75,6 +76,21 @@ class Probe:
         self.loader_ids: dict[int, int] = {}
         self.sampler_ids: dict[int, int] = {}
         self._open_epochs: dict[int, Event] = {}
+        # Model parameters (by index) and outer modules, held weakly: what requires_grad, what
+        # no optimizer holds, and what each run ends with (CC002, CC006).
+        self.param_refs: dict[int, Any] = {}
+        self.root_refs: list[Any] = []
+        self.optimizer_refs: list[Any] = []
+        # Global RNG states at install or at the user's last seeding, and which RNGs were drawn
+        # from before any seeding (CC002).
+        self.rng_base: dict[str, Any] = {}
+        self.rng_seeded: set[str] = set()
+        self.rng_unseeded_draws: set[str] = set()
+        self.final_recorded = False
+        #: The optimizer stepped last and its parameters: whose gradients the next backward adds to.
+        self.stepped: tuple[int, list[Any]] | None = None
+        #: Nesting of Module.train() calls: only the outermost one is recorded.
+        self.train_mode_depth = 0
 
     # -- recording -------------------------------------------------------------
 
@@ -116,6 +132,7 @@ class Probe:
         """Write the last event and flush; idempotent."""
         if self.finished:
             return
+        self.record_final()
         self.finished = True
         for record in list(self._open_epochs.values()):
             self._close_epoch(record, complete=False)
@@ -150,6 +167,7 @@ class Probe:
             self.stopping = True
             if self.last_params:
                 self.emit_histograms(self.last_params, "last")
+            self.record_final()
             self.emit("stop", reason="budget", steps=self.step_count)
             if self.is_entry():
                 raise StopRun()
@@ -169,6 +187,7 @@ class Probe:
                     if name.startswith(prefix):
                         name = name[len(prefix):]
             index = self._param_index(param)
+            self.param_refs.setdefault(index, weakref.ref(param))
             if index not in self.param_names:
                 self.param_names[index] = name
                 params.append({"id": index, "name": name, "shape": list(param.shape),
@@ -182,6 +201,8 @@ class Probe:
             self.mode_modules.append((module, moded))
             self.emit("model", cls=type(module).__name__, params=params, wrapper=wrapper,
                       mode_modules=[{"name": name, "cls": type(sub).__name__} for name, sub in moded])
+            self.root_refs.append(weakref.ref(module))
+            self.emit_module_flags(module, "model")
 
     def _param_index(self, param: Any) -> int:
         index = self.param_ids.get(id(param))
@@ -193,6 +214,7 @@ class Probe:
         index = self.optimizer_ids.get(id(optimizer))
         if index is None:
             index = self.optimizer_ids[id(optimizer)] = len(self.optimizer_ids)
+            self.optimizer_refs.append(weakref.ref(optimizer))
             groups = []
             for group in optimizer.param_groups:
                 hparams = {k: v for k, v in group.items() if k != "params" and isinstance(v, (int, float, bool))}
@@ -280,6 +302,7 @@ class Probe:
             # Sampled steps only (see detailed()): norms cost a reduction per tensor and a sync.
             measured = stepstats.measure(torch, self.pre_step, params, [g for _, g in with_grad])
             measured["changed"] = [i for i, moved in zip(ids, measured.pop("changed_mask")) if moved]
+            measured.update(self.param_states())
         if self.step_count == 1:
             self.emit_histograms(params, "first")
         self.emit(
@@ -290,6 +313,123 @@ class Probe:
         self.backwards_since_step = 0
         self.nonfinite_seen_this_step = False
         self.pre_step = None
+        self.stepped = (index, params)
+
+    def param_states(self) -> dict[str, list[int]]:
+        """Model parameters that are frozen, and trainable ones that no optimizer holds (with a gradient or not).
+
+        Taken on sampled steps: one attribute read per parameter, no tensor work.
+        """
+        held = set()
+        for ref in self.optimizer_refs:
+            optimizer = ref()
+            if optimizer is not None:
+                held.update(id(p) for g in optimizer.param_groups for p in g["params"])
+        frozen, outside, outside_grad = [], [], []
+        for index, ref in self.param_refs.items():
+            param = ref()
+            if param is None:
+                continue
+            if not param.requires_grad:
+                frozen.append(index)
+            elif id(param) not in held:
+                outside.append(index)
+                if param.grad is not None:
+                    outside_grad.append(index)
+        return {"frozen": frozen, "outside": outside, "outside_grad": outside_grad}
+
+    def emit_module_flags(self, root: Any, when: str) -> None:
+        """``requires_grad``/``require_grad`` set as plain attributes on modules or parameters: freezes that freeze nothing."""
+        found = []
+        try:
+            for name, sub in root.named_modules():
+                for attr in ("requires_grad", "require_grad"):
+                    if attr in sub.__dict__:
+                        found.append({"module": name, "cls": type(sub).__name__, "attr": attr,
+                                      "value": _num(sub.__dict__[attr]), "params": [
+                                          self._param_index(p) for p in sub.parameters()][:200]})
+            for name, param in root.named_parameters():
+                if "require_grad" in getattr(param, "__dict__", {}):
+                    found.append({"param": name, "id": self._param_index(param), "attr": "require_grad",
+                                  "value": _num(param.__dict__["require_grad"])})
+        except Exception:
+            return
+        if found:
+            self.emit("module_flags", when=when, root=type(root).__name__, flags=found)
+
+    def rng_states(self, torch: Any) -> dict[str, Any]:
+        """The global RNGs' current states, compared by equality only."""
+        import random
+
+        states: dict[str, Any] = {"python": random.getstate(), "torch": torch.random.get_rng_state()}
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            try:
+                state = numpy.random.get_state()
+                states["numpy"] = (state[0], state[1].tobytes(), state[2], state[3], state[4])
+            except Exception:
+                pass
+        return states
+
+    def rng_drawn(self, torch: Any, rng: str) -> bool:
+        """Whether ``rng`` was drawn from since install or its last seeding."""
+        base = self.rng_base.get(rng)
+        current = self.rng_states(torch).get(rng)
+        if base is None or current is None:
+            return False
+        if rng == "torch":
+            return not torch.equal(base, current)
+        return base != current
+
+    def note_rng(self, torch: Any, rng: str, before_seed: bool) -> bool:
+        """Around a user's seeding: before it, whether the RNG was drawn from while still unseeded."""
+        if rng not in self.rng_base:
+            return False
+        drawn = False
+        if before_seed:
+            drawn = self.rng_drawn(torch, rng)
+            if drawn and rng not in self.rng_seeded:
+                self.rng_unseeded_draws.add(rng)
+        else:
+            self.rng_seeded.add(rng)
+            self.rng_base[rng] = self.rng_states(torch)[rng]
+        return drawn
+
+    def record_final(self) -> None:
+        """Once, at the budget or the end of a process that trained: what the run ends with (CC002, CC006)."""
+        if self.final_recorded or not self.step_count:
+            return
+        self.final_recorded = True
+        try:
+            import torch
+
+            drawn = {}
+            for rng in list(self.rng_base):
+                drawn[rng] = self.rng_drawn(torch, rng)
+                if drawn[rng] and rng not in self.rng_seeded:
+                    self.rng_unseeded_draws.add(rng)
+            params = []
+            for ref in self.optimizer_refs:
+                optimizer = ref()
+                if optimizer is not None:
+                    params.extend(p for g in optimizer.param_groups for p in g["params"])
+            # A digest two runs can compare: the sum and norm of every optimized parameter.
+            with torch.no_grad():
+                total = float(sum(float(p.detach().double().sum()) for p in params)) if params else None
+            cudnn = torch.backends.cudnn
+            self.emit(
+                "final", steps=self.step_count, param_sum=total, param_norms=stepstats.norms(torch, params),
+                rng_drawn=drawn, rng_seeded=sorted(self.rng_seeded),
+                rng_unseeded_draws=sorted(self.rng_unseeded_draws),
+                cudnn_benchmark=bool(cudnn.benchmark), cudnn_deterministic=bool(cudnn.deterministic),
+                deterministic_algorithms=bool(torch.are_deterministic_algorithms_enabled()),
+            )
+            for ref in self.root_refs:
+                root = ref()
+                if root is not None:
+                    self.emit_module_flags(root, "final")
+        except Exception:
+            pass
 
     def emit_histograms(self, params: list[Any], when: str) -> None:
         """Weight and gradient histograms of the largest parameters (first and last step)."""
@@ -319,6 +459,8 @@ class Probe:
             if self.detailed(self.backward_count + 1):
                 # Only sampled backwards carry "graph" (see detailed()); the loss formula rarely changes.
                 sampled["graph"] = summarize_graph(tensor.grad_fn)
+                if self.backwards_since_step == 0 and self.stepped is not None:
+                    sampled["stale_grads"] = self._stale_grads()
         self.backward_count += 1
         self.backwards_since_step += 1
         if loss is not None and not math.isfinite(loss):
@@ -328,6 +470,15 @@ class Probe:
         if in_eval:
             sampled["eval_modules"] = in_eval[:50]
         self.emit("backward", n=self.backward_count, step=self.step_count, loss=loss, loc=_loc(4), **sampled)
+
+    def _stale_grads(self) -> dict[str, Any]:
+        """Gradients the first backward after a step adds to: left over unless something cleared them."""
+        import torch
+
+        index, params = self.stepped  # type: ignore[misc]
+        present = [p.grad for p in params if p.grad is not None]
+        norm = math.sqrt(sum(n * n for n in stepstats.norms(torch, present))) if present else 0.0
+        return {"opt": index, "present": len(present), "of": len(params), "norm": norm}
 
     def install(self) -> None:
         """Register global hooks and patches; called once torch is imported."""
@@ -457,7 +608,9 @@ def _install_patches(probe: Probe, torch: Any) -> None:
     def wrap_zero_grad(kind: str) -> Any:
         def make(original: Any) -> Any:
             def zero_grad(self: Any, *args: Any, **kwargs: Any) -> Any:
-                probe.emit("zero_grad", kind=kind, step=probe.step_count,
+                # Which optimizer: known once it has stepped (no event is emitted for it here).
+                opt = probe.optimizer_ids.get(id(self)) if kind == "optimizer" else None
+                probe.emit("zero_grad", kind=kind, step=probe.step_count, opt=opt,
                            backwards=probe.backwards_since_step, loc=_loc(3))
                 return original(self, *args, **kwargs)
 
@@ -482,13 +635,39 @@ def _install_patches(probe: Probe, torch: Any) -> None:
                 lrs = [_num(v) for v in self.get_last_lr()]
             except Exception:
                 lrs = []
+            extra = {}
+            if not getattr(self, "_convcheck_seen", False):
+                # Its settings once (step_size, gamma, T_max, milestones...): what the lr will do later.
+                self._convcheck_seen = True
+                extra["settings"] = {k: _num(v) for k, v in vars(self).items()
+                                     if not k.startswith("_") and isinstance(v, (int, float))}
+                milestones = getattr(self, "milestones", None)
+                if milestones is not None:
+                    extra["settings"]["milestones"] = sorted(int(m) for m in milestones)[:50]
             probe.emit("sched_step", cls=type(self).__name__, step=probe.step_count, internal=internal,
-                       lrs=lrs, loc=_loc(3))
+                       lrs=lrs, loc=_loc(3), **extra)
             return result
 
         return step
 
     patches.wrap(scheduler_cls, "step", wrap_scheduler_step)
+
+    # model.train()/model.eval() have no hook; where the mode was last set locates CC009's finding.
+    # Module.train recurses into every child: only the outermost call is recorded.
+    def wrap_train(original: Any) -> Any:
+        def train(self: Any, mode: bool = True) -> Any:
+            if probe.train_mode_depth == 0:
+                probe.emit("train_mode", mode=bool(mode), cls=type(self).__name__, step=probe.step_count,
+                           loc=_loc(3))
+            probe.train_mode_depth += 1
+            try:
+                return original(self, mode)
+            finally:
+                probe.train_mode_depth -= 1
+
+        return train
+
+    patches.wrap(torch.nn.Module, "train", wrap_train)
 
     import warnings
 
@@ -533,6 +712,8 @@ def _patch_data(probe: Probe, torch: Any, patches: Patches) -> None:
                 worker_init_fn=self.worker_init_fn is not None, generator=self.generator is not None,
                 drop_last=bool(self.drop_last), dataset=type(self.dataset).__name__,
                 dataset_len=_safe_len(self.dataset), loc=_loc(3),
+                dataset_rngs=_owned_rngs(self.dataset, torch),
+                persistent_workers=bool(getattr(self, "persistent_workers", False)),
             )
 
         return __init__
@@ -621,13 +802,16 @@ def _patch_seeding(probe: Probe, torch: Any, patches: Patches) -> None:
                 value = args[0] if args else kwargs.get("seed", kwargs.get("a"))
                 # torch seeds each DataLoader worker itself: such calls are marked internal.
                 internal = is_library_file(sys._getframe(1).f_code.co_filename)
+                drawn_before = False if internal else probe.note_rng(torch, rng, before_seed=True)
                 probe.emit("seed", rng=rng, value=_num(value), loc=_loc(3), step=probe.step_count,
-                           internal=internal)
+                           internal=internal, drawn_before=drawn_before)
                 probe.seeding = True
                 try:
                     return original(*args, **kwargs)
                 finally:
                     probe.seeding = False
+                    if not internal:
+                        probe.note_rng(torch, rng, before_seed=False)
 
             return seed
 
@@ -638,6 +822,11 @@ def _patch_seeding(probe: Probe, torch: Any, patches: Patches) -> None:
     patches.wrap(torch.cuda, "manual_seed", recorder("cuda"))
     patches.wrap(torch.cuda, "manual_seed_all", recorder("cuda"))
     patches.wrap(random, "seed", recorder("python"))
+    # The states the process starts with: a later difference means the RNG was drawn from.
+    try:
+        probe.rng_base.update(probe.rng_states(torch))
+    except Exception:
+        pass
     try:
         import numpy.random
     except ImportError:
@@ -808,6 +997,24 @@ def _patch_amp(probe: Probe, torch: Any, patches: Patches) -> None:
 
     patches.wrap(torch.nn.utils, "clip_grad_norm_", wrap_clip)
     patches.wrap(clip_mod, "clip_grad_norm_", wrap_clip)
+
+
+def _owned_rngs(dataset: Any, torch: Any) -> list[dict[str, str]]:
+    """Random generators a dataset holds as attributes (each DataLoader worker gets a copy of them)."""
+    import random
+
+    kinds: list[Any] = [random.Random, torch.Generator]
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        kinds += [numpy.random.RandomState, numpy.random.Generator]
+    found = []
+    try:
+        for name, value in list(vars(dataset).items())[:100]:
+            if isinstance(value, tuple(kinds)):
+                found.append({"attr": name, "cls": type(value).__name__})
+    except TypeError:
+        pass
+    return found
 
 
 def _first_tensor(value: Any) -> Any:

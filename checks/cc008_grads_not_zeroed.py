@@ -1,0 +1,217 @@
+"""CC008 grads-not-zeroed: gradients that pile up across optimizer steps, or are cleared before the step uses them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from convcheck.findings import Finding, Severity
+from convcheck.registry import Check
+from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
+from convcheck.static.context import StaticContext
+
+_FIX_MISSING = (
+    "Clear the gradients once per optimizer step: call `optimizer.zero_grad()` right after `optimizer.step()` "
+    "(or before the forward pass). For gradient accumulation, clear them after the step that consumes the "
+    "accumulated micro-batches, not only once per epoch."
+)
+_FIX_MISPLACED = (
+    "Move `zero_grad()` out from between `backward()` and `step()`: call it after `optimizer.step()` or before "
+    "the forward pass, so that the step sees the gradients backward() just computed."
+)
+
+
+@dataclass
+class _Segment:
+    """What happened between two steps of one optimizer."""
+
+    step: Event
+    backwards: list[Event] = field(default_factory=list)
+    #: (zero_grad event, backwards seen before it in this segment).
+    clears: list[tuple[Event, int]] = field(default_factory=list)
+
+
+def segments(proc: ProcessTrace) -> dict[int, list[_Segment]]:
+    """Per optimizer, the backwards and gradient clears leading up to each of its steps."""
+    by_opt: dict[int, list[_Segment]] = {}
+    backwards: list[Event] = []
+    clears: list[tuple[Event, int, int]] = []  # event, backwards before it, optimizer (-1: any/unknown)
+    starts: dict[int, tuple[int, int]] = {}  # optimizer -> (backward index, clear index) where its segment starts
+    for event in proc.events:
+        kind = event["ev"]
+        if kind == "backward":
+            backwards.append(event)
+        elif kind == "zero_grad":
+            opt = event.get("opt") if event.get("kind") == "optimizer" else None
+            clears.append((event, len(backwards), -1 if opt is None else int(opt)))
+        elif kind == "step":
+            opt = int(event.get("opt") or 0)
+            b0, c0 = starts.get(opt, (0, 0))
+            segment = _Segment(step=event, backwards=backwards[b0:])
+            for clear, at, target in clears[c0:]:
+                if target in (-1, opt):
+                    segment.clears.append((clear, at - b0))
+            by_opt.setdefault(opt, []).append(segment)
+            starts[opt] = (len(backwards), len(clears))
+    return by_opt
+
+
+class GradsNotZeroed(Check):
+    """## What it does
+    Follows, for each optimizer, the `backward()` calls and gradient clears (`optimizer.zero_grad()`,
+    `model.zero_grad()`) between its steps. It reports two mistakes:
+
+    - gradients never cleared between two steps, so each step adds the new gradient to every earlier
+      one (`zero_grad()` missing, or called once per epoch);
+    - `zero_grad()` called between `backward()` and `step()`, so the step finds no gradient and
+      nothing is updated.
+
+    Before the first `backward()` after a step, the run measures the gradients that backward is about
+    to add to: a non-zero norm proves that the earlier step's gradients were still there (clearing them
+    by hand with `p.grad = None` is recognised and not reported).
+
+    ## Why is this bad?
+    Gradients accumulate in `.grad` until something clears them. Without a clear, step `t` moves the
+    weights along the sum of all gradients since the start: the effective learning rate grows with
+    every step, the direction is dominated by stale batches, and the loss stalls or diverges. A clear
+    between `backward()` and `step()` throws the fresh gradients away: the model never trains.
+
+    ## Example
+    ```python
+    for x, y in loader:
+        loss = criterion(model(x), y)
+        loss.backward()          # adds to the gradients of every previous batch
+        optimizer.step()
+    ```
+
+    ## Use instead
+    ```python
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+    ```
+
+    ## Fix
+    Call `optimizer.zero_grad()` once per optimizer step, after `step()` or before the forward pass.
+    Gradient accumulation (several `backward()` calls per `step()`, cleared after each step) is
+    intended and not reported.
+    """
+
+    code = "CC008"
+    name = "grads-not-zeroed"
+    severity = Severity.ERROR
+    summary = "Gradients accumulate across optimizer steps, or are cleared between backward() and step()."
+
+    def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
+        proc = next(iter(run.trainers), None)
+        if proc is None:
+            return []
+        findings = []
+        for opt, segs in sorted(segments(proc).items()):
+            findings += self._misplaced(opt, segs)
+            findings += self._not_cleared(opt, segs)
+        return findings
+
+    # -- zero_grad between backward and step -------------------------------------------------------
+
+    def _misplaced(self, opt: int, segs: list[_Segment]) -> list[Finding]:
+        wiped = []
+        for seg in segs:
+            if not seg.backwards or not seg.clears:
+                continue
+            clear, before = seg.clears[-1]
+            if before == 0 or before < len(seg.backwards):
+                continue  # a backward came after the last clear: the step sees fresh gradients
+            norms = seg.step.get("grad_norms")
+            no_grad = not seg.step.get("grad")
+            all_zero = norms is not None and bool(norms) and all(n == 0 for n in norms)
+            if no_grad or all_zero:
+                wiped.append((seg, clear, "none" if no_grad else "zero"))
+        if not wiped:
+            return []
+        seg, clear, how = wiped[0]
+        steps = [s.step.get("n") for s, _, _ in wiped]
+        loc = clear.get("loc")
+        where = f" at {_short(loc)}" if loc else ""
+        state = "no parameter had a gradient" if how == "none" else "every gradient was zero"
+        return [self.finding(
+            f"`zero_grad()`{where} runs after `backward()` and before `step()` of optimizer {opt}: at "
+            f"{len(wiped)} of {len(segs)} steps (first: step {steps[0]}) {state} when `step()` ran, so the "
+            "step updated nothing.",
+            fix=_FIX_MISPLACED, location=loc, severity=Severity.ERROR,
+            evidence={"optimizer": opt, "steps": steps[:20], "steps_total": len(segs),
+                      "backwards_before_clear": len(seg.backwards), "gradients_at_step": how,
+                      "zero_grad_loc": loc, "step_loc": seg.step.get("loc")},
+        )]
+
+    # -- no clear between steps ---------------------------------------------------------------------
+
+    def _not_cleared(self, opt: int, segs: list[_Segment]) -> list[Finding]:
+        uncleared = [seg for seg in segs[1:] if seg.backwards and not seg.clears]
+        if not uncleared:
+            return []
+        proven, cleared_by_hand = [], []
+        for seg in uncleared:
+            stale = seg.backwards[0].get("stale_grads")
+            if stale is None or stale.get("opt") != opt:
+                continue
+            if stale.get("present") and (stale.get("norm") or 0) > 0:
+                proven.append((seg, stale))
+            else:
+                cleared_by_hand.append(seg)
+        if cleared_by_hand and not proven:
+            return []  # gradients were gone before the next backward: cleared some other way
+        first = uncleared[0]
+        backward_loc = first.backwards[0].get("loc")
+        steps = [seg.step.get("n") for seg in uncleared]
+        clears_seen = sum(1 for seg in segs if seg.clears)
+        how = ("`zero_grad()` is never called" if clears_seen == 0 else
+               f"gradients were cleared before only {clears_seen} of {len(segs)} steps")
+        trend = _grad_norm_trend(segs)
+        evidence: dict[str, Any] = {
+            "optimizer": opt, "steps_without_clear": steps[:20], "steps_total": len(segs),
+            "steps_with_clear": clears_seen, "backward_loc": backward_loc, "step_loc": first.step.get("loc"),
+        }
+        if trend:
+            evidence["grad_norm_by_step"] = trend
+        if proven:
+            seg, stale = proven[0]
+            evidence["stale_gradient"] = {"before_step": seg.step.get("n"), "norm": stale.get("norm"),
+                                          "parameters_with_gradient": stale.get("present"),
+                                          "parameters": stale.get("of")}
+            message = (
+                f"Gradients of optimizer {opt} are not cleared between steps: {how}. Before step "
+                f"{seg.step.get('n')}, `backward()` at {_short(backward_loc)} added to gradients left from "
+                f"earlier steps (norm {stale.get('norm'):.4g} on {stale.get('present')} of {stale.get('of')} "
+                "parameters), so every step uses the sum of all gradients so far."
+            )
+            severity = Severity.ERROR
+        else:
+            message = (
+                f"Gradients of optimizer {opt} may not be cleared between steps: {how}, and the run did not "
+                f"measure whether they were cleared some other way before `backward()` at {_short(backward_loc)}."
+            )
+            severity = Severity.WARNING
+        if trend and len(trend) >= 2:
+            message += " Gradient norm by step: " + ", ".join(f"{n}: {v:.3g}" for n, v in trend[:6]) + "."
+        return [self.finding(message, fix=_FIX_MISSING, location=backward_loc, severity=severity,
+                             evidence=evidence)]
+
+
+def _grad_norm_trend(segs: list[_Segment]) -> list[tuple[int, float]]:
+    trend = []
+    for seg in segs:
+        norms = seg.step.get("grad_norms")
+        if norms:
+            trend.append((seg.step.get("n"), sum(n * n for n in norms) ** 0.5))
+    return trend
+
+
+def _short(loc: Any) -> str:
+    if not loc:
+        return "?"
+    path = str(loc[0]).replace("\\", "/").rsplit("/", 1)[-1]
+    return f"{path}:{loc[1]}"
