@@ -1,0 +1,21 @@
+"""Freezing a backbone with `module.requires_grad_(False)`: every parameter in it is frozen."""
+# convcheck-args: --steps 4
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+data = TensorDataset(torch.randn(128, 16), torch.randint(0, 4, (128,)))
+loader = DataLoader(data, batch_size=16, shuffle=True)
+backbone = nn.Sequential(nn.Linear(16, 32), nn.ReLU())
+head = nn.Linear(32, 4)
+model = nn.Sequential(backbone, head)
+# requires_grad_ (a method) sets requires_grad on every parameter of the module.
+backbone.requires_grad_(False)
+opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+for epoch in range(3):
+    for x, y in loader:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()

@@ -1,0 +1,156 @@
+"""CC006 frozen-parameters: parameter tables from recorded traces, source snippets, a Trainer script."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+from pathlib import Path
+
+import pytest
+from cc_testing import SCRIPTS, convcheck
+
+from convcheck.checks.cc006_frozen_parameters import FrozenParameters, ParamTable, static_flag_sites
+from convcheck.runtime.trace import RunTrace, load_events
+from convcheck.static.context import StaticContext
+
+NAMES = ["backbone.0.weight", "backbone.0.bias", "head.weight", "head.bias"]
+
+
+def _ctx(source: str = "") -> StaticContext:
+    source = textwrap.dedent(source)
+    return StaticContext(path=Path("train.py"), source=source, tree=ast.parse(source))
+
+
+def _trace(*, frozen_at_start=(), optimized=(0, 1, 2, 3), steps=4, grad=(0, 1, 2, 3), changed=None, frozen=None,
+           outside=(), outside_grad=(), lr=0.1, flags=None) -> RunTrace:
+    params = [{"id": i, "name": n, "requires_grad": i not in frozen_at_start} for i, n in enumerate(NAMES)]
+    events = [
+        {"ev": "process", "pid": 1, "role": "entry"},
+        {"ev": "model", "cls": "Net", "params": params},
+        {"ev": "optimizer", "opt": 0, "cls": "SGD", "groups": [{"params": list(optimized), "lr": lr}],
+         "loc": ["train.py", 7]},
+    ]
+    if flags:
+        events.append({"ev": "module_flags", "when": "model", "flags": flags})
+    for n in range(1, steps + 1):
+        events.append({
+            "ev": "step", "opt": 0, "n": n, "backwards": 1, "lrs": [lr], "grad": list(grad),
+            "grad_norms": [0.5] * len(grad), "changed": list(grad if changed is None else changed),
+            "frozen": list(frozen_at_start if frozen is None else frozen), "outside": list(outside),
+            "outside_grad": list(outside_grad),
+        })
+    return RunTrace(processes=[load_events(events)])
+
+
+def _run(trace: RunTrace, source: str = "") -> list[tuple[str, str]]:
+    check = FrozenParameters()
+    return [(f.severity.value, f.message) for f in check.check_runtime(trace, _ctx(source))]
+
+
+def test_everything_trains() -> None:
+    assert _run(_trace()) == []
+
+
+def test_deliberate_freeze_is_info() -> None:
+    found = _run(_trace(frozen_at_start=(0, 1), optimized=(2, 3), grad=(2, 3)),
+                 "for p in model.backbone.parameters():\n    p.requires_grad = False\n")
+    assert [s for s, _ in found] == ["info"]
+    assert "`backbone` is frozen (2 parameters" in found[0][1]
+
+
+def test_frozen_without_any_freezing_line_is_a_warning() -> None:
+    found = _run(_trace(frozen_at_start=(0, 1), optimized=(2, 3), grad=(2, 3)), "model = load()\n")
+    assert [s for s, _ in found] == ["warning"]
+    assert "no line of this script freezes anything" in found[0][1]
+
+
+def test_unfrozen_after_a_filtered_optimizer_is_an_error() -> None:
+    trace = _trace(frozen_at_start=(0, 1), optimized=(2, 3), grad=(2, 3), frozen=(), outside=(0, 1),
+                   outside_grad=(0, 1))
+    check = FrozenParameters()
+    (finding,) = check.check_runtime(trace, _ctx())
+    assert finding.severity.value == "error"
+    assert finding.location is not None and finding.location.line == 7
+    assert "frozen when the optimizer was built" in finding.message
+    rows = {r["module"]: r for r in finding.evidence["modules"]}
+    assert rows["backbone.0"]["not_in_optimizer"] == 2 and rows["head"]["trainable"] == 2
+
+
+def test_replaced_head_is_an_error() -> None:
+    # The optimizer holds params 4 and 5 (the old head): no module of the model has them.
+    trace = _trace(optimized=(0, 1, 4, 5), grad=(0, 1), outside=(2, 3), outside_grad=(2, 3))
+    (finding,) = [f for f in FrozenParameters().check_runtime(trace, _ctx()) if f.severity.value == "error"]
+    assert "replaced after the optimizer was built" in finding.message
+    assert finding.evidence["orphaned_in_optimizer"] == 2
+
+
+def test_trainable_outside_every_optimizer_is_a_warning() -> None:
+    found = _run(_trace(optimized=(2, 3), grad=(2, 3), outside=(0, 1), outside_grad=(0, 1)))
+    assert [s for s, _ in found] == ["warning"]
+    assert "no optimizer holds them" in found[0][1]
+
+
+def test_unused_module_and_zero_lr() -> None:
+    found = _run(_trace(grad=(0, 1)))
+    assert [s for s, _ in found] == ["warning"] and "`head` never received a gradient" in found[0][1]
+    found = _run(_trace(lr=0.0, changed=()))
+    assert [s for s, _ in found] == ["warning"] and "learning rate is 0" in found[0][1]
+
+
+def test_module_attribute_confirmed_by_the_run() -> None:
+    flags = [{"module": "backbone", "cls": "Sequential", "attr": "requires_grad", "value": False, "params": [0, 1]}]
+    source = "model.backbone.requires_grad = False\n"
+    check = FrozenParameters()
+    ctx = _ctx(source)
+    check.extra_runs(None, 4, ctx)
+    assert list(check.check_static(ctx)) == []
+    (finding,) = check.check_runtime(_trace(flags=flags), ctx)
+    assert finding.severity.value == "error" and finding.source == "static+runtime"
+    assert finding.location is not None and finding.location.line == 1
+    assert finding.evidence["parameters_still_training"] == ["backbone.0.weight", "backbone.0.bias"]
+
+
+def test_table_without_sampled_states() -> None:
+    trace = _trace()
+    for event in trace.processes[0].events:
+        for key in ("frozen", "outside", "outside_grad"):
+            event.pop(key, None)
+    table = ParamTable.from_trace(trace.processes[0])
+    assert table.outside == [] and table.got_grad == {0, 1, 2, 3}
+
+
+STATIC = '''
+for p in model.backbone.parameters():
+    p.requires_grad = False
+for name, param in model.named_parameters():
+    param.requires_grad = "fc" in name
+model.fc.weight.requires_grad = False
+model.requires_grad = False  # expect: warning
+self.encoder.requires_grad = False  # expect: warning
+p.require_grad = False  # expect: error
+model.embed.require_grad = False  # expect: error
+params[0].requires_grad = True
+model.requires_grad_(False)
+'''
+
+
+def test_static_expectations() -> None:
+    ctx = _ctx(STATIC)
+    found = list(FrozenParameters().check_static(ctx))
+    expected = [(n, line.rsplit("expect: ", 1)[1]) for n, line in enumerate(ctx.source.splitlines(), start=1)
+                if "# expect:" in line]
+    assert [(f.location.line, f.severity.value) for f in found] == expected
+    assert [s.attr for s in static_flag_sites(ctx)] == ["requires_grad", "requires_grad", "require_grad",
+                                                         "require_grad"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [([], "error"), (["--head-first"], None), (["--head-first", "--ema"], None), (["--head-first", "--unused"], "warning")],
+    ids=["replaced-head", "head-first", "ema", "unused-aux"],
+)
+def test_trainer_script(flags: list[str], expected: str | None) -> None:
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC006", "--steps", "3",
+                       SCRIPTS / "cc006_trainer.py", *flags)
+    assert result.code == 0, result.stderr
+    assert [f["severity"] for f in result.findings("CC006")] == ([expected] if expected else [])
