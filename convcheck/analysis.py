@@ -22,6 +22,7 @@ def run_checks(
     errors: list[str] = []
     for check in checks:
         try:
+            check.runtime_follows = runtime and trace is not None
             findings.extend(check.check_static(ctx))
             if runtime and trace is not None:
                 findings.extend(check.check_runtime(trace, ctx))

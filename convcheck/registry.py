@@ -36,6 +36,9 @@ class Check:
     name: ClassVar[str]
     #: Settings from ``[tool.convcheck.checks.CODE]``.
     options: dict[str, Any] = {}
+    #: Set by the analysis before ``check_static``: True when ``check_runtime`` follows with a trace. A check
+    #: that sees one bug both ways can then hold its static findings back and merge them into the runtime ones.
+    runtime_follows: bool = False
     severity: ClassVar[Severity]
     summary: ClassVar[str]
 
