@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable
 
 from convcheck.findings import Finding, Severity
-from convcheck.registry import Check, RunVariant
+from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext, dotted_name
 from convcheck.static.flow import Flow, is_false, keyword, last_segment, resolved_call, user_location
@@ -99,19 +99,14 @@ class StateDictPrefix(Check):
     severity = Severity.ERROR
     summary = "Checkpoints saved from a DDP/DataParallel/torch.compile wrapper; loads that mismatch only by a prefix."
 
-    _deferred = False
     _pending: list[Finding]
-
-    def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
-        # A run follows: static findings wait for its evidence so that one bug gives one finding.
-        self._deferred = True
-        return {}
 
     # -- static ------------------------------------------------------------------------------
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
         found = list(self._static(ctx))
-        if self._deferred:
+        if self.runtime_follows:
+            # The run's evidence decides: one bug gives one finding (see check_runtime).
             self._pending = found
             return []
         return found

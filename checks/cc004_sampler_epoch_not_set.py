@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from convcheck.findings import Finding, Severity
-from convcheck.registry import Check, RunVariant
+from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext
 from convcheck.static.flow import import_aliases, is_false, keyword, mentions_attribute_call, resolved_call, user_location
@@ -69,19 +69,14 @@ class SamplerEpochNotSet(Check):
     severity = Severity.ERROR
     summary = "A DistributedSampler iterated for a new epoch without set_epoch; ranks that see the same samples."
 
-    _deferred = False
     _pending: list[Finding]
-
-    def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
-        # A run follows: static findings wait for its evidence so that one bug gives one finding.
-        self._deferred = True
-        return {}
 
     # -- static ------------------------------------------------------------------------------
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
         found = list(self._static(ctx))
-        if self._deferred:
+        if self.runtime_follows:
+            # The run's evidence decides: one bug gives one finding (see check_runtime).
             self._pending = found
             return []
         return found

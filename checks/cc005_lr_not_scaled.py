@@ -146,13 +146,10 @@ class LrNotScaled(Check):
     severity = Severity.WARNING
     summary = "The global batch grows with the world size (or accumulation) while the learning rate does not."
 
-    _deferred = False
     _pending: list[Finding]
     _facts: list[_StaticFacts]
 
     def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
-        # A run follows: static findings wait for its evidence so that one bug gives one finding.
-        self._deferred = True
         if nproc_per_node is not None and nproc_per_node > 1:
             # The lr the optimizer uses with one process, for comparison; one step is enough.
             return {VARIANT: RunVariant(nproc_per_node=1, steps=1)}
@@ -163,7 +160,8 @@ class LrNotScaled(Check):
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
         self._facts = self._static_facts(ctx)
         found = [self._static_finding(f, ctx) for f in self._facts if self._statically_unscaled(f)]
-        if self._deferred:
+        if self.runtime_follows:
+            # The run's evidence decides: one bug gives one finding (see check_runtime).
             self._pending = found
             return []
         return found

@@ -201,7 +201,7 @@ def test_static_and_runtime_make_one_finding() -> None:
     source = STATIC_CASES["ddp_state_dict"]
     ctx = context(source)
     check = StateDictPrefix()
-    check.extra_runs(2, 8, ctx)
+    check.runtime_follows = True
     assert list(check.check_static(ctx)) == []
     [finding] = check.check_runtime(RunTrace(processes=[load_events(trainer(save(prefixed("module."), line=5)))]), ctx)
     assert (finding.severity.value, finding.source, finding.location.line) == ("warning", "static+runtime", 5)
@@ -211,7 +211,7 @@ def test_ignored_strict_false_that_loaded_everything_is_info() -> None:
     source = STATIC_CASES["strict_false_ignored"]
     ctx = context(source)
     check = StateDictPrefix()
-    check.extra_runs(None, 8, ctx)
+    check.runtime_follows = True
     check.check_static(ctx)
     found = check.check_runtime(RunTrace(processes=[load_events(trainer(load_state_dict(PLAIN, PLAIN, False, 4)))]), ctx)
     assert sorted((f.location.line, f.severity.value) for f in found) == [(4, "info"), (5, "warning")]

@@ -65,7 +65,7 @@ def test_static(name: str) -> None:
 
 def test_static_finding_waits_for_the_run() -> None:
     check = SamplerEpochNotSet()
-    check.extra_runs(2, 8, context(STATIC_CASES["no_set_epoch"]))
+    check.runtime_follows = True
     assert list(check.check_static(context(STATIC_CASES["no_set_epoch"]))) == []
     # No runtime evidence: the static finding comes back from the runtime pass, once.
     found = list(check.check_runtime(RunTrace(processes=[]), context(STATIC_CASES["no_set_epoch"])))
@@ -159,7 +159,7 @@ def test_runtime_and_static_make_one_finding() -> None:
     source = STATIC_CASES["no_set_epoch"]
     check = SamplerEpochNotSet()
     ctx = context(source)
-    check.extra_runs(2, 8, ctx)
+    check.runtime_follows = True
     assert list(check.check_static(ctx)) == []
     events = rank_events(0, [(0, "aa"), (0, "aa")])
     for event in events:
@@ -224,3 +224,17 @@ def test_spawned_trainer_class(script: str, line: int | None) -> None:
     assert result.code == 0, result.stderr
     found = [(f["severity"], f["location"]["line"]) for f in result.findings("CC004")]
     assert found == ([("error", line)] if line else [])
+
+
+def test_analysis_tells_the_check_whether_a_run_follows() -> None:
+    from convcheck.analysis import run_checks
+
+    ctx = context(STATIC_CASES["no_set_epoch"])
+    alone, _ = run_checks([SamplerEpochNotSet()], ctx, None, runtime=False)
+    assert [(f.source, f.severity.value) for f in alone] == [("static", "warning")]
+    events = rank_events(0, [(0, "aa"), (0, "aa")])
+    for event in events:
+        if event.get("loc") == LOC:
+            event["loc"] = ["train.py", 3]
+    both, _ = run_checks([SamplerEpochNotSet()], ctx, RunTrace(processes=[load_events(events)]))
+    assert [(f.source, f.severity.value) for f in both] == [("static+runtime", "error")]

@@ -142,7 +142,7 @@ def runtime(run: RunTrace, source: str = "", deferred: bool = True) -> list:
     check = LrNotScaled()
     ctx = context(source)
     if deferred:
-        check.extra_runs(run.world_size, 8, ctx)
+        check.runtime_follows = True
     check.check_static(ctx)
     return list(check.check_runtime(run, ctx))
 
@@ -203,13 +203,13 @@ def test_static_warmup_keeps_a_step_one_comparison_quiet() -> None:
 
 def test_spawned_run_without_comparison_adds_the_observed_lr() -> None:
     source = STATIC_CASES["spawn_passes_a_constant_lr"]
-    # Without extra_runs (static-only, recorded traces) the static pass reports it and the runtime adds nothing.
+    # When no runtime pass follows (static-only) the static pass reports it; a runtime pass alone adds nothing.
     [finding] = LrNotScaled().check_static(context(source))
     assert finding.source == "static"
     assert runtime(trace(4, 0.1, None, line=7), source, deferred=False) == []
     check = LrNotScaled()
     ctx = context(source)
-    check.extra_runs(None, 8, ctx)
+    check.runtime_follows = True
     check.check_static(ctx)
     [finding] = check.check_runtime(trace(4, 0.1, None, line=7), ctx)
     assert finding.source == "static+runtime"
