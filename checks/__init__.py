@@ -6,8 +6,9 @@ from convcheck.checks.cc001_state_dict_prefix import StateDictPrefix
 from convcheck.checks.cc003_loss_double_normalization import LossDoubleNormalization
 from convcheck.checks.cc004_sampler_epoch_not_set import SamplerEpochNotSet
 from convcheck.checks.cc005_lr_not_scaled import LrNotScaled
-from convcheck.checks.cc008_grads_not_zeroed import GradsNotZeroed
 from convcheck.checks.cc006_frozen_parameters import FrozenParameters
+from convcheck.checks.cc008_grads_not_zeroed import GradsNotZeroed
+from convcheck.checks.cc009_eval_mode_training import EvalModeTraining
 from convcheck.checks.cc100_unused_suppression import UnusedSuppression
 
 ALL: list = [
@@ -15,7 +16,8 @@ ALL: list = [
     LossDoubleNormalization,
     SamplerEpochNotSet,
     LrNotScaled,
-    GradsNotZeroed,
     FrozenParameters,
+    GradsNotZeroed,
+    EvalModeTraining,
     UnusedSuppression,
 ]

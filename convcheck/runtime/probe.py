@@ -466,7 +466,14 @@ class Probe:
         if loss is not None and not math.isfinite(loss):
             # Check every module's output from now on to find where it started.
             self.armed_nonfinite = True
-        in_eval = [name for _, moded in self.mode_modules for name, sub in moded if not sub.training]
+        in_eval, eval_roots = [], []
+        for root_index, (_, moded) in enumerate(self.mode_modules):
+            names = [name for name, sub in moded if not sub.training]
+            if names:
+                # Which model (index of its "model" event) and how many of the names are its own:
+                # a frozen teacher in eval mode is no bug.
+                eval_roots.append([root_index, len(names)])
+                in_eval += names
         if in_eval:
             sampled["eval_modules"] = in_eval[:50]
         self.emit("backward", n=self.backward_count, step=self.step_count, loss=loss, loc=_loc(4), **sampled)
@@ -505,6 +512,7 @@ class Probe:
     # -- data loading ------------------------------------------------------------
 
     def open_epoch(self, iterator: Any) -> None:
+            sampled["eval_roots"] = eval_roots
         loader = iterator._convcheck_loader if hasattr(iterator, "_convcheck_loader") else None
         loader_id = self.loader_ids.get(id(loader), -1) if loader is not None else -1
         count = getattr(loader, "_convcheck_epochs", 0) + 1 if loader is not None else 1

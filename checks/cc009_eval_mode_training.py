@@ -1,0 +1,194 @@
+"""CC009 eval-mode-training: optimizer steps taken while dropout or batch-norm modules are in eval mode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from convcheck.findings import Finding, Severity
+from convcheck.registry import Check
+from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
+from convcheck.static.context import StaticContext
+
+_FIX = (
+    "Call `model.train()` before the training loop and again after every evaluation (`model.eval()` stays "
+    "in effect until it is undone): e.g. at the start of each epoch, before the first batch."
+)
+_NORM_CLASSES = ("BatchNorm", "SyncBatchNorm", "InstanceNorm", "LazyBatchNorm")
+
+
+class EvalModeTraining(Check):
+    """## What it does
+    Finds `backward()` and optimizer steps taken while dropout or batch-norm modules of the model being
+    trained are in eval mode, typically because `model.eval()` was called for validation and
+    `model.train()` never followed. It reports where the model was last switched to eval mode and the
+    first step that trained in it. Models with no dropout or batch-norm layer behave the same in both
+    modes and are not reported; neither is a frozen model (a teacher) whose parameters get no gradient.
+
+    ## Why is this bad?
+    In eval mode dropout does nothing and batch norm normalizes with its running statistics instead of
+    the batch's and stops updating them. Training in eval mode silently removes regularization and
+    changes what the network computes: the loss curve differs from the one the author tuned, and models
+    that depend on batch statistics can stall or diverge. After the first validation pass every later
+    epoch trains this way.
+
+    ## Example
+    ```python
+    for epoch in range(epochs):
+        for x, y in train_loader:
+            ...
+        model.eval()              # for validation; never undone
+        evaluate(model, val_loader)
+    ```
+
+    ## Use instead
+    ```python
+    for epoch in range(epochs):
+        model.train()
+        for x, y in train_loader:
+            ...
+        model.eval()
+        evaluate(model, val_loader)
+    ```
+
+    ## Fix
+    Call `model.train()` at the start of each training phase. Freezing only batch-norm layers on
+    purpose (fine-tuning with `requires_grad=False` on their weights) is recognised and not reported;
+    a partly-eval model whose eval layers still train is a warning, since it may be intended.
+    """
+
+    code = "CC009"
+    name = "eval-mode-training"
+    severity = Severity.ERROR
+    summary = "backward() and optimizer steps while dropout or batch-norm modules are in eval mode."
+
+    def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
+        proc = next(iter(run.trainers), None)
+        if proc is None:
+            return []
+        models = proc.of("model")
+        if not any(m.get("mode_modules") for m in models):
+            return []
+        bad, total, trained_roots = _steps_in_eval(proc, models)
+        if not bad:
+            return []
+        first_step, backward, names = bad[0]
+        all_modes = {m["name"] for m in _trained_mode_modules(models, backward, trained_roots)}
+        classes = {m["name"]: m["cls"] for model in models for m in model.get("mode_modules", [])}
+        frozen = _frozen_module_names(models)
+        # Batch-norm layers frozen on purpose: in eval mode with their own weights frozen.
+        deliberate = [n for n in names if _is_norm(classes.get(n, "")) and n in frozen]
+        names = [n for n in names if n not in deliberate]
+        if not names:
+            return []
+        switch = _last_eval_call(proc, backward)
+        location = switch.get("loc") if switch else backward.get("loc")
+        everything = set(names) >= all_modes - set(deliberate)
+        kinds = sorted({classes.get(n, "?") for n in names})
+        listed = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        steps = [n for n, _, _ in bad]
+        trained_before = [n for n in range(1, first_step)]
+        where = ""
+        if switch:
+            where = f" `{switch.get('cls', 'model')}.eval()` at {_short(switch.get('loc'))} (step {switch.get('step')})"
+            where = f" It was switched to eval mode by{where} and not back to train mode."
+        message = (
+            f"{len(steps)} of {total} optimizer steps (from step {first_step}) trained with {listed} "
+            f"({', '.join(kinds)}) in eval mode: dropout is off and batch norm uses its running statistics."
+            f"{where}"
+        )
+        if trained_before:
+            message += f" Steps 1-{first_step - 1} trained in train mode."
+        severity = Severity.ERROR if everything else Severity.WARNING
+        if not everything:
+            message += " Other layers of the same kind were in train mode: if only these are frozen on purpose, " \
+                       "suppress this finding."
+        evidence: dict[str, Any] = {
+            "steps_in_eval": steps[:20], "steps_total": total, "first_step": first_step,
+            "modules_in_eval": names[:50], "module_classes": kinds, "all_mode_modules_in_eval": everything,
+            "eval_call_loc": switch.get("loc") if switch else None, "backward_loc": backward.get("loc"),
+        }
+        return [self.finding(message, fix=_FIX, location=location, severity=severity, evidence=evidence)]
+
+
+def _steps_in_eval(proc: ProcessTrace, models: list[Event]) -> tuple[list[tuple[int, Event, list[str]]], int, set[int]]:
+    """Steps whose last backward ran with eval-mode modules of a model that gets gradients."""
+    trained_roots = set()
+    params_of = [{p["id"] for p in m.get("params", [])} for m in models]
+    bad = []
+    total = 0
+    last_backward: Event | None = None
+    for event in proc.events:
+        if event["ev"] == "backward":
+            last_backward = event
+        elif event["ev"] == "step":
+            total += 1
+            grads = set(event.get("grad") or [])
+            for index, params in enumerate(params_of):
+                if params & grads:
+                    trained_roots.add(index)
+            if last_backward is None or not last_backward.get("eval_modules"):
+                continue
+            names = _trained_eval_names(models, last_backward, trained_roots)
+            if names:
+                bad.append((event.get("n"), last_backward, names))
+    return bad, total, trained_roots
+
+
+def _eval_by_root(backward: Event) -> list[tuple[int | None, list[str]]]:
+    """The eval-mode module names of a backward, per model (None: the model is not known)."""
+    names = list(backward.get("eval_modules") or [])
+    roots = backward.get("eval_roots")
+    if roots is None:
+        return [(None, names)]
+    found, start = [], 0
+    for root, count in roots:
+        found.append((int(root), names[start:start + count]))
+        start += count
+    return found
+
+
+def _trained_eval_names(models: list[Event], backward: Event, trained_roots: set[int]) -> list[str]:
+    names: list[str] = []
+    for root, own in _eval_by_root(backward):
+        if root is None or root in trained_roots:
+            names += [n for n in own if n not in names]
+    return names
+
+
+def _trained_mode_modules(models: list[Event], backward: Event, trained_roots: set[int]) -> list[dict]:
+    roots = [r for r, _ in _eval_by_root(backward) if r is not None and r in trained_roots]
+    chosen = [models[r] for r in roots if r < len(models)] if roots else models
+    return [m for model in chosen for m in model.get("mode_modules", [])]
+
+
+def _frozen_module_names(models: list[Event]) -> set[str]:
+    """Modules whose own parameters all have requires_grad=False."""
+    by_module: dict[str, list[bool]] = {}
+    for model in models:
+        for param in model.get("params", []):
+            owner = param["name"].rsplit(".", 1)[0] if "." in param["name"] else ""
+            by_module.setdefault(owner, []).append(bool(param.get("requires_grad", True)))
+    return {name for name, flags in by_module.items() if flags and not any(flags)}
+
+
+def _is_norm(cls: str) -> bool:
+    return cls.startswith(_NORM_CLASSES)
+
+
+def _last_eval_call(proc: ProcessTrace, backward: Event) -> Event | None:
+    """The last train(False)/eval() call before this backward."""
+    found = None
+    for event in proc.events:
+        if event is backward:
+            break
+        if event["ev"] == "train_mode":
+            found = event if not event.get("mode") else None
+    return found
+
+
+def _short(loc: Any) -> str:
+    if not loc:
+        return "?"
+    path = str(loc[0]).replace("\\", "/").rsplit("/", 1)[-1]
+    return f"{path}:{loc[1]}"
