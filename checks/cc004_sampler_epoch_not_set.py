@@ -230,7 +230,7 @@ class SamplerEpochNotSet(Check):
             share = shared / max(1, min(len(set(a)), len(set(b))))
             if shared >= 2 and share >= 0.1:
                 message = (
-                    f"Ranks {first.rank} and {other.rank} drew {shared} of the same {min(len(a), len(b))} sample "
+                    f"Ranks {first.rank} and {other.rank} shared {shared} of their {min(len(a), len(b))} sample "
                     f"indices in epoch {ours.get('epoch')} of this DataLoader (sampler {loader.get('sampler')}, "
                     "no DistributedSampler): the ranks' data overlaps instead of being split between them."
                 )
