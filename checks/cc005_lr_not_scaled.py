@@ -350,5 +350,21 @@ def _training_batch(proc: ProcessTrace) -> int | None:
             if isinstance(size, int):
                 return size
     sizes = [e.get("batch_size") for e in loaders.values() if isinstance(e.get("batch_size"), int)]
-    return sizes[0] if len(sizes) == 1 else None
+    if len(sizes) == 1:
+        return sizes[0]
+    return _loss_batch(proc)
+
+
+def _loss_batch(proc: ProcessTrace) -> int | None:
+    """With no DataLoader: the leading dimension of the tensor the first loss was reduced from."""
+    for event in proc.of("backward"):
+        for node in event.get("graph") or []:
+            attrs = node.get("attrs") or {}
+            saved = attrs.get("self")
+            shape = attrs.get("self_sym_sizes") or (saved.get("shape") if isinstance(saved, dict) else None)
+            if isinstance(shape, list) and shape and isinstance(shape[0], int):
+                return shape[0]
+        if event.get("graph"):
+            return None
+    return None
 

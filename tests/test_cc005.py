@@ -236,3 +236,13 @@ def test_suggestion_starts_from_the_schedulers_base_lr() -> None:
         proc.first("optimizer")["groups"][0]["initial_lr"] = 0.2
     [finding] = runtime(run)
     assert "base lr 0.2" in finding.message and finding.evidence["suggested_lr"] == pytest.approx(0.4)
+
+
+def test_batch_from_the_loss_when_there_is_no_dataloader() -> None:
+    run = trace(2, 0.1, 0.1)
+    graph = [{"name": "MeanBackward0", "depth": 0, "parent": -1, "attrs": {"self_sym_sizes": [12, 1]}}]
+    for proc in [*run.processes, *run.variants[VARIANT].processes]:
+        proc.events = [e for e in proc.events if e["ev"] not in ("loader", "loader_epoch")]
+        proc.events.append({"ev": "backward", "n": 1, "step": 0, "loss": 0.5, "graph": graph})
+    [finding] = runtime(run)
+    assert finding.evidence["global_batch"] == {"1": 12, "2": 24}
