@@ -299,8 +299,14 @@ class StateDictPrefix(Check):
                 f"not a state_dict; {outcome}."
             )
             evidence["checkpoint_keys"] = nested[:8]
-            return self.finding(message, fix=f"Pass {hint}.", location=where, evidence=evidence,
-                                severity=Severity.ERROR)
+            fix = f"Pass {hint}."
+            inner_prefix = _inner_prefix(last_load)
+            if inner_prefix:
+                message += f" The state_dict inside it has keys starting with '{inner_prefix}' as well."
+                fix += (f" Its keys also carry the wrapper prefix '{inner_prefix}': strip it once with "
+                        f"`{_fix_command(_path(last_load))}`.")
+                evidence["inner_prefix"] = inner_prefix
+            return self.finding(message, fix=fix, location=where, evidence=evidence, severity=Severity.ERROR)
         if not strict and n_expected and n_loaded == 0:
             message = (
                 f"load_state_dict(strict=False) loaded 0 of {n_expected} tensors: none of the {n_unexpected} given keys "
@@ -358,6 +364,14 @@ def _consistent_reloads(proc: ProcessTrace) -> set[str]:
 
 def _path(load: Event | None) -> str | None:
     return load.get("path") if load else None
+
+
+def _inner_prefix(load: Event | None) -> str | None:
+    for sd in (load or {}).get("state_dicts") or []:
+        prefix = common_wrapper_prefix(sd.get("keys") or [])
+        if prefix:
+            return prefix
+    return None
 
 
 def _inner_state_dict(load: Event | None) -> str | None:

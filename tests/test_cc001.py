@@ -229,3 +229,9 @@ def test_argparse_script_with_dataparallel(script: str, expect: set, tmp_path) -
     assert result.code == 0, result.stderr
     assert {(f["severity"], f["location"]["line"]) for f in result.findings("CC001")} == expect
     assert not (tmp_path / "net.pth").exists()  # the user's checkpoint path is never written
+
+
+def test_nested_checkpoint_whose_state_dict_is_also_prefixed() -> None:
+    [finding] = runtime(load(prefixed("module."), inner=["model"]), load_state_dict(PLAIN, ["epoch", "model"]))
+    assert finding.evidence["inner_prefix"] == "module."
+    assert "checkpoint['model']" in finding.fix and "convcheck fix-state-dict ckpt.pt" in finding.fix
