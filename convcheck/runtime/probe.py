@@ -256,11 +256,47 @@ class Probe:
             if finite.numel():
                 in_range = [float(finite.min()), float(finite.max())]
         name = self._module_name(module)
+        input_finite = None
+        if inp is not None and inp.is_floating_point():
+            input_finite = bool(torch.isfinite(inp.detach()).all())
+        fp32: dict[str, Any] = {}
+        if self.fp16_autocast_depth and input_finite:
+            fp32 = self._recompute_fp32(torch, module, args, output)
         self.emit(
             "nonfinite", module=name, cls=type(module).__name__, step=self.step_count,
             dtype=str(output.dtype), fp16_autocast=bool(self.fp16_autocast_depth),
-            input_range=in_range, loc=_loc(4),
+            input_range=in_range, input_finite=input_finite, loc=_loc(4), **fp32,
         )
+
+    def _recompute_fp32(self, torch: Any, module: Any, args: Any, output: Any) -> dict[str, Any]:
+        """Run the module again in fp32 (autocast off, no grad): does it overflow only in fp16?
+
+        Once per non-finite event (at most one a step): buffers and the RNG are restored so the
+        user's training is not disturbed.
+        """
+        device = output.device.type
+        rng = torch.random.get_rng_state()
+        buffers = [(b, b.detach().clone()) for b in module.buffers()]
+        was_enabled = torch.is_autocast_enabled(device)
+        try:
+            torch.set_autocast_enabled(device, False)
+            cast = [a.detach().float() if hasattr(a, "is_floating_point") and a.is_floating_point() else a
+                    for a in (args if isinstance(args, tuple) else (args,))]
+            with torch.no_grad():
+                out = _first_tensor(module(*cast))
+            if out is None or not out.is_floating_point():
+                return {}
+            finite = bool(torch.isfinite(out).all())
+            max_abs = float(out.detach().abs().max()) if finite and out.numel() else None
+            return {"fp32_finite": finite, "fp32_max_abs": max_abs}
+        except Exception:
+            return {}
+        finally:
+            torch.set_autocast_enabled(device, was_enabled)
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+            torch.random.set_rng_state(rng)
 
     def _module_name(self, module: Any) -> str:
         for pname, param in module.named_parameters(recurse=False):
