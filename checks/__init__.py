@@ -7,6 +7,7 @@ from convcheck.checks.cc003_loss_double_normalization import LossDoubleNormaliza
 from convcheck.checks.cc004_sampler_epoch_not_set import SamplerEpochNotSet
 from convcheck.checks.cc005_lr_not_scaled import LrNotScaled
 from convcheck.checks.cc006_frozen_parameters import FrozenParameters
+from convcheck.checks.cc007_fp16_overflow import Fp16Overflow
 from convcheck.checks.cc008_grads_not_zeroed import GradsNotZeroed
 from convcheck.checks.cc009_eval_mode_training import EvalModeTraining
 from convcheck.checks.cc010_softmax_before_cross_entropy import SoftmaxBeforeCrossEntropy
@@ -18,6 +19,7 @@ ALL: list = [
     SamplerEpochNotSet,
     LrNotScaled,
     FrozenParameters,
+    Fp16Overflow,
     GradsNotZeroed,
     EvalModeTraining,
     SoftmaxBeforeCrossEntropy,
