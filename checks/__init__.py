@@ -11,6 +11,7 @@ from convcheck.checks.cc007_fp16_overflow import Fp16Overflow
 from convcheck.checks.cc008_grads_not_zeroed import GradsNotZeroed
 from convcheck.checks.cc009_eval_mode_training import EvalModeTraining
 from convcheck.checks.cc010_softmax_before_cross_entropy import SoftmaxBeforeCrossEntropy
+from convcheck.checks.cc011_scheduler_before_optimizer import SchedulerBeforeOptimizer
 from convcheck.checks.cc100_unused_suppression import UnusedSuppression
 
 ALL: list = [
@@ -23,5 +24,6 @@ ALL: list = [
     GradsNotZeroed,
     EvalModeTraining,
     SoftmaxBeforeCrossEntropy,
+    SchedulerBeforeOptimizer,
     UnusedSuppression,
 ]

@@ -91,6 +91,7 @@ class Probe:
         self.stepped: tuple[int, list[Any]] | None = None
         #: Nesting of Module.train() calls: only the outermost one is recorded.
         self.train_mode_depth = 0
+        self.scheduler_count = 0
 
     # -- recording -------------------------------------------------------------
 
@@ -683,13 +684,15 @@ def _install_patches(probe: Probe, torch: Any) -> None:
             if not getattr(self, "_convcheck_seen", False):
                 # Its settings once (step_size, gamma, T_max, milestones...): what the lr will do later.
                 self._convcheck_seen = True
+                self._convcheck_index = probe.scheduler_count
+                probe.scheduler_count += 1
                 extra["settings"] = {k: _num(v) for k, v in vars(self).items()
                                      if not k.startswith("_") and isinstance(v, (int, float))}
                 milestones = getattr(self, "milestones", None)
                 if milestones is not None:
                     extra["settings"]["milestones"] = sorted(int(m) for m in milestones)[:50]
-            probe.emit("sched_step", cls=type(self).__name__, step=probe.step_count, internal=internal,
-                       lrs=lrs, loc=_loc(3), **extra)
+            probe.emit("sched_step", cls=type(self).__name__, sched=getattr(self, "_convcheck_index", None),
+                       step=probe.step_count, internal=internal, lrs=lrs, loc=_loc(3), **extra)
             return result
 
         return step
