@@ -250,6 +250,9 @@ class LrNotScaled(Check):
                 return pending
             return [self._with_run(twin, main, ctx)] + [p for p in pending if p is not twin]
         rest = [p for p in pending if p is not twin]
+        if not _comparable(main, single):
+            # e.g. a warm-up that starts at 0: the first step shows nothing, the source still speaks.
+            return pending
         finding = self._compare(main, single, where, static_fact, twin is not None)
         return ([finding] if finding is not None else []) + rest
 
@@ -271,10 +274,6 @@ class LrNotScaled(Check):
 
     def _compare(self, main: _RunFacts, single: _RunFacts, where: Any, static_fact: _StaticFacts | None,
                  has_static: bool) -> Finding | None:
-        if not main.lrs or not single.lrs or len(main.lrs) != len(single.lrs):
-            return None
-        if any(not a or not b for a, b in zip(main.lrs, single.lrs)):
-            return None  # a warm-up that starts at 0 shows nothing at its first step
         ratios = [a / b for a, b in zip(main.lrs, single.lrs)]
         if any(abs(r - 1.0) > 1e-6 for r in ratios):
             return None  # the lr depends on the world size (linearly, by square root, or otherwise)
@@ -312,6 +311,13 @@ class LrNotScaled(Check):
         }
         return self.finding(message, fix=_fix(main.cls), location=where, evidence=evidence,
                             severity=_severity(main.cls), source="static+runtime" if has_static else "runtime")
+
+
+def _comparable(main: _RunFacts, single: _RunFacts) -> bool:
+    """Whether the two runs' first-step lrs can be compared: same groups, none of them 0."""
+    if not main.lrs or len(main.lrs) != len(single.lrs):
+        return False
+    return all(a and b for a, b in zip(main.lrs, single.lrs))
 
 
 def _reads_world_size_env(ctx: StaticContext) -> bool:

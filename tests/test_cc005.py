@@ -181,6 +181,10 @@ def test_global_batch_kept_fixed_is_quiet() -> None:
 
 def test_warmup_starting_at_zero_shows_nothing() -> None:
     assert runtime(trace(2, 0.0, 0.0)) == []
+    # ... and leaves the word to the source.
+    source = STATIC_CASES["sgd_constant"]
+    [finding] = runtime(trace(2, 0.0, 0.0), source)
+    assert finding.source == "static"
 
 
 def test_single_process_run_is_quiet_even_with_a_static_finding() -> None:
