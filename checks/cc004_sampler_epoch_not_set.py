@@ -111,6 +111,10 @@ class SamplerEpochNotSet(Check):
                 pending.remove(twin)
                 finding = finding.model_copy(update={"source": "static+runtime"})
             merged.append(finding)
+        # The run can also clear the source's suspicion: the epoch changed (set elsewhere, e.g. in a library),
+        # or the sampler does not shuffle after all.
+        cleared = _cleared_locations(run, ctx)
+        pending = [p for p in pending if not p.location or (p.location.path, p.location.line) not in cleared]
         return [*merged, *pending, *self._overlapping_ranks(run, ctx)]
 
     def _repeated_epochs(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
@@ -237,6 +241,20 @@ class SamplerEpochNotSet(Check):
                 return self.finding(message, fix=_OVERLAP_FIX, location=where, evidence=evidence,
                                     severity=Severity.WARNING)
         return None
+
+
+def _cleared_locations(run: RunTrace, ctx: StaticContext) -> set[Any]:
+    """Where samplers were built that the run saw shuffle with a changing epoch, or not shuffle at all."""
+    cleared = set()
+    for proc in run.trainers or run.processes:
+        samplers = {e.get("id"): e for e in proc.of("sampler")}
+        epochs: dict[Any, set[Any]] = {}
+        for event in proc.of("sampler_iter"):
+            epochs.setdefault(event.get("id"), set()).add(event.get("epoch"))
+        for sampler_id, sampler in samplers.items():
+            if not sampler.get("shuffle") or len(epochs.get(sampler_id, ())) > 1:
+                cleared.add(user_location(sampler.get("loc"), ctx))
+    return cleared
 
 
 def _trained(epoch: Event) -> bool:

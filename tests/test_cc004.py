@@ -238,3 +238,16 @@ def test_analysis_tells_the_check_whether_a_run_follows() -> None:
             event["loc"] = ["train.py", 3]
     both, _ = run_checks([SamplerEpochNotSet()], ctx, RunTrace(processes=[load_events(events)]))
     assert [(f.source, f.severity.value) for f in both] == [("static+runtime", "error")]
+
+
+def test_run_that_saw_the_epoch_change_clears_the_static_warning() -> None:
+    # set_epoch called from code the static pass cannot see (a helper module, a library).
+    ctx = context(STATIC_CASES["no_set_epoch"])
+    check = SamplerEpochNotSet()
+    check.runtime_follows = True
+    check.check_static(ctx)
+    events = rank_events(0, [(0, "aa"), (1, "bb")], set_epochs=[0, 1])
+    for event in events:
+        if event.get("loc") == LOC:
+            event["loc"] = ["train.py", 3]
+    assert list(check.check_runtime(RunTrace(processes=[load_events(events)]), ctx)) == []
