@@ -202,8 +202,17 @@ class StateDictPrefix(Check):
             user_location(e.get("loc"), ctx)
             for p in procs for e in p.of("load_state_dict") if not e.get("n_missing") and not e.get("n_unexpected")
         }
+        # Saves the source suspected that wrote plain keys while a wrapper was in use: the source was wrong.
+        plain_saves = {
+            user_location(e.get("loc"), ctx)
+            for p in procs if any(m.get("wrapper") for m in p.of("model"))
+            for e in p.of("save")
+            if e.get("state_dicts") and not any(common_wrapper_prefix(sd.get("keys") or []) for sd in e["state_dicts"])
+        }
         for twin in pending:
             loc = (twin.location.path, twin.location.line) if twin.location else None
+            if "wrapper" in twin.evidence and loc in plain_saves:
+                continue
             if twin.evidence.get("strict") is False and loc in clean_loads:
                 twin = twin.model_copy(update={
                     "severity": Severity.INFO, "source": "static+runtime",

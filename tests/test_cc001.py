@@ -235,3 +235,13 @@ def test_nested_checkpoint_whose_state_dict_is_also_prefixed() -> None:
     [finding] = runtime(load(prefixed("module."), inner=["model"]), load_state_dict(PLAIN, ["epoch", "model"]))
     assert finding.evidence["inner_prefix"] == "module."
     assert "checkpoint['model']" in finding.fix and "convcheck fix-state-dict ckpt.pt" in finding.fix
+
+
+def test_run_that_saved_plain_keys_under_a_wrapper_clears_the_static_warning() -> None:
+    ctx = context(STATIC_CASES["ddp_state_dict"])
+    check = StateDictPrefix()
+    check.runtime_follows = True
+    check.check_static(ctx)
+    events = trainer({"ev": "model", "cls": "DistributedDataParallel", "params": [], "wrapper": True},
+                     save(PLAIN, line=5))
+    assert list(check.check_runtime(RunTrace(processes=[load_events(events)]), ctx)) == []
