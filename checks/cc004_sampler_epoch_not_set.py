@@ -203,8 +203,11 @@ class SamplerEpochNotSet(Check):
         distributed = "DistributedSampler" in (loader.get("sampler"), loader.get("batch_sampler_inner"))
         where = user_location(loader.get("loc"), ctx)
         for other in others:
+            # The same DataLoader on the other rank: built at the same line (ids can differ between ranks).
+            same = [e.get("id") for e in other.of("loader") if e.get("loc") == loader.get("loc")]
+            loader_id = same[0] if len(same) == 1 else ours.get("loader")
             theirs = next((e for e in other.of("loader_epoch")
-                           if e.get("loader") == ours.get("loader") and e.get("epoch") == ours.get("epoch")), None)
+                           if e.get("loader") == loader_id and e.get("epoch") == ours.get("epoch")), None)
             if theirs is None:
                 continue
             b = theirs.get("indices") or []

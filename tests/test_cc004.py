@@ -251,3 +251,18 @@ def test_run_that_saw_the_epoch_change_clears_the_static_warning() -> None:
         if event.get("loc") == LOC:
             event["loc"] = ["train.py", 3]
     assert list(check.check_runtime(RunTrace(processes=[load_events(events)]), ctx)) == []
+
+
+def test_loaders_are_matched_across_ranks_by_where_they_were_built() -> None:
+    same = [5, 3, 9, 1, 7, 2, 8, 0]
+    first = overlap_events(0, same)
+    # Rank 1 built an extra loader first: its training loader has id 1.
+    second = overlap_events(1, same)
+    second.insert(2, {"ev": "loader", "id": 0, "batch_size": 4, "sampler": "SequentialSampler", "loc": ["x.py", 1]})
+    for event in second[3:]:
+        if event["ev"] in ("loader",):
+            event["id"] = 1
+        if event["ev"] == "loader_epoch":
+            event["loader"] = 1
+    [finding] = runtime(RunTrace(processes=[load_events(first, pid=1), load_events(second, pid=2)]))
+    assert finding.severity.value == "error"
