@@ -266,3 +266,12 @@ def test_loaders_are_matched_across_ranks_by_where_they_were_built() -> None:
             event["loader"] = 1
     [finding] = runtime(RunTrace(processes=[load_events(first, pid=1), load_events(second, pid=2)]))
     assert finding.severity.value == "error"
+
+
+def test_careful_trainer_gets_no_finding_from_cc001_cc004_cc005(tmp_path) -> None:  # noqa: ANN001
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC001,CC004,CC005",
+                       "--nproc-per-node", "2", "--steps", "6", "--max-batches-per-epoch", "2",
+                       SCRIPTS / "ddp_trainer_clean.py", "--epochs", "4", "--out", str(tmp_path / "model.pt"))
+    assert result.code == 0, result.stderr
+    assert result.report["run"]["status"] == "stopped-at-budget"
+    assert result.findings() == []
