@@ -139,6 +139,8 @@ class LrNotScaled(Check):
     to it (Goyal et al., 2017). For Adam-family optimizers the square-root rule (`lr × sqrt(k)`) is the usual
     starting point, so the finding is advice (info). Keeping the global batch fixed instead (per-process batch
     divided by the world size) is also fine and is not reported. Single-process runs are never reported.
+    The comparison run costs one more process start; `compare-run = false` under
+    `[tool.convcheck.checks.CC005]` skips it and leaves the proof to the source.
     """
 
     code = "CC005"
@@ -150,7 +152,7 @@ class LrNotScaled(Check):
     _facts: list[_StaticFacts]
 
     def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
-        if nproc_per_node is not None and nproc_per_node > 1:
+        if nproc_per_node is not None and nproc_per_node > 1 and self.options.get("compare-run", True):
             # The lr the optimizer uses with one process, for comparison; one step is enough.
             return {VARIANT: RunVariant(nproc_per_node=1, steps=1)}
         return {}

@@ -104,6 +104,9 @@ def test_asks_for_a_single_process_run_only_under_ddp() -> None:
     assert LrNotScaled().extra_runs(2, 8, ctx) == {VARIANT: RunVariant(nproc_per_node=1, steps=1)}
     assert LrNotScaled().extra_runs(1, 8, ctx) == {}
     assert LrNotScaled().extra_runs(None, 8, ctx) == {}
+    check = LrNotScaled()
+    check.options = {"compare-run": False}
+    assert check.extra_runs(2, 8, ctx) == {}
 
 
 def test_suggested_lr() -> None:
