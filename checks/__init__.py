@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from convcheck.checks.cc001_state_dict_prefix import StateDictPrefix
+from convcheck.checks.cc002_unseeded_rng import UnseededRng
 from convcheck.checks.cc003_loss_double_normalization import LossDoubleNormalization
 from convcheck.checks.cc004_sampler_epoch_not_set import SamplerEpochNotSet
 from convcheck.checks.cc005_lr_not_scaled import LrNotScaled
@@ -12,10 +13,12 @@ from convcheck.checks.cc008_grads_not_zeroed import GradsNotZeroed
 from convcheck.checks.cc009_eval_mode_training import EvalModeTraining
 from convcheck.checks.cc010_softmax_before_cross_entropy import SoftmaxBeforeCrossEntropy
 from convcheck.checks.cc011_scheduler_before_optimizer import SchedulerBeforeOptimizer
+from convcheck.checks.cc013_ddp_replicas_diverge import DdpReplicasDiverge
 from convcheck.checks.cc100_unused_suppression import UnusedSuppression
 
 ALL: list = [
     StateDictPrefix,
+    UnseededRng,
     LossDoubleNormalization,
     SamplerEpochNotSet,
     LrNotScaled,
@@ -25,5 +28,6 @@ ALL: list = [
     EvalModeTraining,
     SoftmaxBeforeCrossEntropy,
     SchedulerBeforeOptimizer,
+    DdpReplicasDiverge,
     UnusedSuppression,
 ]
