@@ -48,6 +48,8 @@ class Finding(BaseModel):
     evidence: dict[str, Any] = Field(default_factory=dict)
     fix: str = ""
     source: Literal["static", "runtime", "static+runtime"] = "runtime"
+    #: The evidence key whose value proves the finding at a glance (the terminal view shows it).
+    headline: str | None = None
 
 
 class ProcessSummary(BaseModel):

@@ -81,6 +81,7 @@ class Check:
         evidence: dict[str, Any] | None = None,
         severity: Severity | None = None,
         source: str = "runtime",
+        headline: str | None = None,
     ) -> Finding:
         """A finding of this check; severity defaults to the check's own."""
         if location is not None and not isinstance(location, Location):
@@ -89,6 +90,7 @@ class Check:
         return Finding(
             code=self.code, name=self.name, severity=severity or self.severity, message=message,
             location=location, evidence=evidence or {}, fix=fix, source=source,  # type: ignore[arg-type]
+            headline=headline,
         )
 
 

@@ -148,10 +148,20 @@ def _glance(report: Report) -> Group | None:
         layers = " · ".join(f"{item['name']} {item['norm']:.3g}" for item in run.top_grad_layers)
         grid.add_row("grad norm", f"{layers} (step {run.top_grad_layers[0]['step']})")
     for finding in report.findings:
-        if finding.evidence:
-            key, value = next(iter(finding.evidence.items()))
-            grid.add_row(finding.code, _evidence_text({key: value}))
+        key = _headline_key(finding)
+        if key is not None:
+            grid.add_row(finding.code, _evidence_text({key: finding.evidence[key]}))
     return Group(Text("At a glance", style="bold"), Padding(grid, (0, 0, 1, 2)))
+
+
+def _headline_key(finding: Finding) -> str | None:
+    """The evidence that proves the finding: the check's choice, else the first number observed."""
+    if finding.headline in finding.evidence:
+        return finding.headline
+    for key, value in finding.evidence.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("rank", "step", "line"):
+            return key
+    return next(iter(finding.evidence), None)
 
 
 def _summary_line(report: Report) -> str:
