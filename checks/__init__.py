@@ -14,6 +14,7 @@ from convcheck.checks.cc009_eval_mode_training import EvalModeTraining
 from convcheck.checks.cc010_softmax_before_cross_entropy import SoftmaxBeforeCrossEntropy
 from convcheck.checks.cc011_scheduler_before_optimizer import SchedulerBeforeOptimizer
 from convcheck.checks.cc013_ddp_replicas_diverge import DdpReplicasDiverge
+from convcheck.checks.cc014_batchnorm_tiny_batch import BatchnormTinyBatch
 from convcheck.checks.cc100_unused_suppression import UnusedSuppression
 
 ALL: list = [
@@ -29,5 +30,6 @@ ALL: list = [
     SoftmaxBeforeCrossEntropy,
     SchedulerBeforeOptimizer,
     DdpReplicasDiverge,
+    BatchnormTinyBatch,
     UnusedSuppression,
 ]

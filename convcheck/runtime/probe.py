@@ -191,7 +191,7 @@ class Probe:
             self.param_refs.setdefault(index, weakref.ref(param))
             if index not in self.param_names:
                 self.param_names[index] = name
-                params.append({"id": index, "name": name, "shape": list(param.shape),
+                params.append({"id": index, "name": name, "shape": _shape_of(param),
                                "requires_grad": bool(param.requires_grad), "dtype": str(param.dtype)})
         if params:
             # Dropout and batch-norm behave differently in eval mode: remember them to watch their mode.
@@ -1062,6 +1062,14 @@ def _owned_rngs(dataset: Any, torch: Any) -> list[dict[str, str]]:
     except TypeError:
         pass
     return found
+
+
+def _shape_of(param: Any) -> list[int] | None:
+    """A parameter's shape; None for a lazy module's parameter before its first forward has sized it."""
+    try:
+        return list(param.shape)
+    except RuntimeError:
+        return None
 
 
 def _first_tensor(value: Any) -> Any:
