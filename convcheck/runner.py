@@ -88,8 +88,25 @@ def script_from_traces(trace_dir: Path) -> Path:
     )
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM and SIGHUP clean up like Ctrl-C: every process the run started is stopped."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), interrupt)
+
+
 def execute(options: RunOptions) -> ExitCode:
     """Run the whole pipeline and return the exit code; never raises."""
+    _terminate_as_interrupt()
     try:
         destinations = plan_outputs(options)
         report, code, ctx = diagnose(options)

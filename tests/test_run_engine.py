@@ -245,3 +245,26 @@ def test_the_users_own_sitecustomize_still_runs(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "convcheck", "run", "--format", "json", str(script)],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_sigterm_and_sigkill_of_convcheck_leave_no_worker() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = SCRIPTS / "hang.py"
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        proc = subprocess.Popen([sys.executable, "-m", "convcheck", "run", "--timeout", "120", script],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while len(processes_running(str(script))) < 2:
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while [c for c in processes_running(str(script)) if "convcheck.runtime.worker" in c]:
+            assert time.monotonic() < deadline, f"a worker outlived convcheck after {sig.name}"
+            time.sleep(0.1)

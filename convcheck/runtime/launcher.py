@@ -201,11 +201,10 @@ def launch_many(specs: dict[str, LaunchSpec]) -> dict[str, LaunchResult]:
         try:
             return {label: future.result() for label, future in futures.items()}
         except KeyboardInterrupt:
-            # Ctrl-C reaches this thread only: tell the launches to stop and clean up.
+            # Ctrl-C reaches this thread only: tell the launches to stop, clean up, and
+            # report what they gathered (each result says it was interrupted).
             cancel.set()
-            for future in futures.values():
-                future.result()
-            raise
+            return {label: future.result() for label, future in futures.items()}
 
 
 def _wait(

@@ -82,8 +82,26 @@ def leave(code: int) -> None:
     os._exit(code)
 
 
+def _die_with_parent() -> None:
+    """Linux: be killed when the launcher dies, even by SIGKILL, so no worker is orphaned."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os._exit(1)
+
+
 def main() -> None:
     """Run the script given on the command line, then leave."""
+    _die_with_parent()
     outcome = run_entry(sys.argv[1], sys.argv[1:])
     leave(int(outcome["code"]))
 
