@@ -13,6 +13,7 @@ from convcheck.checks.cc008_grads_not_zeroed import GradsNotZeroed
 from convcheck.checks.cc009_eval_mode_training import EvalModeTraining
 from convcheck.checks.cc010_softmax_before_cross_entropy import SoftmaxBeforeCrossEntropy
 from convcheck.checks.cc011_scheduler_before_optimizer import SchedulerBeforeOptimizer
+from convcheck.checks.cc012_loss_not_decreasing import LossNotDecreasing
 from convcheck.checks.cc013_ddp_replicas_diverge import DdpReplicasDiverge
 from convcheck.checks.cc014_batchnorm_tiny_batch import BatchnormTinyBatch
 from convcheck.checks.cc100_unused_suppression import UnusedSuppression
@@ -29,6 +30,7 @@ ALL: list = [
     EvalModeTraining,
     SoftmaxBeforeCrossEntropy,
     SchedulerBeforeOptimizer,
+    LossNotDecreasing,
     DdpReplicasDiverge,
     BatchnormTinyBatch,
     UnusedSuppression,

@@ -1,0 +1,252 @@
+"""CC012 loss-not-decreasing: a loss that cannot go down, from what the first steps show."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from convcheck.findings import Finding, Severity
+from convcheck.registry import Check
+from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
+from convcheck.static.context import StaticContext
+
+_BROADCAST = re.compile(r"Using a target size \((?:torch\.Size\()?\[?([^\]\)]*)\]?\)?\) that is different to the "
+                        r"input size \((?:torch\.Size\()?\[?([^\]\)]*)\]?\)?\)")
+_NLL = frozenset({"NllLossBackward0", "NllLoss2DBackward0"})
+#: A first loss this many times the value expected at initialization is far off.
+_INIT_FACTOR = 3.0
+
+_FIX_BROADCAST = (
+    "Give the loss a target of the same shape as the model's output: e.g. `loss_fn(out.squeeze(-1), y)` or "
+    "`loss_fn(out, y.unsqueeze(-1))`. Broadcasting [B, 1] against [B] compares every output with every target."
+)
+_FIX_SINGLE_COLUMN = (
+    "Cross-entropy needs one output column per class (at least 2). For a binary task, either output 2 logits and "
+    "use `CrossEntropyLoss` with class indices, or output 1 logit and use `BCEWithLogitsLoss` with float targets."
+)
+_FIX_DETACHED = (
+    "Call backward() on the loss tensor computed from the model's output: not on `torch.tensor(loss.item())`, "
+    "`loss.detach()`, `loss.data` or a value rebuilt from numpy, which cut the graph to the parameters."
+)
+_FIX_CONSTANT = (
+    "Check that the model's output depends on its parameters and the input (no `.detach()`, `.item()` or "
+    "`torch.no_grad()` on the way), that the optimizer holds the model's parameters, and that the lr is not 0."
+)
+_FIX_INIT = (
+    "Initialize the last layer so that the first predictions are close to uniform (small weights, zero or "
+    "class-prior bias), and check that inputs are normalized: a confident, wrong start costs many steps."
+)
+_FIX_OVERFIT = (
+    "Look between data, model and loss: inputs and targets paired correctly, targets of the shape the loss "
+    "expects, the output layer's size, a loss that matches the task, and an lr that is neither 0 nor far too "
+    "small. A model should be able to memorize one batch."
+)
+
+
+class LossNotDecreasing(Check):
+    """## What it does
+    Checks the first steps of training for losses that cannot go down:
+
+    - PyTorch's own broadcast warning from `mse_loss`/`l1_loss` ("Using a target size ... different to
+      the input size"), turned into a finding at the user's line: an output of shape [B, 1] against a
+      target of shape [B] is compared all-against-all;
+    - cross-entropy over a single output column, which is exactly 0 whatever the model does;
+    - a loss that is exactly 0 or constant at every step, and a loss not connected to any parameter
+      (no parameter received a gradient);
+    - a first loss far above the value expected at initialization (`ln C` for C-class cross-entropy,
+      `ln 2` for binary cross-entropy with logits): advice.
+
+    ## Why is this bad?
+    These bugs do not crash: the loss is computed, backward runs, the optimizer steps, and training just
+    does not improve. Broadcast targets train the model to predict the mean; a single-column
+    cross-entropy or a detached loss gives zero gradient; a very high initial loss means the first
+    hundreds of steps are spent undoing a confident, wrong initialization.
+
+    ## Example
+    ```python
+    out = model(x)                    # shape [B, 1]
+    loss = F.mse_loss(out, y)         # y has shape [B]: broadcast to [B, B]
+    ```
+
+    ## Use instead
+    ```python
+    out = model(x).squeeze(-1)        # shape [B]
+    loss = F.mse_loss(out, y)
+    ```
+
+    ## Fix
+    Make the output and target shapes match, give cross-entropy one column per class, call backward() on
+    the loss computed from the model, and start from near-uniform predictions.
+    """
+
+    code = "CC012"
+    name = "loss-not-decreasing"
+    severity = Severity.ERROR
+    summary = "A loss that cannot go down: broadcast targets, one-column cross-entropy, detached or constant loss."
+
+    def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
+        proc = next(iter(run.trainers), None)
+        if proc is None:
+            return []
+        findings = self._broadcast(proc)
+        backwards = [e for e in proc.of("backward") if e.get("loss") is not None]
+        single = self._single_column(proc)
+        if single is not None:
+            findings.append(single)
+        detached = self._detached(proc)
+        if detached is not None:
+            findings.append(detached)
+        if single is None and detached is None and not findings:
+            constant = self._constant(proc, backwards)
+            if constant is not None:
+                findings.append(constant)
+        if not findings:
+            initial = self._initial(backwards)
+            if initial is not None:
+                findings.append(initial)
+        return findings
+
+    # -- PyTorch's broadcast warning ------------------------------------------------------------------
+
+    def _broadcast(self, proc: ProcessTrace) -> list[Finding]:
+        found: dict[Any, Finding] = {}
+        for warning in proc.of("warning"):
+            text = warning.get("message") or ""
+            match = _BROADCAST.search(text)
+            if match is None:
+                continue
+            loc = warning.get("loc")
+            key = tuple(loc) if loc else None
+            if key in found:
+                continue
+            target, output = match.group(1).strip(), match.group(2).strip()
+            found[key] = self.finding(
+                f"The loss compares an output of shape [{output}] with a target of shape [{target}]: PyTorch "
+                f"broadcasts them against each other (its warning: \"{text.split('. ')[0]}\"), so every output is "
+                "compared with every target and the model can only learn their mean.",
+                fix=_FIX_BROADCAST, location=loc, severity=Severity.ERROR,
+                evidence={"output_shape": output, "target_shape": target, "warning": text[:300],
+                          "step": warning.get("step")},
+            )
+        return list(found.values())
+
+    # -- cross-entropy over one column ------------------------------------------------------------
+
+    def _single_column(self, proc: ProcessTrace) -> Finding | None:
+        for event in proc.of("backward"):
+            shape = _single_column_shape(event.get("graph") or [])
+            if shape is None:
+                continue
+            losses = [e.get("loss") for e in proc.of("backward") if e.get("loss") is not None]
+            return self.finding(
+                f"Cross-entropy is computed over a single output column (shape {shape}): the log-softmax of one "
+                f"value is always 0, so the loss is exactly 0 and no gradient flows "
+                f"(losses seen: {', '.join(f'{abs(v):g}' for v in losses[:5])}).",
+                fix=_FIX_SINGLE_COLUMN, location=event.get("loc"), severity=Severity.ERROR,
+                evidence={"shape": shape, "losses": losses[:10]},
+            )
+        return None
+
+    # -- a loss with no path to the parameters -----------------------------------------------------------
+
+    def _detached(self, proc: ProcessTrace) -> Finding | None:
+        steps = proc.of("step")
+        backwards = proc.of("backward")
+        if len(steps) < 2 or not backwards:
+            return None
+        if any(e.get("grad") for e in steps):
+            return None
+        leaf = [e for e in backwards if "graph" in e and not e["graph"]]
+        first = backwards[0]
+        how = ("the loss is a leaf tensor with no autograd history" if leaf else
+               "no parameter of any optimizer received a gradient")
+        losses = ", ".join(f"{e['loss']:g}" for e in backwards[:4] if e.get("loss") is not None)
+        return self.finding(
+            f"backward() at {_short(first.get('loc'))} reaches no parameter: in {len(steps)} optimizer steps "
+            f"{how}, so nothing trains (losses: {losses}).",
+            fix=_FIX_DETACHED, location=first.get("loc"), severity=Severity.ERROR,
+            evidence={"steps": len(steps), "loss_is_leaf": bool(leaf), "backward_loc": first.get("loc")},
+        )
+
+    # -- zero or constant --------------------------------------------------------------------------------
+
+    def _constant(self, proc: ProcessTrace, backwards: list[Event]) -> Finding | None:
+        losses = [e["loss"] for e in backwards]
+        if len(losses) < 5 or not all(math.isfinite(v) for v in losses):
+            return None
+        low, high = min(losses), max(losses)
+        if high - low > 1e-7 * max(1.0, abs(high)):
+            return None
+        loc = backwards[0].get("loc")
+        if high == 0.0:
+            message = (f"The loss is exactly 0 at all {len(losses)} backward() calls: there is nothing to "
+                       "minimize and every gradient is zero.")
+        else:
+            message = (f"The loss is {high:.6g} at all {len(losses)} backward() calls, whatever the batch: the "
+                       "output does not depend on the parameters or the input, or the parameters never change.")
+        return self.finding(message, fix=_FIX_CONSTANT, location=loc, severity=Severity.ERROR,
+                            evidence={"losses": losses[:10], "backwards": len(losses)})
+
+    # -- initial value -------------------------------------------------------------------------------
+
+    def _initial(self, backwards: list[Event]) -> Finding | None:
+        first = next((e for e in backwards if e.get("graph")), None)
+        if first is None or first.get("step", 0) != 0:
+            return None
+        expected, task = _expected_initial(first["graph"])
+        if expected is None:
+            return None
+        loss = first["loss"]
+        if not (loss > _INIT_FACTOR * expected and loss - expected > 1.0):
+            return None
+        return self.finding(
+            f"The first loss is {loss:.4g}, {loss / expected:.1f}x the {expected:.4g} expected at initialization "
+            f"for {task}: the untrained model is confidently wrong (large initial logits or unnormalized inputs).",
+            fix=_FIX_INIT, location=first.get("loc"), severity=Severity.INFO,
+            evidence={"first_loss": loss, "expected": expected, "task": task},
+        )
+
+
+def _single_column_shape(graph: list[dict]) -> list[int] | None:
+    """The [B, 1] shape of a cross-entropy taken over one class column, if the graph has one."""
+    for node in graph:
+        attrs = node.get("attrs") or {}
+        if node["name"] in _NLL:
+            shape = (attrs.get("self") or {}).get("shape") or []
+            if len(shape) >= 2 and shape[1] == 1:
+                return shape
+        if node["name"] == "LogSoftmaxBackward0" and 0 <= node.get("parent", -1) < len(graph):
+            # Soft targets: -(target * log_softmax(x)).sum(1).mean(), with target [B, 1].
+            parent = graph[node["parent"]]
+            other = ((parent.get("attrs") or {}).get("other") or {})
+            shape = other.get("shape") if isinstance(other, dict) else None
+            if parent["name"] == "MulBackward0" and shape and len(shape) >= 2 and shape[attrs.get("dim", 1)] == 1:
+                return shape
+    return None
+
+
+def _expected_initial(graph: list[dict]) -> tuple[float | None, str]:
+    """The loss of a model predicting uniformly, for the loss at the root of the graph."""
+    if not graph:
+        return None, ""
+    root = graph[0]
+    attrs = root.get("attrs") or {}
+    if root["name"] in _NLL and attrs.get("reduction") == 1 and not attrs.get("label_smoothing"):
+        children = [n for n in graph if n.get("parent") == 0]
+        if not any(n["name"] == "LogSoftmaxBackward0" for n in children):
+            return None, ""
+        shape = (attrs.get("self") or {}).get("shape") or []
+        if len(shape) >= 2 and shape[1] >= 2:
+            return math.log(shape[1]), f"{shape[1]}-class cross-entropy (ln {shape[1]})"
+    if root["name"] == "BinaryCrossEntropyWithLogitsBackward0" and attrs.get("reduction") == 1:
+        return math.log(2), "binary cross-entropy with logits (ln 2)"
+    return None, ""
+
+
+def _short(loc: Any) -> str:
+    if not loc:
+        return "?"
+    path = str(loc[0]).replace("\\", "/").rsplit("/", 1)[-1]
+    return f"{path}:{loc[1]}"

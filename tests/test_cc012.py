@@ -1,0 +1,97 @@
+"""CC012 loss-not-decreasing: recorded traces, and a Trainer with a detached loss or broadcast targets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from cc_testing import SCRIPTS, convcheck
+
+from convcheck.checks.cc012_loss_not_decreasing import LossNotDecreasing
+from convcheck.runtime.trace import RunTrace, load_events
+
+LOC = ["train.py", 30]
+BROADCAST = ("Using a target size (torch.Size([16])) that is different to the input size (torch.Size([16, 1])). "
+             "This will likely lead to incorrect results due to broadcasting. Please ensure they have the same size.")
+
+
+def ce_graph(classes: int, batch: int = 8) -> list[dict]:
+    return [{"name": "NllLossBackward0", "depth": 0, "parent": -1,
+             "attrs": {"reduction": 1, "self": {"shape": [batch, classes]}, "target": {"shape": [batch]}}},
+            {"name": "LogSoftmaxBackward0", "depth": 1, "parent": 0, "attrs": {"dim": 1}},
+            {"name": "AddmmBackward0", "depth": 2, "parent": 1}]
+
+
+def trace(losses: list[float], graph: list[dict] | None = None, grad: bool = True, extra: list[dict] = ()) -> RunTrace:
+    events = [{"ev": "process"}, *extra]
+    for n, loss in enumerate(losses, start=1):
+        backward = {"ev": "backward", "n": n, "step": n - 1, "loss": loss, "loc": LOC}
+        if graph is not None:
+            backward["graph"] = graph
+        events += [backward, {"ev": "step", "opt": 0, "n": n, "grad": [0, 1] if grad else []}]
+    return RunTrace(processes=[load_events(events)])
+
+
+def runtime(run: RunTrace) -> list:
+    return list(LossNotDecreasing().check_runtime(run, None))
+
+
+def test_broadcast_warning_becomes_a_located_error() -> None:
+    warning = {"ev": "warning", "category": "UserWarning", "message": BROADCAST, "loc": ["train.py", 23], "step": 0}
+    [finding] = runtime(trace([1.0, 0.9, 0.8], extra=[warning, dict(warning)]))
+    assert finding.severity.value == "error"
+    assert finding.location.line == 23
+    assert (finding.evidence["output_shape"], finding.evidence["target_shape"]) == ("16, 1", "16")
+
+
+def test_single_column_cross_entropy() -> None:
+    [finding] = runtime(trace([0.0] * 5, graph=ce_graph(1)))
+    assert finding.severity.value == "error"
+    assert finding.evidence["shape"] == [8, 1]
+    assert "single output column" in finding.message
+
+
+def test_single_column_with_soft_targets() -> None:
+    graph = [{"name": "DivBackward1", "depth": 0, "parent": -1},
+             {"name": "NegBackward0", "depth": 1, "parent": 0},
+             {"name": "SumBackward0", "depth": 2, "parent": 1},
+             {"name": "MulBackward0", "depth": 3, "parent": 2, "attrs": {"other": {"shape": [32, 1]}}},
+             {"name": "LogSoftmaxBackward0", "depth": 4, "parent": 3, "attrs": {"dim": 1}}]
+    [finding] = runtime(trace([-0.0] * 5, graph=graph))
+    assert finding.evidence["shape"] == [32, 1]
+
+
+def test_detached_loss() -> None:
+    [finding] = runtime(trace([0.5, 0.6, 0.7], graph=[], grad=False))
+    assert finding.severity.value == "error"
+    assert finding.evidence["loss_is_leaf"] is True
+    assert finding.location.line == 30
+
+
+def test_zero_and_constant_losses() -> None:
+    [zero] = runtime(trace([0.0] * 6, graph=[{"name": "MeanBackward0", "depth": 0, "parent": -1}]))
+    assert "exactly 0" in zero.message
+    [constant] = runtime(trace([0.6931] * 6))
+    assert "0.6931 at all 6" in constant.message
+    assert runtime(trace([0.6931] * 4)) == []  # too few to tell
+
+
+@pytest.mark.parametrize("first, expected_finding", [(math.log(10), False), (2.0, False), (12.0, True)])
+def test_initial_loss_against_ln_c(first: float, expected_finding: bool) -> None:
+    found = runtime(trace([first, first * 0.9, first * 0.8], graph=ce_graph(10)))
+    assert bool(found) == expected_finding
+    if found:
+        assert found[0].severity.value == "info"
+        assert abs(found[0].evidence["expected"] - math.log(10)) < 1e-9
+
+
+def test_healthy_run_is_quiet() -> None:
+    assert runtime(trace([2.3, 2.1, 1.9, 1.7, 1.6, 1.4], graph=ce_graph(10))) == []
+
+
+@pytest.mark.parametrize("mode, line", [("detached", 32), ("broadcast", 23)])
+def test_trainer_modes(mode: str, line: int) -> None:
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "3", "--select", "CC012",
+                       SCRIPTS / "cc012_trainer.py", "--mode", mode)
+    [finding] = result.findings("CC012")
+    assert (finding["severity"], finding["location"]["line"]) == ("error", line)
