@@ -139,6 +139,9 @@ class UnseededRng(Check):
             if difference is None:
                 continue
             finding = self._differs(mine, difference, ctx, pending)
+            if "dataset-rng" in finding.evidence["causes"]:
+                # The error already names the dataset's RNG: no second finding for it.
+                findings = [f for f in findings if "rngs" not in f.evidence]
             return [finding, *findings]
         # The two runs matched: the run is reproducible whatever the source suggested.
         return findings

@@ -1,0 +1,129 @@
+"""CC002 unseeded-rng: two recorded runs compared, causes from the probe's RNG records, source snippets, scripts."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+from pathlib import Path
+
+import pytest
+from cc_testing import SCRIPTS, convcheck
+
+from convcheck.checks.cc002_unseeded_rng import UnseededRng, compare, static_seeding
+from convcheck.registry import RunVariant
+from convcheck.runtime.trace import RunTrace, load_events
+from convcheck.static.context import StaticContext
+
+
+def _ctx(source: str = "") -> StaticContext:
+    source = textwrap.dedent(source)
+    return StaticContext(path=Path("train.py"), source=source, tree=ast.parse(source))
+
+
+def _proc(losses: list[float], *, norms: float = 1.0, seeds=(), unseeded=(), loaders=(), pid: int = 1,
+          final_sum: float = 3.0):
+    events: list[dict] = [{"ev": "process", "pid": pid, "role": "entry"}]
+    events += [{"ev": "seed", "rng": rng, "value": 0, "loc": ["train.py", line], "internal": False,
+                "drawn_before": late} for rng, line, late in seeds]
+    events += list(loaders)
+    for n, loss in enumerate(losses, start=1):
+        events.append({"ev": "backward", "n": n, "step": n - 1, "loss": loss, "loc": ["train.py", 20]})
+        events.append({"ev": "step", "opt": 0, "n": n, "backwards": 1, "grad": [0], "lrs": [0.1],
+                       "param_norms": [norms, 2.0]})
+    events.append({"ev": "final", "steps": len(losses), "param_sum": final_sum, "rng_unseeded_draws": list(unseeded),
+                   "rng_seeded": sorted({s[0] for s in seeds})})
+    return load_events(events, pid=pid)
+
+
+def _run(main, repeat) -> RunTrace:
+    return RunTrace(processes=[main], variants={"repeat": RunTrace(processes=[repeat])})
+
+
+def test_identical_runs_are_quiet_even_if_the_source_has_no_seed() -> None:
+    ctx = _ctx("import torch\nmodel = torch.nn.Linear(2, 2)\n")
+    check = UnseededRng()
+    assert check.extra_runs(2, 20, ctx) == {"repeat": RunVariant(nproc_per_node=2, steps=5)}
+    assert list(check.check_static(ctx)) == []
+    assert list(check.check_runtime(_run(_proc([0.7, 0.6]), _proc([0.7, 0.6], pid=2)), ctx)) == []
+
+
+def test_unseeded_torch_is_an_error_with_its_cause() -> None:
+    run = _run(_proc([0.7, 0.6], unseeded=["torch", "numpy"]), _proc([0.71, 0.6], pid=2, unseeded=["torch"]))
+    (finding,) = UnseededRng().check_runtime(run, _ctx())
+    assert finding.severity.value == "error"
+    assert "the loss of backward pass 1 was 0.7 in one run and 0.71 in the other" in finding.message
+    assert finding.evidence["causes"] == ["unseeded:torch", "unseeded:numpy"]
+    assert "torch.manual_seed(seed)" in finding.message and "np.random.seed(seed)" in finding.message
+
+
+def test_late_seed_points_at_the_seed() -> None:
+    run = _run(_proc([0.7], seeds=[("torch", 9, True)], unseeded=["torch"]), _proc([0.8], pid=2))
+    (finding,) = UnseededRng().check_runtime(run, _ctx())
+    assert finding.location.line == 9 and finding.evidence["causes"] == ["late-seed:torch"]
+
+
+def test_parameters_differ_with_equal_losses() -> None:
+    assert compare(_proc([0.7, 0.6]), _proc([0.7, 0.6], norms=1.5)) is not None
+    assert compare(_proc([0.7, 0.6]), _proc([0.7, 0.6], final_sum=3.5)) is not None
+    assert compare(_proc([0.7, 0.6, 0.5]), _proc([0.7, 0.6], pid=2)) is None  # only common steps count
+
+
+def test_dataset_rng_copied_into_workers() -> None:
+    loader = {"ev": "loader", "id": 0, "num_workers": 4, "dataset": "Aug", "worker_init_fn": False,
+              "generator": False, "dataset_rngs": [{"attr": "rng", "cls": "RandomState"}], "loc": ["train.py", 12]}
+    same = _run(_proc([0.7], seeds=[("torch", 2, False)], loaders=[loader]),
+                _proc([0.7], pid=2, seeds=[("torch", 2, False)], loaders=[loader]))
+    (finding,) = UnseededRng().check_runtime(same, _ctx())
+    assert finding.severity.value == "warning" and finding.location.line == 12
+    differ = _run(_proc([0.7], seeds=[("torch", 2, False)], loaders=[loader]), _proc([0.9], pid=2))
+    (finding,) = UnseededRng().check_runtime(differ, _ctx())
+    assert finding.severity.value == "error" and finding.evidence["causes"] == ["dataset-rng"]
+    with_init = {**loader, "worker_init_fn": True}
+    quiet = _run(_proc([0.7], loaders=[with_init]), _proc([0.7], pid=2, loaders=[with_init]))
+    assert list(UnseededRng().check_runtime(quiet, _ctx())) == []
+
+
+def test_without_a_repeat_only_a_warning() -> None:
+    run = RunTrace(processes=[_proc([0.7], unseeded=["python"])])
+    (finding,) = UnseededRng().check_runtime(run, _ctx())
+    assert finding.severity.value == "warning" and "not verified" in finding.message
+
+
+@pytest.mark.parametrize(
+    ("source", "seeds", "first_draw", "late"),
+    [
+        ("import torch\ntorch.manual_seed(0)\nmodel = torch.nn.Linear(2, 2)\n", [2], 3, None),
+        ("import torch\nmodel = torch.nn.Linear(2, 2)\ntorch.manual_seed(0)\n", [3], 2, (3, 2)),
+        ("import numpy as np\nx = np.random.rand(3)\n", [], 2, None),
+        ("import random\nrandom.seed(1)\nrandom.shuffle(xs)\n", [2], 3, None),
+        # the model class is built in main(), which seeds first: definitions above do not count
+        ("import torch.nn as nn\nclass Net(nn.Module):\n    def __init__(self):\n        self.l = nn.Linear(2, 2)\n"
+         "def main():\n    seed_everything(1)\n    net = Net()\n", [6], 4, None),
+        ("import torch.nn as nn\nclass Net(nn.Module):\n    pass\n"
+         "def main():\n    net = Net()\n    set_seed(1)\n", [6], 5, (6, 5)),
+        ("import torch\nx = torch.zeros(3)\n", [], None, None),
+    ],
+    ids=["seeded", "late", "numpy-unseeded", "python", "main-seeds-first", "main-late", "nothing-random"],
+)
+def test_static_seeding(source: str, seeds: list[int], first_draw: int | None, late) -> None:
+    facts = static_seeding(_ctx(source))
+    assert (facts.seed_lines, facts.first_draw, facts.late_seed) == (seeds, first_draw, late)
+
+
+def test_static_findings() -> None:
+    late = list(UnseededRng().check_static(_ctx("import torch\nm = torch.nn.Linear(2, 2)\ntorch.manual_seed(0)\n")))
+    assert [(f.severity.value, f.location.line, f.source) for f in late] == [("warning", 3, "static")]
+    missing = list(UnseededRng().check_static(_ctx("import torch\nm = torch.nn.Linear(2, 2)\n")))
+    assert [(f.severity.value, f.location.line) for f in missing] == [("warning", 2)]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [([], ["error"]), (["--seed-all", "--seed-rng"], ["warning"]), (["--seed-all", "--seed-rng", "--worker-init"], [])],
+    ids=["unseeded", "seeded-copies", "reseeded-per-worker"],
+)
+def test_dataloader_workers_script(flags: list[str], expected: list[str]) -> None:
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC002", "--steps", "3",
+                       SCRIPTS / "cc002_augment_workers.py", *flags)
+    assert result.code == 0, result.stderr
+    assert [f["severity"] for f in result.findings("CC002")] == expected
