@@ -205,19 +205,39 @@ class Observation:
 
 def observe(proc: ProcessTrace) -> list[Observation]:
     """Every loss term in every recorded loss graph of this process, judged against its step's backward count."""
-    steps = proc.of("step")
-    per_step = {s.get("n"): int(s.get("backwards") or 0) for s in steps}
-    counts = [k for k in per_step.values() if k > 0]
-    usual = Counter(counts).most_common(1)[0][0] if counts else 1
+    groups = backward_groups(proc)
+    sizes = [len(g) for g, closed in groups if closed]
+    usual = Counter(sizes).most_common(1)[0][0] if sizes else 1
     found = []
-    for event in proc.of("backward"):
-        graph = event.get("graph")
-        if not graph:
-            continue
-        k = per_step.get((event.get("step") or 0) + 1) or usual
-        for term in loss_terms(graph):
-            found.append(_judge(term, k, event))
+    for group, closed in groups:
+        k = len(group) if closed else max(usual, len(group))
+        for event in group:
+            graph = event.get("graph")
+            if not graph:
+                continue
+            for term in loss_terms(graph):
+                found.append(_judge(term, k, event))
     return found
+
+
+def backward_groups(proc: ProcessTrace) -> list[tuple[list[Event], bool]]:
+    """The backward calls that fed each optimizer step (closed), and the trailing ones with no step yet.
+
+    A step a GradScaler skipped (inf/NaN gradients) ends its group too: its backward was not accumulated.
+    """
+    groups: list[tuple[list[Event], bool]] = []
+    current: list[Event] = []
+    for event in proc.events:
+        kind = event["ev"]
+        if kind == "backward":
+            current.append(event)
+        elif (kind == "step" or (kind == "scaler" and event.get("call") == "step" and event.get("skipped"))) \
+                and current:
+            groups.append((current, True))
+            current = []
+    if current:
+        groups.append((current, False))
+    return groups
 
 
 @dataclass

@@ -187,3 +187,16 @@ def test_trainer_class_script_end_to_end(tmp_path: Path) -> None:
 
 def _line(path: Path, needle: str) -> int:
     return next(n for n, line in enumerate(path.read_text().splitlines(), start=1) if needle in line)
+
+
+def test_steps_skipped_by_a_grad_scaler_are_not_accumulation() -> None:
+    events: list[dict] = [{"ev": "process", "pid": 1, "role": "entry"}]
+    graph = [_nll(16)]
+    n = 0
+    for skipped in (True, False, True, False, False):
+        n += 1
+        events.append({"ev": "backward", "n": n, "step": 0, "loss": 1.0, "loc": ["train.py", 20], "graph": graph})
+        if not skipped:
+            events.append({"ev": "step", "opt": 0, "n": n, "backwards": 2 if n in (2, 4) else 1, "grad": [0]})
+        events.append({"ev": "scaler", "call": "step", "skipped": skipped, "opt": 0})
+    assert _findings(RunTrace(processes=[load_events(events)])) == []
