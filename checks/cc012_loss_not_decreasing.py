@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from convcheck.findings import Finding, Severity
-from convcheck.registry import Check
+from convcheck.registry import Check, RunVariant
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext
 
@@ -17,6 +17,11 @@ _BROADCAST = re.compile(r"Using a target size \((?:torch\.Size\()?\[?([^\]\)]*)\
 _NLL = frozenset({"NllLossBackward0", "NllLoss2DBackward0"})
 #: A first loss this many times the value expected at initialization is far off.
 _INIT_FACTOR = 3.0
+#: The label of the overfit-one-batch run, and its default length when enabled.
+OVERFIT_RUN = "cc012-overfit-one-batch"
+_OVERFIT_STEPS = 40
+#: On one repeated batch the loss must fall below this share of its first value.
+_OVERFIT_TARGET = 0.9
 
 _FIX_BROADCAST = (
     "Give the loss a target of the same shape as the model's output: e.g. `loss_fn(out.squeeze(-1), y)` or "
@@ -56,7 +61,11 @@ class LossNotDecreasing(Check):
     - a loss that is exactly 0 or constant at every step, and a loss not connected to any parameter
       (no parameter received a gradient);
     - a first loss far above the value expected at initialization (`ln C` for C-class cross-entropy,
-      `ln 2` for binary cross-entropy with logits): advice.
+      `ln 2` for binary cross-entropy with logits): advice;
+    - optionally, an overfit-one-batch run: the script runs again for 40 steps with every DataLoader
+      yielding its first batch over and over. A model that cannot drive the loss down on one batch has a
+      bug between data, model and loss. Enable it with `[tool.convcheck.checks.CC012] overfit-steps = 40`
+      (it costs a second run of the script).
 
     ## Why is this bad?
     These bugs do not crash: the loss is computed, backward runs, the optimizer steps, and training just
@@ -86,11 +95,20 @@ class LossNotDecreasing(Check):
     severity = Severity.ERROR
     summary = "A loss that cannot go down: broadcast targets, one-column cross-entropy, detached or constant loss."
 
+    def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
+        wanted = self.options.get("overfit-steps", self.options.get("overfit_steps", 0))
+        if wanted is True:
+            wanted = _OVERFIT_STEPS
+        if not wanted or ctx is None or "DataLoader" not in ctx.source:
+            return {}
+        return {OVERFIT_RUN: RunVariant(nproc_per_node=nproc_per_node, steps=int(wanted), repeat_first_batch=True)}
+
     def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
         proc = next(iter(run.trainers), None)
         if proc is None:
             return []
         findings = self._broadcast(proc)
+        overfit = self._overfit(run.variants.get(OVERFIT_RUN))
         backwards = [e for e in proc.of("backward") if e.get("loss") is not None]
         single = self._single_column(proc)
         if single is not None:
@@ -102,11 +120,45 @@ class LossNotDecreasing(Check):
             constant = self._constant(proc, backwards)
             if constant is not None:
                 findings.append(constant)
+        if overfit is not None and not findings:
+            findings.append(overfit)
         if not findings:
             initial = self._initial(backwards)
             if initial is not None:
                 findings.append(initial)
         return findings
+
+    # -- overfit one batch ---------------------------------------------------------------------------
+
+    def _overfit(self, variant: RunTrace | None) -> Finding | None:
+        if variant is None:
+            return None
+        proc = next(iter(variant.trainers), None)
+        if proc is None or proc.crash is not None or not proc.of("repeat_batch"):
+            return None  # the run failed, or the script does not draw its batches from a DataLoader
+        per_step: dict[int, list[float]] = {}
+        for event in proc.of("backward"):
+            if event.get("loss") is not None and math.isfinite(event["loss"]):
+                per_step.setdefault(event.get("step", 0), []).append(event["loss"])
+        # The backward after the last step (stopped at the budget) belongs to no step.
+        curve = [sum(v) / len(v) for step, v in sorted(per_step.items()) if step < max(proc.steps, 1)]
+        if len(curve) < 10:
+            return None
+        first, best, last = curve[0], min(curve), sum(curve[-3:]) / 3
+        if first <= 1e-6 or last < _OVERFIT_TARGET * first:
+            return None
+        loc = next((e.get("loc") for e in proc.of("backward") if e.get("loc")), None)
+        shown = ", ".join(f"{curve[i]:.4g}" for i in sorted({0, 1, 2, len(curve) // 2, len(curve) - 2,
+                                                                    len(curve) - 1}))
+        return self.finding(
+            f"On one batch repeated for {len(curve)} steps the loss went from {first:.4g} to {last:.4g} (lowest "
+            f"{best:.4g}): a model that cannot fit a single batch has a bug between data, model and loss, or an lr "
+            f"far too small. Loss along the way: {shown}.",
+            fix=_FIX_OVERFIT, location=loc, severity=Severity.WARNING,
+            evidence={"steps": len(curve), "first_loss": first, "last_loss": last, "lowest_loss": best,
+                      "curve": [round(v, 6) for v in curve[:60]],
+                      "lrs": (proc.first("step") or {}).get("lrs")},
+        )
 
     # -- PyTorch's broadcast warning ------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ class RunVariant:
 
     nproc_per_node: int | None
     steps: int
+    #: Every DataLoader repeats its first batch (can the model fit one batch?).
+    repeat_first_batch: bool = False
 
 
 class Check:

@@ -271,18 +271,20 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
         for check in checks:
             variants.update(check.extra_runs(options.nproc_per_node, options.steps, ctx))
 
-        def spec_for(folder: Path, nproc: int | None, steps: int, show_output: bool) -> LaunchSpec:
+        def spec_for(folder: Path, nproc: int | None, steps: int, show_output: bool,
+                     repeat_first_batch: bool = False) -> LaunchSpec:
             return LaunchSpec(
                 script=script.resolve(), script_args=options.script_args, run_dir=folder, steps=steps,
                 timeout=options.timeout, nproc_per_node=nproc,
                 max_batches_per_epoch=options.max_batches_per_epoch, show_output=show_output,
                 device=options.device, pretend_cuda=options.pretend_cuda,
-                cuda_devices=options.cuda_devices or nproc or 1,
+                cuda_devices=options.cuda_devices or nproc or 1, repeat_first_batch=repeat_first_batch,
             )
 
         specs = {"main": spec_for(run_dir, options.nproc_per_node, options.steps, options.show_output)}
         for label, variant in variants.items():
-            specs[label] = spec_for(run_dir / "variants" / label, variant.nproc_per_node, variant.steps, False)
+            specs[label] = spec_for(run_dir / "variants" / label, variant.nproc_per_node, variant.steps, False,
+                                    variant.repeat_first_batch)
         launches = launch_many(specs)
         launched = launches.pop("main")
         trace = read_trace_dir(launched.trace_dir, world_size=options.nproc_per_node or 1, steps_budget=options.steps)

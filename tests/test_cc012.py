@@ -95,3 +95,78 @@ def test_trainer_modes(mode: str, line: int) -> None:
                        SCRIPTS / "cc012_trainer.py", "--mode", mode)
     [finding] = result.findings("CC012")
     assert (finding["severity"], finding["location"]["line"]) == ("error", line)
+
+
+# -- overfit one batch ----------------------------------------------------------------------------------
+
+def overfit_variant(curve: list[float], repeated: bool = True) -> RunTrace:
+    events = [{"ev": "process"}]
+    if repeated:
+        events.append({"ev": "repeat_batch", "loader": 0, "step": 0, "fingerprint": "[32, 6]:1.0"})
+    for n, loss in enumerate(curve, start=1):
+        events += [{"ev": "backward", "n": n, "step": n - 1, "loss": loss, "loc": LOC},
+                   {"ev": "step", "opt": 0, "n": n, "grad": [0], "lrs": [0.001]}]
+    return RunTrace(processes=[load_events(events)])
+
+
+def with_overfit(curve: list[float], repeated: bool = True) -> RunTrace:
+    from convcheck.checks.cc012_loss_not_decreasing import OVERFIT_RUN
+
+    run = trace([2.3, 2.2, 2.25, 2.1, 2.0])
+    run.variants[OVERFIT_RUN] = overfit_variant(curve, repeated)
+    return run
+
+
+def test_model_that_cannot_fit_one_batch() -> None:
+    [finding] = runtime(with_overfit([100.0 - 0.01 * i for i in range(30)]))
+    assert finding.severity.value == "warning"
+    assert finding.evidence["steps"] == 30
+    assert finding.location.line == 30
+    assert "cannot fit a single batch" in finding.message
+
+
+def test_model_that_fits_one_batch_is_quiet() -> None:
+    assert runtime(with_overfit([2.3 * 0.9 ** i for i in range(30)])) == []
+
+
+def test_overfit_run_without_a_dataloader_says_nothing() -> None:
+    assert runtime(with_overfit([100.0] * 30, repeated=False)) == []
+
+
+def test_overfit_run_is_requested_only_when_enabled() -> None:
+    from static_expect import context
+
+    from convcheck.checks.cc012_loss_not_decreasing import OVERFIT_RUN
+
+    source = "from torch.utils.data import DataLoader\n"
+    check = LossNotDecreasing()
+    assert check.extra_runs(None, 20, context(source)) == {}
+    check.options = {"overfit-steps": 30}
+    [(label, variant)] = check.extra_runs(None, 20, context(source)).items()
+    assert (label, variant.steps, variant.repeat_first_batch) == (OVERFIT_RUN, 30, True)
+    assert check.extra_runs(None, 20, context("x = 1\n")) == {}
+
+
+def test_overfit_one_batch_end_to_end(tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "pyproject.toml").write_text("[tool.convcheck.checks.CC012]\noverfit-steps = 25\n")
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import torch, torch.nn as nn\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n"
+        "torch.manual_seed(0)\n"
+        "x = torch.randn(512, 6)\n"
+        "y = (x @ torch.randn(6, 1)) * 100  # targets in the hundreds\n"
+        "loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)\n"
+        "model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 1), nn.Tanh())  # bounded output\n"
+        "opt = torch.optim.Adam(model.parameters(), lr=1e-3)\n"
+        "for epoch in range(20):\n"
+        "    for xb, yb in loader:\n"
+        "        opt.zero_grad()\n"
+        "        nn.functional.mse_loss(model(xb), yb).backward()\n"
+        "        opt.step()\n"
+    )
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "3", "--select", "CC012", script,
+                       cwd=tmp_path)
+    [finding] = result.findings("CC012")
+    assert (finding["severity"], finding["location"]["line"]) == ("warning", 12)
+    assert finding["evidence"]["steps"] == 25

@@ -12,3 +12,5 @@ DEVICE = "CONVCHECK_DEVICE"
 PRETEND_CUDA = "CONVCHECK_PRETEND_CUDA"
 #: How many GPUs torch.cuda.device_count() reports under PRETEND_CUDA.
 PRETEND_DEVICES = "CONVCHECK_PRETEND_DEVICES"
+#: "1": every DataLoader yields its first batch again and again (the overfit-one-batch run of CC012).
+REPEAT_FIRST_BATCH = "CONVCHECK_REPEAT_FIRST_BATCH"

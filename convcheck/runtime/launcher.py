@@ -46,6 +46,7 @@ class LaunchSpec:
     pretend_cuda: bool = False
     cuda_devices: int = 1
     python: str = sys.executable
+    repeat_first_batch: bool = False
 
 
 @dataclass
@@ -122,6 +123,10 @@ def worker_env(spec: LaunchSpec, rank: int, port: int) -> dict[str, str]:
     environ[env.DEVICE] = spec.device
     environ[env.PRETEND_CUDA] = "1" if spec.pretend_cuda else "0"
     environ[env.PRETEND_DEVICES] = str(spec.cuda_devices)
+    if spec.repeat_first_batch:
+        environ[env.REPEAT_FIRST_BATCH] = "1"
+    else:
+        environ.pop(env.REPEAT_FIRST_BATCH, None)
     environ["PYTHONUNBUFFERED"] = "1"
     environ["PYTHONFAULTHANDLER"] = "1"
     if spec.nproc_per_node is not None:

@@ -92,6 +92,9 @@ class Probe:
         #: Nesting of Module.train() calls: only the outermost one is recorded.
         self.train_mode_depth = 0
         self.scheduler_count = 0
+        #: CC012's overfit run: each DataLoader's first batch, yielded again in place of every later one.
+        self.repeat_first_batch = os.environ.get(env.REPEAT_FIRST_BATCH) == "1"
+        self.first_batches: dict[int, Any] = {}
 
     # -- recording -------------------------------------------------------------
 
@@ -589,6 +592,26 @@ class Probe:
         except Exception:
             record["first_batch"] = ""
 
+    def repeated_batch(self, iterator: Any, batch: Any) -> Any:
+        """The loader's first batch in place of ``batch`` (the overfit-one-batch run); records when it starts."""
+        loader = getattr(iterator, "_convcheck_loader", None)
+        key = id(loader)
+        if key not in self.first_batches:
+            self.first_batches[key] = batch
+            self.emit("repeat_batch", loader=self.loader_ids.get(key, -1), step=self.step_count,
+                      fingerprint=self._fingerprint(batch))
+        return self.first_batches[key]
+
+    @staticmethod
+    def _fingerprint(batch: Any) -> str:
+        tensor = _first_tensor(batch)
+        if tensor is None:
+            return ""
+        try:
+            return f"{list(tensor.shape)}:{float(tensor.detach().double().sum())!r}"
+        except Exception:
+            return ""
+
     def count_batch(self, iterator: Any) -> bool:
         """Count a batch; False when the epoch should end here (--max-batches-per-epoch)."""
         record = self._open_epochs.get(id(iterator))
@@ -795,6 +818,8 @@ def _patch_data(probe: Probe, torch: Any, patches: Patches) -> None:
                 probe.end_epoch(self)
                 raise
             probe.note_batch(self, batch)
+            if probe.repeat_first_batch:
+                batch = probe.repeated_batch(self, batch)
             return batch
 
         return __next__
