@@ -46,7 +46,8 @@ class BatchnormTinyBatch(Check):
     ```
 
     ## Fix
-    Use SyncBatchNorm (converted before the DDP wrapper), GroupNorm, or a larger per-process batch. The
+    Use SyncBatchNorm (converted before the DDP wrapper; it runs on GPUs only), GroupNorm (also on the
+    CPU), or a larger per-process batch. The
     threshold is set with `[tool.convcheck.checks.CC014] max-batch = 8`.
     """
 
