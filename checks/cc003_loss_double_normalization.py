@@ -320,11 +320,13 @@ def _judge(term: Term, k: int, event: Event) -> Observation:
 
 def _worst(observations: list[Observation]) -> Observation | None:
     """The observation to report: a double normalization first; accumulation only if every term agrees."""
+    # A named loss node reads better than the internal mean of label smoothing.
+    ordered = sorted(observations, key=lambda o: o.node.endswith("/len"))
     for kind in ("double", "accum-twice"):
-        hit = next((o for o in observations if o.kind == kind), None)
+        hit = next((o for o in ordered if o.kind == kind), None)
         if hit is not None:
             return hit
-    missing = [o for o in observations if o.kind == "accum-missing"]
+    missing = [o for o in ordered if o.kind == "accum-missing"]
     if missing and not any(o.kind == "accum-ok" for o in observations):
         return missing[0]
     return None
@@ -446,6 +448,9 @@ def _mean_loss(node: ast.AST, flow: Flow, line: int, depth: int = 0) -> str | No
     if depth > 4:
         return None
     if isinstance(node, ast.Call):
+        if isinstance(node.func, ast.Call) and last_segment(dotted_name(node.func.func)) in _LOSS_MODULES:
+            # nn.MSELoss()(out, y)
+            return _reduction_phrase(keyword(node.func, "reduction"), f"{last_segment(dotted_name(node.func.func))}()")
         name = dotted_name(node.func)
         last = last_segment(name)
         if isinstance(node.func, ast.Attribute) and node.func.attr == "mean" and not node.args and not node.keywords:

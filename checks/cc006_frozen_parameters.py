@@ -188,8 +188,8 @@ class FrozenParameters(Check):
                                              "orphaned_in_optimizer": len(orphans),
                                              "unfrozen_after_optimizer": _names(unfrozen, table)})
             elif got_grad:
-                message = (f"{_list(modules)} computes gradients for {len(got_grad)} parameters, but no optimizer "
-                           "holds them: the module never trains.")
+                message = (f"{_list(modules)} {_verb(modules, 'computes', 'compute')} gradients for {len(got_grad)} parameters, but no optimizer "
+                           f"holds them: {_verb(modules, 'the module never trains', 'they never train')}.")
                 yield self.finding(message, fix=_FIX_IDLE, location=opt_where, severity=Severity.WARNING,
                                    evidence={"modules": evidence_table, "not_in_optimizer": _names(outside, table)})
         # 2. Held by an optimizer, trainable, but never given a gradient.
@@ -199,8 +199,8 @@ class FrozenParameters(Check):
             modules = _whole_modules(no_grad, table)
             if modules:
                 message = (f"{_list(modules)} never received a gradient in {table.steps} optimizer steps although "
-                           "its parameters are trainable and in the optimizer: it is not used in forward(), or "
-                           "its output does not reach the loss.")
+                           "the parameters are trainable and in the optimizer: not used in forward(), or the output "
+                           "does not reach the loss.")
                 yield self.finding(message, fix=_FIX_UNUSED, location=opt_where, severity=Severity.WARNING,
                                    evidence={"modules": evidence_table, "never_given_a_gradient": _names(no_grad, table)})
         # 3. Given gradients but never changed on any measured step.
@@ -210,8 +210,8 @@ class FrozenParameters(Check):
             modules = _whole_modules(still, table)
             if modules:
                 lrs = sorted({table.lr.get(p) for p in still}, key=str)
-                why = "its learning rate is 0" if lrs == [0] or lrs == [0.0] else f"learning rate {lrs}"
-                message = (f"{_list(modules)} received gradients but its parameters never changed in "
+                why = "the learning rate is 0" if lrs == [0] or lrs == [0.0] else f"learning rate {lrs}"
+                message = (f"{_list(modules)} received gradients but the parameters never changed in "
                            f"{table.measured_steps} measured steps ({why}).")
                 yield self.finding(message, fix=_FIX_NOT_CHANGED, location=opt_where, severity=Severity.WARNING,
                                    evidence={"modules": evidence_table, "never_changed": _names(still, table),
@@ -224,11 +224,11 @@ class FrozenParameters(Check):
                 in_opt = [p for p in frozen if p in table.optimized_set]
                 note = (" (they are also in the optimizer, which is harmless: they get no gradient)"
                         if in_opt else " and left out of the optimizer")
-                message = f"{_list(modules)} is frozen ({len(frozen)} parameters with requires_grad=False){note}."
+                message = f"{_list(modules)} {_verb(modules, 'is', 'are')} frozen ({len(frozen)} parameters with requires_grad=False){note}."
                 yield self.finding(message, fix=_FIX_FROZEN, location=opt_where, severity=Severity.INFO,
                                    evidence={"modules": evidence_table, "frozen": _names(frozen, table)})
             else:
-                message = (f"{_list(modules)} never trains: {len(frozen)} of its parameters have requires_grad=False, "
+                message = (f"{_list(modules)} never {_verb(modules, 'trains', 'train')}: {len(frozen)} of its parameters have requires_grad=False, "
                            "and no line of this script freezes anything (a library or a loaded model did).")
                 yield self.finding(message, fix=_FIX_FROZEN, location=opt_where, severity=Severity.WARNING,
                                    evidence={"modules": evidence_table, "frozen": _names(frozen, table)})
@@ -380,6 +380,10 @@ def _whole_modules(params: list[int], table: ParamTable) -> list[str]:
 
 def _names(params: list[int], table: ParamTable) -> list[str]:
     return [table.names.get(p, f"param{p}") for p in params][:20]
+
+
+def _verb(modules: list[str], singular: str, plural: str) -> str:
+    return singular if len(modules) == 1 else plural
 
 
 def _list(modules: list[str]) -> str:
