@@ -87,7 +87,7 @@ class EvalModeTraining(Check):
         kinds = sorted({classes.get(n, "?") for n in names})
         listed = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         steps = [n for n, _, _ in bad]
-        trained_before = [n for n in range(1, first_step)]
+        trained_before = list(range(1, first_step))
         where = ""
         if switch:
             where = f" `{switch.get('cls', 'model')}.eval()` at {_short(switch.get('loc'))} (step {switch.get('step')})"
@@ -97,7 +97,9 @@ class EvalModeTraining(Check):
             f"({', '.join(kinds)}) in eval mode: dropout is off and batch norm uses its running statistics."
             f"{where}"
         )
-        if trained_before:
+        if len(trained_before) == 1:
+            message += " Step 1 trained in train mode."
+        elif trained_before:
             message += f" Steps 1-{first_step - 1} trained in train mode."
         severity = Severity.ERROR if everything else Severity.WARNING
         if not everything:

@@ -210,6 +210,8 @@ class LossNotDecreasing(Check):
             return None
         if any(e.get("grad") for e in steps):
             return None
+        if any((z.get("backwards") or 0) > 0 for z in proc.of("zero_grad")):
+            return None  # gradients were cleared between backward() and step(): CC008's finding, not a detached loss
         leaf = [e for e in backwards if "graph" in e and not e["graph"]]
         first = backwards[0]
         how = ("the loss is a leaf tensor with no autograd history" if leaf else

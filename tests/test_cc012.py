@@ -170,3 +170,9 @@ def test_overfit_one_batch_end_to_end(tmp_path) -> None:  # noqa: ANN001
     [finding] = result.findings("CC012")
     assert (finding["severity"], finding["location"]["line"]) == ("warning", 12)
     assert finding["evidence"]["steps"] == 25
+
+
+def test_gradients_cleared_before_the_step_are_left_to_cc008() -> None:
+    run = trace([0.5, 0.6, 0.7], graph=[{"name": "MseLossBackward0", "depth": 0, "parent": -1}], grad=False)
+    run.processes[0].events.insert(3, {"ev": "zero_grad", "kind": "optimizer", "opt": 0, "step": 0, "backwards": 1})
+    assert runtime(run) == []
