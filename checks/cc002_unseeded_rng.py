@@ -247,13 +247,18 @@ def causes_of(proc: ProcessTrace, ctx: StaticContext) -> tuple[list[dict[str, An
     seeded = set(final.get("rng_seeded") or [])
     seeded.update(e.get("rng") for e in seeds)
     late_rngs = {e.get("rng") for e in late}
-    for rng in final.get("rng_unseeded_draws") or []:
+    unseeded = final.get("rng_unseeded_draws") or []
+    for rng in sorted(unseeded, key=lambda r: (first_draw_of(ctx, r) or 1 << 30, r)):
         if rng in late_rngs:
             continue
         if rng not in seeded:
+            line = first_draw_of(ctx, rng)
+            at = f" (first on line {line})" if line else ""
             causes.append({"kind": f"unseeded:{rng}", "rng": rng,
-                           "text": f"{_RNG_LABELS.get(rng, rng)} was drawn from and never seeded "
+                           "text": f"{_RNG_LABELS.get(rng, rng)} was drawn from{at} and never seeded "
                                    f"(add `{_SEED_HINT.get(rng, 'a seed')}`)"})
+            if line and where is None:
+                where = (ctx.display_path, line)
     torch_seeded = "torch" in seeded
     for loader in proc.of("loader"):
         owned = loader.get("dataset_rngs") or []
@@ -319,6 +324,21 @@ def static_seeding(ctx: StaticContext) -> SeedingFacts:
             if earlier:
                 late = (first_seed, min(earlier))
     return SeedingFacts(sorted(seed_lines), min(draws) if draws else None, late)
+
+
+def first_draw_of(ctx: StaticContext, rng: str) -> int | None:
+    """The first line of the script that draws from this global RNG (``random.*``, ``np.random.*``, torch)."""
+    aliases = import_aliases(ctx.tree)
+    modules = _module_classes(ctx.tree, aliases)
+    lines = []
+    for call in ctx.calls():
+        name = resolved_call(call, aliases) or ""
+        if not _draws(name, modules):
+            continue
+        kind = "python" if name.startswith("random.") else "numpy" if name.startswith("numpy.random.") else "torch"
+        if kind == rng or (rng == "cuda" and kind == "torch"):
+            lines.append(call.lineno)
+    return min(lines) if lines else None
 
 
 def _calls_in_scope(scope: ast.AST) -> list[ast.Call]:

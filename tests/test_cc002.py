@@ -52,7 +52,7 @@ def test_unseeded_torch_is_an_error_with_its_cause() -> None:
     (finding,) = UnseededRng().check_runtime(run, _ctx())
     assert finding.severity.value == "error"
     assert "the loss of backward pass 1 was 0.7 in one run and 0.71 in the other" in finding.message
-    assert finding.evidence["causes"] == ["unseeded:torch", "unseeded:numpy"]
+    assert finding.evidence["causes"] == ["unseeded:numpy", "unseeded:torch"]
     assert "torch.manual_seed(seed)" in finding.message and "np.random.seed(seed)" in finding.message
 
 
@@ -127,3 +127,13 @@ def test_dataloader_workers_script(flags: list[str], expected: list[str]) -> Non
                        SCRIPTS / "cc002_augment_workers.py", *flags)
     assert result.code == 0, result.stderr
     assert [f["severity"] for f in result.findings("CC002")] == expected
+
+
+def test_unseeded_cause_points_at_the_first_draw() -> None:
+    ctx = _ctx("import random\nimport numpy as np\nimport torch\ntorch.manual_seed(0)\nrandom.shuffle(xs)\n"
+               "x = np.random.normal(0, 1, 3)\n")
+    run = _run(_proc([0.7], seeds=[("torch", 4, False)], unseeded=["numpy", "python"]), _proc([0.9], pid=2))
+    (finding,) = UnseededRng().check_runtime(run, ctx)
+    assert finding.location.line == 5
+    assert finding.evidence["causes"] == ["unseeded:python", "unseeded:numpy"]
+    assert "(first on line 6)" in finding.message
