@@ -127,10 +127,9 @@ class Fp16Overflow(Check):
                 finding = finding.model_copy(update={"location": twin.location or finding.location,
                                                      "source": "static+runtime"})
             findings.append(finding)
-        # Call-order suspicions that the run contradicts (it used the scaler correctly) are dropped.
-        if _used_scaler(proc) or _fp16(proc):
-            observed = {"clip-before-unscale", "optimizer-step", "no-update", "no-scaler"}
-            pending = [p for p in pending if p.evidence.get("kind") not in observed]
+        # Call-order suspicions that the run contradicts (it did that part right) are dropped.
+        contradicted = _contradicted(proc)
+        pending = [p for p in pending if p.evidence.get("kind") not in contradicted]
         return [*findings, *pending]
 
     def _runtime(self, proc: ProcessTrace, ctx: StaticContext) -> Iterable[tuple[str, Finding]]:
@@ -220,11 +219,18 @@ class Fp16Overflow(Check):
                                                  evidence={"scale": scale})
         steps = [e for e in proc.of("scaler") if e.get("call") == "step"]
         updates = [e for e in proc.of("scaler") if e.get("call") == "update"]
-        if len(steps) >= 2 and not updates:
-            message = (f"scaler.step() ran {len(steps)} times and scaler.update() never: the loss scale stays at "
-                       f"{_g(steps[0].get('scale'))} and, once a step overflows, every later step is skipped.")
+        crash = proc.crash or {}
+        refused = "since the last update()" in str(crash.get("error", ""))
+        if steps and not updates and (len(steps) >= 2 or refused):
+            if refused:
+                message = ("scaler.update() is never called: the second scaler.step() stopped the script with "
+                           f"\"{crash.get('error')}\".")
+            else:
+                message = (f"scaler.step() ran {len(steps)} times and scaler.update() never: the loss scale stays at "
+                           f"{_g(steps[0].get('scale'))} and, once a step overflows, every later step is skipped.")
             yield "no-update", self.finding(message, fix=_FIX_UPDATE, location=user_location(steps[0].get("loc"), ctx),
-                                            evidence={"scaler_steps": len(steps), "updates": 0})
+                                            evidence={"scaler_steps": len(steps), "updates": 0,
+                                                      "crash": crash.get("error")})
 
     def _collapse(self, proc: ProcessTrace, ctx: StaticContext, reported: bool) -> Finding | None:
         steps = [e for e in proc.of("scaler") if e.get("call") == "step"]
@@ -240,6 +246,25 @@ class Fp16Overflow(Check):
                    "gradients overflow at every scale, so the model is not training.")
         return self.finding(message, fix=_FIX_COLLAPSE, location=user_location(steps[0].get("loc"), ctx),
                             evidence=stats)
+
+
+def _contradicted(proc: ProcessTrace) -> set[str]:
+    """Static suspicions the run shows to be wrong: the script did that part right when it ran."""
+    kinds = set()
+    scaler = proc.of("scaler")
+    calls = [e.get("call") for e in scaler]
+    if "update" in calls:
+        kinds.add("no-update")
+    if scaler:
+        kinds.add("no-scaler")
+    iterations = _iterations(proc)
+    if any(any(e["ev"] == "clip" for e in it) for it in iterations):
+        kinds.add("clip-before-unscale")  # observed: judged at run time
+    if any(any(e["ev"] == "step" for e in it) for it in iterations):
+        kinds.add("optimizer-step")
+    if proc.of("autocast") and not _fp16(proc):
+        kinds.add("no-scaler")
+    return kinds
 
 
 def _iterations(proc: ProcessTrace) -> list[list[Event]]:
@@ -261,10 +286,6 @@ def _is_fp16(event: Event) -> bool:
 
 def _fp16(proc: ProcessTrace) -> bool:
     return any(_is_fp16(e) for e in proc.of("autocast"))
-
-
-def _used_scaler(proc: ProcessTrace) -> bool:
-    return bool(proc.of("scaler"))
 
 
 def _skip_stats(proc: ProcessTrace) -> dict[str, Any]:

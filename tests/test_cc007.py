@@ -160,3 +160,16 @@ def test_amp_trainer_script(flags: list[str], expected: list) -> None:
     want = [(sev, next(n for n, text in enumerate(lines, 1) if text.endswith(f"# mark: {mark}")))
             for sev, mark in expected]
     assert got == want
+
+
+def test_missing_update_that_stopped_the_script() -> None:
+    trace = _loop(1, update=False)
+    trace.processes[0].events.append({"ev": "crash", "step": 1,
+                                      "error": "RuntimeError: step() has already been called since the last update()."})
+    ctx = _ctx("import torch\nscaler = torch.amp.GradScaler('cpu')\nscaler.scale(loss).backward()\nscaler.step(opt)\n")
+    check = Fp16Overflow()
+    check.extra_runs(None, 4, ctx)
+    assert list(check.check_static(ctx)) == []
+    (finding,) = check.check_runtime(trace, ctx)
+    assert finding.severity.value == "error" and finding.source == "static+runtime" and finding.location.line == 4
+    assert "stopped the script" in finding.message
