@@ -168,7 +168,7 @@ class Fp16Overflow(Check):
             f"{first.get('step')}: {in_text}, and recomputed in fp32 its output is finite with a largest magnitude "
             f"of {_g(peak)}, beyond fp16's 65504. "
             + ("bfloat16 (range up to 3.4e38) would hold it. " if fits else "")
-            + f"Seen in {len(confirmed)} of the steps; {_skips(proc)}."
+            + f"{_skips(proc)[0].upper()}{_skips(proc)[1:]}."
         )
         evidence = {
             "module": first.get("module"), "module_class": first.get("cls"), "step": first.get("step"),
