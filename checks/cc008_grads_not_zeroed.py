@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from convcheck.findings import Finding, Severity
 from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
-from convcheck.static.context import StaticContext
+from convcheck.static.context import StaticContext, call_name, dotted_name
 
 _FIX_MISSING = (
     "Clear the gradients once per optimizer step: call `optimizer.zero_grad()` right after `optimizer.step()` "
@@ -69,7 +70,8 @@ class GradsNotZeroed(Check):
 
     Before the first `backward()` after a step, the run measures the gradients that backward is about
     to add to: a non-zero norm proves that the earlier step's gradients were still there (clearing them
-    by hand with `p.grad = None` is recognised and not reported).
+    by hand with `p.grad = None` is recognised and not reported). Without a run (`--static-only`), a
+    script that calls `backward()` and `step()` but never clears a gradient is a warning.
 
     ## Why is this bad?
     Gradients accumulate in `.grad` until something clears them. Without a clear, step `t` moves the
@@ -105,10 +107,20 @@ class GradsNotZeroed(Check):
     severity = Severity.ERROR
     summary = "Gradients accumulate across optimizer steps, or are cleared between backward() and step()."
 
-    def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
-        proc = next(iter(run.trainers), None)
-        if proc is None:
+    _pending: list[Finding] = []
+
+    def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
+        found = list(_static(self, ctx))
+        if self.runtime_follows:
+            self._pending = found  # the run decides; the source speaks only if the run saw no training
             return []
+        return found
+
+    def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
+        pending, self._pending = list(self._pending), []
+        proc = next(iter(run.trainers), None)
+        if proc is None or not proc.of("step"):
+            return pending
         findings = []
         for opt, segs in sorted(segments(proc).items()):
             findings += self._misplaced(opt, segs)
@@ -199,6 +211,35 @@ class GradsNotZeroed(Check):
             message += " Gradient norm by step: " + ", ".join(f"{n}: {v:.3g}" for n, v in trend[:6]) + "."
         return [self.finding(message, fix=_FIX_MISSING, location=backward_loc, severity=severity,
                              evidence=evidence)]
+
+
+def _static(check: Check, ctx: StaticContext) -> Iterable[Finding]:
+    """A script that calls backward() and an optimizer's step() but never clears a gradient."""
+    backwards, steps, clears = [], [], False
+    for node in ast.walk(ctx.tree):
+        if isinstance(node, ast.Call):
+            last = (call_name(node) or "").rsplit(".", 1)[-1]
+            if last == "backward":
+                backwards.append(node)
+            elif last == "step" and not node.args and "sched" not in (call_name(node) or "").lower():
+                steps.append(node)
+            elif last in ("zero_grad", "zero_", "clear_grad", "requires_grad_"):
+                clears = True
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any((dotted_name(t) or "").endswith(".grad") or isinstance(t, ast.Attribute) and t.attr == "grad"
+                   for t in targets):
+                clears = True
+    if clears or not backwards or not steps:
+        return
+    first = min(backwards, key=lambda n: (n.lineno, n.col_offset))
+    yield check.finding(
+        "The script calls `backward()` and `step()` but never clears the gradients (no `zero_grad()`, no "
+        "`p.grad = None`): each step would add the new gradient to all earlier ones.",
+        fix=_FIX_MISSING, location=(ctx.display_path, first.lineno), severity=Severity.WARNING, source="static",
+        evidence={"backward_lines": sorted(n.lineno for n in backwards)[:10],
+                  "step_lines": sorted(n.lineno for n in steps)[:10]},
+    )
 
 
 def _grad_norm_trend(segs: list[_Segment]) -> list[tuple[int, float]]:

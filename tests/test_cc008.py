@@ -1,8 +1,10 @@
-"""CC008 grads-not-zeroed: recorded traces, and scripts written in other styles."""
+"""CC008 grads-not-zeroed: recorded traces, static snippets, and scripts written in other styles."""
 
 from __future__ import annotations
 
+import pytest
 from cc_testing import SCRIPTS, convcheck
+from static_expect import context, expected, static_findings
 
 from convcheck.checks.cc008_grads_not_zeroed import GradsNotZeroed
 from convcheck.runtime.trace import RunTrace, load_events
@@ -130,3 +132,49 @@ def test_accumulation_cleared_by_hand_is_quiet() -> None:
                        SCRIPTS / "cc008_accumulate.py")
     assert result.code == 0, result.stderr
     assert result.findings("CC008") == []
+
+
+# -- static ----------------------------------------------------------------------------------------------
+
+STATIC_CASES = {
+    "never_cleared": """
+        for x, y in loader:
+            loss = criterion(model(x), y)
+            loss.backward()  # expect: CC008 warning
+            opt.step()
+    """,
+    "zero_grad": """
+        for x, y in loader:
+            opt.zero_grad()
+            criterion(model(x), y).backward()
+            opt.step()
+    """,
+    "cleared_by_hand": """
+        for x, y in loader:
+            criterion(model(x), y).backward()
+            opt.step()
+            for p in model.parameters():
+                p.grad = None
+    """,
+    "no_optimizer_step": """
+        loss.backward()
+        scheduler.step()
+    """,
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATIC_CASES))
+def test_static(name: str) -> None:
+    source = STATIC_CASES[name]
+    assert static_findings(GradsNotZeroed(), source) == expected(source)
+
+
+def test_static_finding_waits_for_the_run() -> None:
+    check = GradsNotZeroed()
+    check.runtime_follows = True
+    assert list(check.check_static(context(STATIC_CASES["never_cleared"]))) == []
+    # The run trained and its evidence decides: the runtime finding replaces the static one.
+    assert [f.source for f in check.check_runtime(RunTrace(processes=[load_events(loop(3, "bs", stale=1.0))]),
+                                                  None)] == ["runtime"]
+    check.check_static(context(STATIC_CASES["never_cleared"]))
+    assert [f.source for f in check.check_runtime(RunTrace(processes=[]), None)] == ["static"]
