@@ -200,10 +200,31 @@ class SoftmaxBeforeCrossEntropy(Check):
     severity = Severity.ERROR
     summary = "Probabilities (softmax/sigmoid outputs) fed to a loss that expects logits."
 
-    def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
-        proc = next(iter(run.trainers), None)
-        if proc is None:
+    _pending: list[Finding] = []
+
+    def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
+        found = list(self._static(ctx))
+        if self.runtime_follows:
+            self._pending = found  # the loss graph decides; the source speaks only if nothing trained
             return []
+        return found
+
+    def _static(self, ctx: StaticContext) -> Iterable[Finding]:
+        for call, loss, fed, arg in static_loss_inputs(ctx):
+            fix = _FIX_SIGMOID if loss == "bce_with_logits" else _FIX_SOFTMAX
+            what = "BCEWithLogitsLoss" if loss == "bce_with_logits" else "cross-entropy"
+            yield self.finding(
+                f"`{ast.unparse(arg)}` ({fed} output) is passed to {what}, which expects logits and applies "
+                f"{'the sigmoid' if loss == 'bce_with_logits' else 'log_softmax'} itself.",
+                fix=fix, location=(ctx.display_path, call.lineno), severity=Severity.WARNING, source="static",
+                evidence={"loss": loss, "input": fed},
+            )
+
+    def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
+        pending, self._pending = list(self._pending), []
+        proc = next(iter(run.trainers), None)
+        if proc is None or not proc.of("backward"):
+            return pending
         seen: dict[tuple[str, str], list[Event]] = {}
         sampled = 0
         for event in proc.of("backward"):
@@ -250,6 +271,48 @@ class SoftmaxBeforeCrossEntropy(Check):
             fix = _FIX_LOG_SOFTMAX
             severity = Severity.INFO
         return self.finding(message, fix=fix, location=location, severity=severity, evidence=evidence)
+
+
+_LOSS_FUNCTIONS = {"cross_entropy": "cross_entropy", "CrossEntropyLoss": "cross_entropy",
+                   "binary_cross_entropy_with_logits": "bce_with_logits", "BCEWithLogitsLoss": "bce_with_logits"}
+_EXPECTS = {"cross_entropy": ("softmax",), "bce_with_logits": ("sigmoid",)}
+
+
+def static_loss_inputs(ctx: StaticContext) -> list[tuple[ast.Call, str, str, ast.AST]]:
+    """Loss calls whose input is visibly a softmax/sigmoid output: (call, loss, function, argument)."""
+    assigned = ctx.assignments()
+
+    def loss_of(call: ast.Call) -> str | None:
+        func = call.func
+        if isinstance(func, ast.Call):  # nn.CrossEntropyLoss()(x, y)
+            return _LOSS_FUNCTIONS.get((call_name(func) or "").rsplit(".", 1)[-1])
+        name = call_name(call) or ""
+        found = _LOSS_FUNCTIONS.get(name.rsplit(".", 1)[-1])
+        if found is None and name in assigned:
+            value = assigned[name][-1]
+            if isinstance(value, ast.Call):
+                found = _LOSS_FUNCTIONS.get((call_name(value) or "").rsplit(".", 1)[-1])
+        return found
+
+    def fed_by(arg: ast.AST) -> str | None:
+        if isinstance(arg, ast.Name) and arg.id in assigned:
+            arg = assigned[arg.id][-1]
+        if isinstance(arg, ast.Call):
+            last = (call_name(arg) or "").rsplit(".", 1)[-1]
+            for fed, (_, names) in _KINDS.items():
+                if last == names[0]:
+                    return fed
+        return None
+
+    found = []
+    for call in ctx.calls():
+        loss = loss_of(call)
+        if loss is None or not call.args:
+            continue
+        fed = fed_by(call.args[0])
+        if fed in _EXPECTS[loss]:
+            found.append((call, loss, fed, call.args[0]))
+    return found
 
 
 def _path(loss: str, fed: str) -> list[str]:

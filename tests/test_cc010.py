@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from cc_testing import SCRIPTS, convcheck
 from static_expect import context
 
@@ -105,3 +106,51 @@ def test_sigmoid_returned_by_forward_with_bce_with_logits() -> None:
     [finding] = result.findings("CC010")
     assert (finding["severity"], finding["location"]["line"]) == ("error", 17)
     assert finding["evidence"]["loss"] == "bce_with_logits"
+
+
+# -- static --------------------------------------------------------------------------------------------
+
+STATIC_CASES = {
+    "functional": """
+        import torch.nn.functional as F
+        loss = F.cross_entropy(F.softmax(out, dim=1), y)  # expect: CC010 warning
+    """,
+    "criterion_and_variable": """
+        import torch
+        import torch.nn as nn
+        criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+        probs = torch.softmax(model(x), 1)
+        loss = criterion(probs, y)  # expect: CC010 warning
+    """,
+    "bce_with_logits_on_sigmoid": """
+        import torch.nn as nn
+        loss = nn.BCEWithLogitsLoss()(out.sigmoid(), y)  # expect: CC010 warning
+    """,
+    "logits": """
+        import torch.nn as nn
+        criterion = nn.CrossEntropyLoss()
+        loss = criterion(model(x), y)
+        acc = (model(x).softmax(1).argmax(1) == y).float().mean()
+    """,
+    "bce_on_sigmoid_is_right": """
+        import torch
+        import torch.nn as nn
+        loss = nn.BCELoss()(torch.sigmoid(out), y)
+    """,
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATIC_CASES))
+def test_static(name: str) -> None:
+    from static_expect import expected, static_findings
+
+    source = STATIC_CASES[name]
+    assert static_findings(SoftmaxBeforeCrossEntropy(), source) == expected(source)
+
+
+def test_static_finding_gives_way_to_the_run() -> None:
+    check = SoftmaxBeforeCrossEntropy()
+    check.runtime_follows = True
+    source = context(STATIC_CASES["functional"])
+    assert list(check.check_static(source)) == []
+    assert [f.source for f in check.check_runtime(trace(CE_ON_SOFTMAX), source)] == ["runtime"]
