@@ -168,7 +168,9 @@ class SoftmaxBeforeCrossEntropy(Check):
     logits fed with probabilities: `CrossEntropyLoss`/`F.cross_entropy` on the output of `softmax`,
     `BCEWithLogitsLoss` on the output of `sigmoid`, and `NLLLoss` on `softmax` probabilities instead of
     log-probabilities. `CrossEntropyLoss` on `log_softmax` output is reported as advice. The finding
-    points at the `softmax`/`sigmoid` in the source when it can be found.
+    points at the `softmax`/`sigmoid` in the source when it can be found. Without a run
+    (`--static-only`), a softmax/sigmoid output passed straight (or through one variable) to
+    `cross_entropy`/`CrossEntropyLoss`/`BCEWithLogitsLoss` is a warning.
 
     ## Why is this bad?
     `CrossEntropyLoss` applies `log_softmax` itself. Fed probabilities, it computes
