@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from convcheck.findings import Finding, Severity
 from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
-from convcheck.static.context import StaticContext
+from convcheck.static.context import StaticContext, call_name
 
 #: Schedulers whose settings are usually given in epochs (step_size=30, milestones=[30, 60], T_max=epochs).
 _PER_EPOCH = frozenset({"StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR"})
@@ -37,6 +38,9 @@ class SchedulerBeforeOptimizer(Check):
       `CosineAnnealingLR`) stepped once per batch, so that the learning rate collapses within the first
       epoch. The finding shows the lr trajectory the run recorded and, from the scheduler's settings and
       the DataLoader's length, where the lr will be at the end of the first epoch.
+
+    Without a run (`--static-only`), a `scheduler.step()` written before an `optimizer.step()` in the
+    same loop is a warning.
 
     ## Why is this bad?
     With the scheduler stepped first, step 1 already trains with the second lr of the schedule: warm-up
@@ -76,10 +80,28 @@ class SchedulerBeforeOptimizer(Check):
     severity = Severity.ERROR
     summary = "lr_scheduler.step() before optimizer.step(), or a per-epoch scheduler stepped every batch."
 
+    _pending: list[Finding] = []
+
+    def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
+        found = [
+            self.finding(
+                f"`{sched}` comes before `{opt}` (line {opt_line}) in the same loop: the scheduler moves to its "
+                "next lr before the optimizer has used the current one.",
+                fix=_FIX_ORDER, location=(ctx.display_path, line), severity=Severity.WARNING, source="static",
+                evidence={"scheduler_call": sched, "optimizer_call": opt, "optimizer_line": opt_line},
+            )
+            for line, sched, opt_line, opt in static_order(ctx)
+        ]
+        if self.runtime_follows:
+            self._pending = found  # the run's order decides; the source speaks only if nothing trained
+            return []
+        return found
+
     def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
+        pending, self._pending = list(self._pending), []
         proc = next(iter(run.trainers), None)
         if proc is None or not proc.of("step"):
-            return []
+            return pending
         findings = []
         for sched, events in _schedulers(proc).items():
             user = [e for e in events if not e.get("internal")]
@@ -166,6 +188,32 @@ class SchedulerBeforeOptimizer(Check):
                       observed[:20], "scheduler_steps": len(user), "optimizer_steps": len(steps),
                       "batches_per_epoch": batches, "first_epoch_projection": projected},
         )
+
+
+def static_order(ctx: StaticContext) -> list[tuple[int, str, int, str]]:
+    """``sched.step()`` calls that come before an optimizer's ``step()`` within the body of one loop."""
+    found = []
+    for loop in ast.walk(ctx.tree):
+        if not isinstance(loop, (ast.For, ast.While)):
+            continue
+        calls = sorted((n for stmt in loop.body for n in ast.walk(stmt) if isinstance(n, ast.Call)),
+                       key=lambda n: (n.lineno, n.col_offset))
+        first_sched = None
+        for call in calls:
+            name = call_name(call) or ""
+            owner, _, method = name.rpartition(".")
+            if method != "step" or not owner:
+                continue
+            lowered = owner.rsplit(".", 1)[-1].lower()
+            if "sched" in lowered and first_sched is None:
+                first_sched = (call.lineno, name + "()")
+            elif "opt" in lowered and first_sched is not None:
+                found.append((first_sched[0], first_sched[1], call.lineno, name + "()"))
+                break
+            elif "opt" in lowered:
+                break
+    unique = {item[0]: item for item in found}
+    return [unique[line] for line in sorted(unique)]
 
 
 def _schedulers(proc: ProcessTrace) -> dict[Any, list[Event]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from cc_testing import SCRIPTS, convcheck
 
 from convcheck.checks.cc011_scheduler_before_optimizer import SchedulerBeforeOptimizer, _project
@@ -99,3 +100,43 @@ def test_trainer_steps_exponential_lr_per_batch() -> None:
     [finding] = result.findings("CC011")
     assert (finding["severity"], finding["location"]["line"]) == ("error", 22)
     assert finding["evidence"]["batches_per_epoch"] == 16
+
+
+# -- static --------------------------------------------------------------------------------------------
+
+STATIC_CASES = {
+    "scheduler_first_in_the_batch_loop": """
+        for x, y in loader:
+            loss = criterion(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            scheduler.step()  # expect: CC011 warning
+            optimizer.step()
+    """,
+    "scheduler_at_the_top_of_the_epoch": """
+        for epoch in range(10):
+            lr_sched.step()  # expect: CC011 warning
+            for x, y in loader:
+                self.opt.step()
+    """,
+    "optimizer_first": """
+        for epoch in range(10):
+            for x, y in loader:
+                opt.step()
+                scheduler.step()
+            scheduler.step()
+    """,
+    "plateau_after_validation": """
+        for epoch in range(10):
+            train_one_epoch(model, opt)
+            scheduler.step(val_loss)
+    """,
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATIC_CASES))
+def test_static(name: str) -> None:
+    from static_expect import expected, static_findings
+
+    source = STATIC_CASES[name]
+    assert static_findings(SchedulerBeforeOptimizer(), source) == expected(source)
