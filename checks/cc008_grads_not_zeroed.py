@@ -153,7 +153,7 @@ class GradsNotZeroed(Check):
             f"`zero_grad()`{where} runs after `backward()` and before `step()` of optimizer {opt}: at "
             f"{len(wiped)} of {len(segs)} steps (first: step {steps[0]}) {state} when `step()` ran, so the "
             "step updated nothing.",
-            fix=_FIX_MISPLACED, location=loc, severity=Severity.ERROR,
+            fix=_FIX_MISPLACED, location=loc, severity=Severity.ERROR, headline="gradients_at_step",
             evidence={"optimizer": opt, "steps": steps[:20], "steps_total": len(segs),
                       "backwards_before_clear": len(seg.backwards), "gradients_at_step": how,
                       "zero_grad_loc": loc, "step_loc": seg.step.get("loc")},
@@ -210,7 +210,7 @@ class GradsNotZeroed(Check):
         if trend and len(trend) >= 2:
             message += " Gradient norm by step: " + ", ".join(f"{n}: {v:.3g}" for n, v in trend[:6]) + "."
         return [self.finding(message, fix=_FIX_MISSING, location=backward_loc, severity=severity,
-                             evidence=evidence)]
+                             evidence=evidence, headline="stale_gradient" if proven else "steps_without_clear")]
 
 
 def _static(check: Check, ctx: StaticContext) -> Iterable[Finding]:

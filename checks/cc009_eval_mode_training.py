@@ -110,7 +110,8 @@ class EvalModeTraining(Check):
             "modules_in_eval": names[:50], "module_classes": kinds, "all_mode_modules_in_eval": everything,
             "eval_call_loc": switch.get("loc") if switch else None, "backward_loc": backward.get("loc"),
         }
-        return [self.finding(message, fix=_FIX, location=location, severity=severity, evidence=evidence)]
+        return [self.finding(message, fix=_FIX, location=location, severity=severity, evidence=evidence,
+                             headline="modules_in_eval")]
 
 
 def _steps_in_eval(proc: ProcessTrace, models: list[Event]) -> tuple[list[tuple[int, Event, list[str]]], int, set[int]]:

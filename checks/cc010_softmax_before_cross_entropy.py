@@ -272,7 +272,8 @@ class SoftmaxBeforeCrossEntropy(Check):
                        f"loss is meant ({seen_in}).")
             fix = _FIX_LOG_SOFTMAX
             severity = Severity.INFO
-        return self.finding(message, fix=fix, location=location, severity=severity, evidence=evidence)
+        return self.finding(message, fix=fix, location=location, severity=severity, evidence=evidence,
+                            headline="graph_path")
 
 
 _LOSS_FUNCTIONS = {"cross_entropy": "cross_entropy", "CrossEntropyLoss": "cross_entropy",

@@ -137,7 +137,7 @@ class SchedulerBeforeOptimizer(Check):
             message += f" Step 1 trained with lr {lr_at_step_1:.4g} instead of the initial {initial:.4g}."
         warned = any("before `optimizer.step()`" in (w.get("message") or "") for w in proc.of("warning"))
         return self.finding(
-            message, fix=_FIX_ORDER, location=first.get("loc"), severity=Severity.ERROR,
+            message, fix=_FIX_ORDER, location=first.get("loc"), severity=Severity.ERROR, headline="lr_at_step_1",
             evidence={"scheduler": first["cls"], "scheduler_loc": first.get("loc"), "optimizer_step_loc": step_loc,
                       "initial_lr": initial, "lr_at_step_1": lr_at_step_1, "pytorch_warned": warned,
                       "lr_by_step": _trajectory(proc)[:12]},
@@ -183,7 +183,7 @@ class SchedulerBeforeOptimizer(Check):
                         f"(lowest {projected['lowest']:.3g}).")
         return self.finding(
             message, fix=_FIX_PER_BATCH, location=loc,
-            severity=Severity.ERROR,
+            severity=Severity.ERROR, headline="lr_by_scheduler_step",
             evidence={"scheduler": cls, "settings": settings, "initial_lr": initial, "lr_by_scheduler_step":
                       observed[:20], "scheduler_steps": len(user), "optimizer_steps": len(steps),
                       "batches_per_epoch": batches, "first_epoch_projection": projected},

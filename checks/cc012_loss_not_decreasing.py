@@ -154,7 +154,7 @@ class LossNotDecreasing(Check):
             f"On one batch repeated for {len(curve)} steps the loss went from {first:.4g} to {last:.4g} (lowest "
             f"{best:.4g}): a model that cannot fit a single batch has a bug between data, model and loss, or an lr "
             f"far too small. Loss along the way: {shown}.",
-            fix=_FIX_OVERFIT, location=loc, severity=Severity.WARNING,
+            fix=_FIX_OVERFIT, location=loc, severity=Severity.WARNING, headline="curve",
             evidence={"steps": len(curve), "first_loss": first, "last_loss": last, "lowest_loss": best,
                       "curve": [round(v, 6) for v in curve[:60]],
                       "lrs": (proc.first("step") or {}).get("lrs")},
@@ -178,7 +178,7 @@ class LossNotDecreasing(Check):
                 f"The loss compares an output of shape [{output}] with a target of shape [{target}]: PyTorch "
                 f"broadcasts them against each other (its warning: \"{text.split('. ')[0]}\"), so every output is "
                 "compared with every target and the model can only learn their mean.",
-                fix=_FIX_BROADCAST, location=loc, severity=Severity.ERROR,
+                fix=_FIX_BROADCAST, location=loc, severity=Severity.ERROR, headline="output_shape",
                 evidence={"output_shape": output, "target_shape": target, "warning": text[:300],
                           "step": warning.get("step")},
             )
@@ -196,7 +196,7 @@ class LossNotDecreasing(Check):
                 f"Cross-entropy is computed over a single output column (shape {shape}): the log-softmax of one "
                 f"value is always 0, so the loss is exactly 0 and no gradient flows "
                 f"(losses seen: {', '.join(f'{abs(v):g}' for v in losses[:5])}).",
-                fix=_FIX_SINGLE_COLUMN, location=event.get("loc"), severity=Severity.ERROR,
+                fix=_FIX_SINGLE_COLUMN, location=event.get("loc"), severity=Severity.ERROR, headline="shape",
                 evidence={"shape": shape, "losses": losses[:10]},
             )
         return None
@@ -220,7 +220,7 @@ class LossNotDecreasing(Check):
         return self.finding(
             f"backward() at {_short(first.get('loc'))} reaches no parameter: in {len(steps)} optimizer steps "
             f"{how}, so nothing trains (losses: {losses}).",
-            fix=_FIX_DETACHED, location=first.get("loc"), severity=Severity.ERROR,
+            fix=_FIX_DETACHED, location=first.get("loc"), severity=Severity.ERROR, headline="loss_is_leaf",
             evidence={"steps": len(steps), "loss_is_leaf": bool(leaf), "backward_loc": first.get("loc")},
         )
 
@@ -240,7 +240,7 @@ class LossNotDecreasing(Check):
         else:
             message = (f"The loss is {high:.6g} at all {len(losses)} backward() calls, whatever the batch: the "
                        "output does not depend on the parameters or the input, or the parameters never change.")
-        return self.finding(message, fix=_FIX_CONSTANT, location=loc, severity=Severity.ERROR,
+        return self.finding(message, fix=_FIX_CONSTANT, location=loc, severity=Severity.ERROR, headline="losses",
                             evidence={"losses": losses[:10], "backwards": len(losses)})
 
     # -- initial value -------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ class LossNotDecreasing(Check):
         return self.finding(
             f"The first loss is {loss:.4g}, {loss / expected:.1f}x the {expected:.4g} expected at initialization "
             f"for {task}: the untrained model is confidently wrong (large initial logits or unnormalized inputs).",
-            fix=_FIX_INIT, location=first.get("loc"), severity=Severity.INFO,
+            fix=_FIX_INIT, location=first.get("loc"), severity=Severity.INFO, headline="first_loss",
             evidence={"first_loss": loss, "expected": expected, "task": task},
         )
 

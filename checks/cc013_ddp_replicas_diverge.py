@@ -119,7 +119,7 @@ class DdpReplicasDiverge(Check):
         if earlier:
             message += f" They were identical at step{'s' if len(earlier) > 1 else ''} {', '.join(map(str, earlier))}."
         return self.finding(
-            message, fix=fix, location=location, severity=Severity.ERROR,
+            message, fix=fix, location=location, severity=Severity.ERROR, headline="norms_by_rank",
             evidence={"step": step, "ranks": sorted(rows), "parameters_differing": len(differing),
                       "parameters": len(rows[reference.rank]), "example_parameter": name,
                       "norms_by_rank": {str(r): rows[r][worst] for r in sorted(rows)},

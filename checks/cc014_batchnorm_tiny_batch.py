@@ -85,7 +85,7 @@ class BatchnormTinyBatch(Check):
             "are not synchronized across ranks."
         )
         return [self.finding(
-            message, fix=_FIX, location=location, severity=Severity.INFO,
+            message, fix=_FIX, location=location, severity=Severity.INFO, headline="per_process_batch",
             evidence={"per_process_batch": batch, "batch_source": source, "world_size": world,
                       "global_batch": batch * world, "batchnorm_layers": [n for n, _ in layers][:50],
                       "threshold": limit},
