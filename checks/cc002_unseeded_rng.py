@@ -164,7 +164,8 @@ class UnseededRng(Check):
                "`np.random.default_rng()`, time, hash-randomized set order, thread timing).")
         )
         evidence = {**difference, "causes": [c["kind"] for c in causes], "details": causes}
-        return self.finding(message, fix=_FIX, location=location, evidence=evidence, source=source)
+        headline = "losses" if "losses" in evidence else "what"
+        return self.finding(message, fix=_FIX, location=location, evidence=evidence, source=source, headline=headline)
 
     def _unverified(self, proc: ProcessTrace, ctx: StaticContext) -> Iterable[Finding]:
         final = proc.first("final") or {}

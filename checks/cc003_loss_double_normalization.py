@@ -170,20 +170,21 @@ class LossDoubleNormalization(Check):
                 f"before backward(): the batch size divides it twice, so gradients are {obs.batch}× too small "
                 f"(seen in {count} of the sampled backward calls)."
             )
-            return self.finding(message, fix=_FIX_DOUBLE, location=where, evidence=evidence)
+            return self.finding(message, fix=_FIX_DOUBLE, location=where, evidence=evidence, headline="divisors")
         if obs.kind == "accum-twice":
             message = (
                 f"{obs.k} backward() calls accumulate into each optimizer step and the loss ({obs.node}, "
                 f"reduction='mean' over a batch of {obs.batch}) was divided by {divisors}: by the accumulation "
                 f"count and by the batch size, so gradients are {obs.batch}× too small."
             )
-            return self.finding(message, fix=_FIX_ACCUM_TWICE, location=where, evidence=evidence)
+            return self.finding(message, fix=_FIX_ACCUM_TWICE, location=where, evidence=evidence, headline="divisors")
         message = (
             f"{obs.k} backward() calls accumulate into each optimizer step, but the loss ({obs.node}, "
             f"{obs.reduction}-reduced over a batch of {obs.batch}) is divided by {divisors}: the accumulated "
             f"gradient is {obs.k}× the mean gradient, so the effective learning rate is {obs.k}× the one set."
         )
-        return self.finding(message, fix=_FIX_ACCUM, location=where, evidence=evidence, severity=Severity.WARNING)
+        return self.finding(message, fix=_FIX_ACCUM, location=where, evidence=evidence, severity=Severity.WARNING,
+                            headline="backwards_per_step")
 
 
 # -- runtime analysis of recorded loss graphs -------------------------------------------------------

@@ -159,6 +159,7 @@ class FrozenParameters(Check):
                     source="static+runtime" if twin is not None else "runtime",
                     evidence={"module": label, "attr": flag.get("attr"), "value": flag.get("value"),
                               "parameters_still_training": [table.names.get(p, f"param{p}") for p in training][:10]},
+                    headline="parameters_still_training",
                 )
 
     def _table_findings(self, table: ParamTable, ctx: StaticContext) -> Iterable[Finding]:
@@ -186,12 +187,14 @@ class FrozenParameters(Check):
                 yield self.finding(message, fix=_FIX_OUTSIDE, location=opt_where, severity=Severity.ERROR,
                                    evidence={"modules": evidence_table, "not_in_optimizer": _names(outside, table),
                                              "orphaned_in_optimizer": len(orphans),
-                                             "unfrozen_after_optimizer": _names(unfrozen, table)})
+                                             "unfrozen_after_optimizer": _names(unfrozen, table)},
+                                   headline="not_in_optimizer")
             elif got_grad:
                 message = (f"{_list(modules)} {_verb(modules, 'computes', 'compute')} gradients for {len(got_grad)} parameters, but no optimizer "
                            f"holds them: {_verb(modules, 'the module never trains', 'they never train')}.")
                 yield self.finding(message, fix=_FIX_IDLE, location=opt_where, severity=Severity.WARNING,
-                                   evidence={"modules": evidence_table, "not_in_optimizer": _names(outside, table)})
+                                   evidence={"modules": evidence_table, "not_in_optimizer": _names(outside, table)},
+                                   headline="not_in_optimizer")
         # 2. Held by an optimizer, trainable, but never given a gradient.
         no_grad = [p for p in table.optimized if p not in table.frozen and p not in table.got_grad
                    and p in table.names]
@@ -202,7 +205,8 @@ class FrozenParameters(Check):
                            "the parameters are trainable and in the optimizer: not used in forward(), or the output "
                            "does not reach the loss.")
                 yield self.finding(message, fix=_FIX_UNUSED, location=opt_where, severity=Severity.WARNING,
-                                   evidence={"modules": evidence_table, "never_given_a_gradient": _names(no_grad, table)})
+                                   evidence={"modules": evidence_table, "never_given_a_gradient": _names(no_grad, table)},
+                                   headline="never_given_a_gradient")
         # 3. Given gradients but never changed on any measured step.
         if table.measured_steps:
             still = [p for p in table.optimized if p in table.got_grad and p not in table.changed
@@ -215,7 +219,7 @@ class FrozenParameters(Check):
                            f"{table.measured_steps} measured steps ({why}).")
                 yield self.finding(message, fix=_FIX_NOT_CHANGED, location=opt_where, severity=Severity.WARNING,
                                    evidence={"modules": evidence_table, "never_changed": _names(still, table),
-                                             "learning_rates": lrs})
+                                             "learning_rates": lrs}, headline="learning_rates")
         # 4. Frozen modules: deliberate (info) unless nothing in the script freezes anything.
         frozen = [p for p in table.frozen if table.root_of(p) in table.optimized_roots]
         if frozen:
@@ -226,12 +230,14 @@ class FrozenParameters(Check):
                         if in_opt else " and left out of the optimizer")
                 message = f"{_list(modules)} {_verb(modules, 'is', 'are')} frozen ({len(frozen)} parameters with requires_grad=False){note}."
                 yield self.finding(message, fix=_FIX_FROZEN, location=opt_where, severity=Severity.INFO,
-                                   evidence={"modules": evidence_table, "frozen": _names(frozen, table)})
+                                   evidence={"modules": evidence_table, "frozen": _names(frozen, table)},
+                                   headline="frozen")
             else:
                 message = (f"{_list(modules)} never {_verb(modules, 'trains', 'train')}: {len(frozen)} of its parameters have requires_grad=False, "
                            "and no line of this script freezes anything (a library or a loaded model did).")
                 yield self.finding(message, fix=_FIX_FROZEN, location=opt_where, severity=Severity.WARNING,
-                                   evidence={"modules": evidence_table, "frozen": _names(frozen, table)})
+                                   evidence={"modules": evidence_table, "frozen": _names(frozen, table)},
+                                   headline="frozen")
 
 
 # -- the table ----------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ class Fp16Overflow(Check):
             "bf16_fits": fits, "overflow_events": len(confirmed), **_skip_stats(proc),
         }
         return self.finding(message, fix=_FIX_OVERFLOW, location=user_location(first.get("loc"), ctx),
-                            evidence=evidence)
+                            evidence=evidence, headline="fp32_max_abs")
 
     def _scaler_misuse(self, proc: ProcessTrace, ctx: StaticContext) -> Iterable[tuple[str, Finding]]:
         scaled = any(e.get("call") == "scale" for e in proc.of("scaler"))
@@ -209,7 +209,7 @@ class Fp16Overflow(Check):
             yield "clip-before-unscale", self.finding(
                 message, fix=_FIX_CLIP, location=user_location(clip_hit.get("loc"), ctx),
                 evidence={"total_norm_seen": clip_hit.get("total_norm"), "max_norm": clip_hit.get("max_norm"),
-                          "scale": scale})
+                          "scale": scale}, headline="total_norm_seen")
         if step_hit is not None:
             scale = next((e.get("scale") for e in proc.of("scaler") if e.get("call") == "scale"), None)
             message = (f"optimizer.step() ran after scaler.scale(loss).backward() without scaler.step(): the update "
@@ -245,7 +245,7 @@ class Fp16Overflow(Check):
                    f"fell from {_g(stats['first_scale'])} to {_g(stats['final_scale'])} without recovering: "
                    "gradients overflow at every scale, so the model is not training.")
         return self.finding(message, fix=_FIX_COLLAPSE, location=user_location(steps[0].get("loc"), ctx),
-                            evidence=stats)
+                            evidence=stats, headline="skipped_steps")
 
 
 def _contradicted(proc: ProcessTrace) -> set[str]:
