@@ -67,6 +67,10 @@ class BatchnormTinyBatch(Check):
         layers = [(_unwrapped(m["name"], model), m["cls"]) for model in proc.of("model")
                   for m in model.get("mode_modules", [])
                   if "BatchNorm" in m.get("cls", "") and "Sync" not in m.get("cls", "")]
+        # Layers kept in eval mode (frozen statistics) do not use the batch's statistics.
+        last = next((e for e in reversed(proc.of("backward")) if "eval_modules" in e or e.get("graph")), None)
+        frozen = set((last or {}).get("eval_modules") or [])
+        layers = [(n, c) for n, c in layers if n not in frozen and "module." + n not in frozen]
         if not layers:
             return []
         batch, source, loc = _batch_size(proc)

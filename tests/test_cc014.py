@@ -69,3 +69,12 @@ def test_lazy_mlp_with_batch_size_flag() -> None:
     [finding] = result.findings("CC014")
     assert (finding["severity"], finding["location"]["line"]) == ("info", 15)
     assert finding["evidence"]["batchnorm_layers"] == ["1", "4"]
+
+
+def test_batchnorm_kept_in_eval_mode_is_quiet() -> None:
+    ranks = [rank(0, 4), rank(1, 4)]
+    for events in ranks:
+        for event in events:
+            if event["ev"] == "backward":
+                event["eval_modules"], event["eval_roots"] = ["module.1"], [[0, 1]]
+    assert runtime(*ranks) == []
