@@ -35,6 +35,10 @@ _FIX_DETACHED = (
     "Call backward() on the loss tensor computed from the model's output: not on `torch.tensor(loss.item())`, "
     "`loss.detach()`, `loss.data` or a value rebuilt from numpy, which cut the graph to the parameters."
 )
+_FIX_SHUFFLED_APART = (
+    "Keep inputs and targets in one dataset and one DataLoader (`DataLoader(TensorDataset(X, Y), shuffle=True)`), "
+    "so that one shuffle moves both; or give both loaders the same sampler order (a shared seeded generator)."
+)
 _FIX_CONSTANT = (
     "Check that the model's output depends on its parameters and the input (no `.detach()`, `.item()` or "
     "`torch.no_grad()` on the way), that the optimizer holds the model's parameters, and that the lr is not 0."
@@ -54,6 +58,8 @@ class LossNotDecreasing(Check):
     """## What it does
     Checks the first steps of training for losses that cannot go down:
 
+    - inputs and targets in two DataLoaders shuffled independently and iterated together (`zip`):
+      every input gets a random target;
     - PyTorch's own broadcast warning from `mse_loss`/`l1_loss` ("Using a target size ... different to
       the input size"), turned into a finding at the user's line: an output of shape [B, 1] against a
       target of shape [B] is compared all-against-all;
@@ -108,6 +114,9 @@ class LossNotDecreasing(Check):
         if proc is None:
             return []
         findings = self._broadcast(proc)
+        apart = self._shuffled_apart(proc)
+        if apart is not None:
+            findings.append(apart)
         overfit = self._overfit(run.variants.get(OVERFIT_RUN))
         backwards = [e for e in proc.of("backward") if e.get("loss") is not None]
         single = self._single_column(proc)
@@ -183,6 +192,37 @@ class LossNotDecreasing(Check):
                           "step": warning.get("step")},
             )
         return list(found.values())
+
+    # -- inputs and targets shuffled apart ----------------------------------------------------------
+
+    def _shuffled_apart(self, proc: ProcessTrace) -> Finding | None:
+        loaders = {e.get("id"): e for e in proc.of("loader")}
+        epochs = [e for e in proc.of("loader_epoch") if e.get("batches") and e.get("step", 0) > e.get("step_start", 0)]
+        for i, a in enumerate(epochs):
+            for b in epochs[i + 1:]:
+                la, lb = loaders.get(a.get("loader")), loaders.get(b.get("loader"))
+                if la is None or lb is None or la is lb or a.get("step_start") != b.get("step_start"):
+                    continue
+                if abs(a["batches"] - b["batches"]) > 1 or not _shuffled(la) or not _shuffled(lb):
+                    continue
+                if la.get("dataset_len") != lb.get("dataset_len") or la.get("batch_size") != lb.get("batch_size"):
+                    continue
+                ia, ib = a.get("indices") or [], b.get("indices") or []
+                n = min(len(ia), len(ib))
+                if n == 0 or ia[:n] == ib[:n]:
+                    continue
+                same = sum(1 for x, y in zip(ia[:n], ib[:n]) if x == y)
+                return self.finding(
+                    f"Two DataLoaders over datasets of {la.get('dataset_len')} samples (lines {_line(la)} and "
+                    f"{_line(lb)}) are shuffled independently and iterated together: sample {ia[0]} of one was "
+                    f"paired with sample {ib[0]} of the other, and only {same} of the first {n} positions match. "
+                    "If one holds the inputs and the other the targets, every input gets a random label.",
+                    fix=_FIX_SHUFFLED_APART, location=lb.get("loc"), severity=Severity.WARNING,
+                    headline="first_indices",
+                    evidence={"loaders": [la.get("loc"), lb.get("loc")], "dataset_len": la.get("dataset_len"),
+                              "first_indices": [ia[:8], ib[:8]], "positions_matching": same, "positions": n},
+                )
+        return None
 
     # -- cross-entropy over one column ------------------------------------------------------------
 
@@ -297,6 +337,15 @@ def _expected_initial(graph: list[dict]) -> tuple[float | None, str]:
     if root["name"] == "BinaryCrossEntropyWithLogitsBackward0" and attrs.get("reduction") == 1:
         return math.log(2), "binary cross-entropy with logits (ln 2)"
     return None, ""
+
+
+def _shuffled(loader: Event) -> bool:
+    return "Random" in str(loader.get("sampler")) or "Random" in str(loader.get("batch_sampler_inner"))
+
+
+def _line(loader: Event) -> Any:
+    loc = loader.get("loc")
+    return loc[1] if loc else "?"
 
 
 def _short(loc: Any) -> str:

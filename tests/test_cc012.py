@@ -176,3 +176,31 @@ def test_gradients_cleared_before_the_step_are_left_to_cc008() -> None:
     run = trace([0.5, 0.6, 0.7], graph=[{"name": "MseLossBackward0", "depth": 0, "parent": -1}], grad=False)
     run.processes[0].events.insert(3, {"ev": "zero_grad", "kind": "optimizer", "opt": 0, "step": 0, "backwards": 1})
     assert runtime(run) == []
+
+
+# -- inputs and labels shuffled apart -------------------------------------------------------------------------
+
+def loaders(second_indices: list[int], length: int = 64, sampler: str = "RandomSampler") -> RunTrace:
+    events = [{"ev": "process"},
+              {"ev": "loader", "id": 0, "batch_size": 8, "sampler": sampler, "dataset_len": 64, "loc": ["t.py", 5]},
+              {"ev": "loader", "id": 1, "batch_size": 8, "sampler": sampler, "dataset_len": length,
+               "loc": ["t.py", 6]}]
+    run = trace([2.0, 1.9, 1.8, 1.7], extra=events[1:])
+    first = list(range(32))
+    for loader, indices in ((0, first), (1, second_indices)):
+        run.processes[0].events.append({"ev": "loader_epoch", "loader": loader, "epoch": 1, "batches": 4,
+                                        "indices": indices, "step": 4, "step_start": 0})
+    return run
+
+
+def test_inputs_and_labels_shuffled_apart() -> None:
+    [finding] = runtime(loaders(list(reversed(range(32)))))
+    assert finding.severity.value == "warning"
+    assert finding.location.line == 6
+    assert finding.evidence["positions_matching"] == 0
+
+
+def test_loaders_in_step_or_of_other_sizes_are_quiet() -> None:
+    assert runtime(loaders(list(range(32)))) == []  # same order: one shared generator
+    assert runtime(loaders(list(reversed(range(32))), length=1000)) == []  # labeled + unlabeled data
+    assert runtime(loaders(list(reversed(range(32))), sampler="SequentialSampler")) == []
