@@ -146,6 +146,11 @@ class LossDoubleNormalization(Check):
             return pending  # no graph was recorded: the source is the only evidence
         findings: list[Finding] = []
         verdict = _worst(observations)
+        if verdict is not None and verdict.kind == "accum-missing":
+            per_step = batches_per_step(proc)
+            if per_step is not None and per_step < 1.5:
+                # Several backward calls on one batch (a loss per task or per head), not accumulation.
+                verdict = None
         if verdict is not None:
             finding = self._runtime_finding(verdict, observations, ctx)
             twin = _nearest(pending, finding)
@@ -331,6 +336,18 @@ def _worst(observations: list[Observation]) -> Observation | None:
     if missing and not any(o.kind == "accum-ok" for o in observations):
         return missing[0]
     return None
+
+
+def batches_per_step(proc: ProcessTrace) -> float | None:
+    """DataLoader batches drawn per optimizer step by the training loaders; None when no loader was seen."""
+    batches = steps = 0
+    for epoch in proc.of("loader_epoch"):
+        start, end = epoch.get("step_start"), epoch.get("step")
+        if start is None or end is None or end <= start:
+            continue
+        batches += int(epoch.get("batches") or 0)
+        steps += end - start
+    return batches / steps if steps else None
 
 
 def _divisor(name: str, attrs: dict[str, Any]) -> float | None:

@@ -294,6 +294,9 @@ class ParamTable:
                     table.lr[pid] = group.get("lr")
         table.frozen = set(table.initially_frozen)
         sampled_state = False
+        # A gradient left at zero by zero_grad(set_to_none=False) is no gradient: where norms were measured,
+        # only they count.
+        measured = any(s.get("grad_norms") is not None for s in proc.of("step"))
         for step in proc.of("step"):
             table.steps += 1
             grads = step.get("grad") or []
@@ -303,7 +306,7 @@ class ParamTable:
                     if norm and norm > 0:
                         table.got_grad.add(pid)
                         table.measured_grad.add(pid)
-            else:
+            elif not measured:
                 table.got_grad.update(grads)
             if "changed" in step:
                 table.measured_steps += 1

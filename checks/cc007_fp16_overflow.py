@@ -143,7 +143,7 @@ class Fp16Overflow(Check):
             collapse = self._collapse(proc, ctx, reported=overflow is not None)
             if collapse is not None:
                 yield "collapse", collapse
-        elif fp16 and proc.of("backward"):
+        elif fp16 and _fp16_backwards(proc):
             autocast = next(e for e in proc.of("autocast") if _is_fp16(e))
             message = (f"fp16 autocast ({autocast.get('device')}) ran {len(proc.of('backward'))} backward passes "
                        "with no GradScaler: gradients smaller than fp16's smallest value (6e-8) underflow to 0 "
@@ -282,6 +282,22 @@ def _iterations(proc: ProcessTrace) -> list[list[Event]]:
 
 def _is_fp16(event: Event) -> bool:
     return bool(event.get("enabled")) and "float16" in str(event.get("dtype")) and "bfloat16" not in str(event.get("dtype"))
+
+
+def _fp16_backwards(proc: ProcessTrace) -> int:
+    """Backward passes of losses computed under fp16 autocast (an fp16 region since the previous backward).
+
+    The probe records fp16 autocast regions of the first backward passes only: enough to tell fp16
+    training from fp16 used for evaluation alone.
+    """
+    count, armed = 0, False
+    for event in proc.events:
+        if event["ev"] == "autocast" and _is_fp16(event):
+            armed = True
+        elif event["ev"] == "backward":
+            count += armed
+            armed = False
+    return count
 
 
 def _fp16(proc: ProcessTrace) -> bool:

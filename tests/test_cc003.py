@@ -200,3 +200,12 @@ def test_steps_skipped_by_a_grad_scaler_are_not_accumulation() -> None:
             events.append({"ev": "step", "opt": 0, "n": n, "backwards": 2 if n in (2, 4) else 1, "grad": [0]})
         events.append({"ev": "scaler", "call": "step", "skipped": skipped, "opt": 0})
     assert _findings(RunTrace(processes=[load_events(events)])) == []
+
+
+def test_several_losses_on_one_batch_are_not_accumulation() -> None:
+    run = _run([[_nll(16)]] * 6, per_step=2)
+    events = run.processes[0].events
+    assert _findings(run) == [("warning", 20)]
+    # The loader drew one batch per optimizer step: two losses (two heads) on the same batch.
+    events.append({"ev": "loader_epoch", "loader": 0, "epoch": 1, "batches": 3, "step_start": 0, "step": 3})
+    assert _findings(run) == []

@@ -154,3 +154,16 @@ def test_trainer_script(flags: list[str], expected: str | None) -> None:
                        SCRIPTS / "cc006_trainer.py", *flags)
     assert result.code == 0, result.stderr
     assert [f["severity"] for f in result.findings("CC006")] == ([expected] if expected else [])
+
+
+def test_zero_gradients_left_by_zero_grad_are_no_gradient() -> None:
+    trace = _trace(steps=8)
+    for event in trace.processes[0].events:
+        if event["ev"] == "step":
+            if event["n"] <= 5:
+                event["grad_norms"] = [0.5, 0.5, 0.0, 0.0]  # head unused: its gradients stay zero
+            else:
+                event.pop("grad_norms")
+                event.pop("changed")
+    found = _run(trace)
+    assert [s for s, _ in found] == ["warning"] and "`head` never received a gradient" in found[0][1]

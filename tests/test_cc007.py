@@ -173,3 +173,10 @@ def test_missing_update_that_stopped_the_script() -> None:
     (finding,) = check.check_runtime(trace, ctx)
     assert finding.severity.value == "error" and finding.source == "static+runtime" and finding.location.line == 4
     assert "stopped the script" in finding.message
+
+
+def test_fp16_autocast_for_evaluation_only_needs_no_scaler() -> None:
+    trace = _loop(3, scaler=False, dtype="torch.float32")
+    events = trace.processes[0].events
+    events.insert(len(events), {**AUTOCAST})  # an fp16 evaluation after the last backward
+    assert _found(trace) == []
