@@ -113,7 +113,8 @@ class UnseededRng(Check):
             yield self.finding(
                 "No RNG is seeded anywhere in this script, and it draws random numbers (weights, data, "
                 "shuffling): every run differs.",
-                fix=_FIX, location=(ctx.display_path, facts.first_draw), severity=Severity.WARNING, source="static",
+                # Many scripts leave seeding out on purpose: without a second run to show it matters, advice.
+                fix=_FIX, location=(ctx.display_path, facts.first_draw), severity=Severity.INFO, source="static",
                 evidence={"seed_calls": 0, "kind": "missing"},
             )
 
