@@ -36,6 +36,7 @@ _FIX = (
     "`generator=torch.Generator().manual_seed(s)` and a `worker_init_fn` that reseeds any RNG the dataset owns "
     "from `torch.initial_seed()`."
 )
+_FIX_BENCHMARK = "Set `torch.backends.cudnn.benchmark = False` when runs must repeat exactly."
 _FIX_WORKERS = (
     "Do not keep a RandomState/Generator in the Dataset object, or reseed it per worker: "
     "`worker_init_fn=lambda i: torch.utils.data.get_worker_info().dataset.rng.seed(torch.initial_seed() % 2**32)`; "
@@ -100,6 +101,15 @@ class UnseededRng(Check):
         return found
 
     def _static(self, ctx: StaticContext) -> Iterable[Finding]:
+        benchmark = static_benchmark_with_determinism(ctx)
+        if benchmark is not None:
+            yield self.finding(
+                "`cudnn.benchmark = True` is set while determinism is requested (`cudnn.deterministic = True` or "
+                "`torch.use_deterministic_algorithms(True)`): benchmark mode picks convolution kernels by timing, so "
+                "GPU runs can still differ.",
+                fix=_FIX_BENCHMARK, location=(ctx.display_path, benchmark), severity=Severity.WARNING,
+                source="static", evidence={"kind": "benchmark", "cudnn_benchmark": True},
+            )
         facts = static_seeding(ctx)
         if facts.late_seed is not None:
             seed_line, build_line = facts.late_seed
@@ -143,14 +153,16 @@ class UnseededRng(Check):
             if "dataset-rng" in finding.evidence["causes"]:
                 # The error already names the dataset's RNG: no second finding for it.
                 findings = [f for f in findings if "rngs" not in f.evidence]
-            return [finding, *findings]
-        # The two runs matched: the run is reproducible whatever the source suggested.
-        return findings
+            return [finding, *findings, *_benchmark(pending)]
+        # The two runs matched: the run is reproducible whatever the source suggested (cudnn aside: a CPU
+        # run cannot show what benchmark mode does on a GPU).
+        return [*findings, *_benchmark(pending)]
 
     def _differs(self, proc: ProcessTrace, difference: dict[str, Any], ctx: StaticContext,
                  pending: list[Finding]) -> Finding:
         causes, where = causes_of(proc, ctx)
-        static = pending[0] if pending else None
+        seeding = [p for p in pending if p.evidence.get("kind") in ("late", "missing")]
+        static = seeding[0] if seeding else None
         location: Any = where or (static.location if static is not None else None)
         source = "runtime"
         if static is not None and static.location is not None and (
@@ -197,6 +209,10 @@ class UnseededRng(Check):
 
 
 # -- comparing two runs -------------------------------------------------------------------------
+
+
+def _benchmark(pending: list[Finding]) -> list[Finding]:
+    return [p for p in pending if p.evidence.get("kind") == "benchmark"]
 
 
 def _same_rank(proc: ProcessTrace, others: list[ProcessTrace]) -> ProcessTrace | None:
@@ -326,6 +342,24 @@ def static_seeding(ctx: StaticContext) -> SeedingFacts:
             if earlier:
                 late = (first_seed, min(earlier))
     return SeedingFacts(sorted(seed_lines), min(draws) if draws else None, late)
+
+
+def static_benchmark_with_determinism(ctx: StaticContext) -> int | None:
+    """The line setting ``cudnn.benchmark = True`` in a script that also asks for deterministic algorithms."""
+    benchmark = None
+    deterministic = False
+    for node in ast.walk(ctx.tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value is True:
+            for target in node.targets:
+                name = dotted_name(target) or ""
+                if name.endswith("cudnn.benchmark"):
+                    benchmark = node.lineno if benchmark is None else min(benchmark, node.lineno)
+                elif name.endswith("cudnn.deterministic"):
+                    deterministic = True
+        elif isinstance(node, ast.Call) and last_segment(dotted_name(node.func)) == "use_deterministic_algorithms":
+            arg = node.args[0] if node.args else None
+            deterministic = deterministic or (isinstance(arg, ast.Constant) and arg.value is True)
+    return benchmark if deterministic else None
 
 
 def first_draw_of(ctx: StaticContext, rng: str) -> int | None:

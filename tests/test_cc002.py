@@ -137,3 +137,15 @@ def test_unseeded_cause_points_at_the_first_draw() -> None:
     assert finding.location.line == 5
     assert finding.evidence["causes"] == ["unseeded:python", "unseeded:numpy"]
     assert "(first on line 6)" in finding.message
+
+
+def test_cudnn_benchmark_with_determinism_is_kept_after_matching_runs() -> None:
+    ctx = _ctx("import torch\ntorch.manual_seed(0)\ntorch.backends.cudnn.deterministic = True\n"
+               "torch.backends.cudnn.benchmark = True\n")
+    check = UnseededRng()
+    check.extra_runs(None, 5, ctx)
+    assert list(check.check_static(ctx)) == []
+    (finding,) = check.check_runtime(_run(_proc([0.7]), _proc([0.7], pid=2)), ctx)
+    assert (finding.severity.value, finding.location.line, finding.source) == ("warning", 4, "static")
+    alone = _ctx("import torch\ntorch.backends.cudnn.benchmark = True\n")
+    assert list(UnseededRng().check_static(alone)) == []
