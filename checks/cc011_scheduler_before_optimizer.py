@@ -1,4 +1,4 @@
-"""CC011 scheduler-before-optimizer: lr_scheduler.step() before optimizer.step(), or a per-epoch schedule stepped per batch."""
+"""CC011 scheduler-before-optimizer: scheduler.step() before optimizer.step(); a per-epoch schedule stepped per batch."""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterable
-from typing import Any
 
 from convcheck.findings import Finding, Severity
 from convcheck.registry import Check
