@@ -641,6 +641,8 @@ class Probe:
         """A forked child (DataLoader worker, mp.Process): its own trace, nothing inherited."""
         self.writer.reset_after_fork()
         self.finished = False
+        # A DataLoader worker forked from a process that trains records no end-of-run digest of its own.
+        self.final_recorded = self.final_recorded or self.step_count > 0
         self._open_epochs = {}
         self.header("forked-child")
         register_stack_dump(self.writer.trace_dir)
