@@ -198,7 +198,8 @@ class FrozenParameters(Check):
         # 2. Held by an optimizer, trainable, but never given a gradient.
         no_grad = [p for p in table.optimized if p not in table.frozen and p not in table.got_grad
                    and p in table.names]
-        if no_grad and table.steps:
+        # When nothing got a gradient the loss itself is constant (another check's business), not a module.
+        if no_grad and table.steps and table.got_grad:
             modules = _whole_modules(no_grad, table)
             if modules:
                 message = (f"{_list(modules)} never received a gradient in {table.steps} optimizer steps although "

@@ -167,3 +167,11 @@ def test_zero_gradients_left_by_zero_grad_are_no_gradient() -> None:
                 event.pop("changed")
     found = _run(trace)
     assert [s for s, _ in found] == ["warning"] and "`head` never received a gradient" in found[0][1]
+
+
+def test_a_loss_that_gives_no_gradient_at_all_is_not_a_frozen_module() -> None:
+    trace = _trace()
+    for event in trace.processes[0].events:
+        if event["ev"] == "step":
+            event["grad_norms"] = [0.0] * 4
+    assert _run(trace) == []
