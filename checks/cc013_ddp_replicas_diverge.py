@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterable
+from typing import Any
 
 from convcheck.findings import Finding, Severity
 from convcheck.registry import Check
@@ -110,6 +111,12 @@ class DdpReplicasDiverge(Check):
             cause = ("the model is wrapped in DDP, so some rank changes its weights or update on its own "
                      "(rank-dependent code, or a wrapper bypassed for part of the model)")
             fix, location = _FIX_WRAPPED, step_event.get("loc") or backward.get("loc")
+            uneven = _uneven_calls(ranks, step)
+            if uneven:
+                kind, loc, counts = uneven[0]
+                shown = ", ".join(f"rank {r}: {n}" for r, n in sorted(counts.items()))
+                cause += f"; `{kind}` at {_short(loc)} ran a different number of times per rank ({shown})"
+                location = loc
         earlier = [n for n in sorted(_norms_by_step(reference)) if n < step]
         message = (
             f"Model replicas differ across {len(rows)} ranks after optimizer step {step}: {len(differing)} of "
@@ -125,6 +132,39 @@ class DdpReplicasDiverge(Check):
                       "identical_before": earlier, "wrapped_in_ddp": wrapped, "ddp_in_source": ddp_in_source,
                       "tolerance": _TOLERANCE},
         )
+
+
+#: Calls that change gradients or weights: run on some ranks only, they make replicas diverge.
+_UPDATE_CALLS = {"clip": "clip_grad_norm_", "zero_grad": "zero_grad()", "backward": "backward()",
+                 "load_state_dict": "load_state_dict()", "scaler": "GradScaler", "sched_step": "scheduler.step()"}
+
+
+def _uneven_calls(ranks: list[ProcessTrace], step: int) -> list[tuple[str, Any, dict[int, int]]]:
+    """Calls at one source line that ran a different number of times per rank up to ``step``."""
+    counts: dict[tuple[str, tuple], dict[int, int]] = {}
+    for proc in ranks:
+        done = 0
+        for event in proc.events:
+            if event["ev"] == "step":
+                done = event.get("n", done)
+                if done >= step:
+                    break
+                continue
+            if event["ev"] in _UPDATE_CALLS and event.get("loc") and not event.get("internal"):
+                key = (event["ev"], tuple(event["loc"]))
+                per_rank = counts.setdefault(key, {})
+                per_rank[proc.rank] = per_rank.get(proc.rank, 0) + 1
+    found = []
+    for (kind, loc), per_rank in counts.items():
+        full = {p.rank: per_rank.get(p.rank, 0) for p in ranks}
+        if len(set(full.values())) > 1:
+            found.append((_UPDATE_CALLS[kind], list(loc), full))
+    return found
+
+
+def _short(loc: Any) -> str:
+    path = str(loc[0]).replace("\\", "/").rsplit("/", 1)[-1]
+    return f"{path}:{loc[1]}"
 
 
 def _sharded(proc: ProcessTrace) -> bool:

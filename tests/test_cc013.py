@@ -89,3 +89,15 @@ def test_trainer_calling_the_wrapped_module() -> None:
     [finding] = result.findings("CC013")
     assert (finding["severity"], finding["location"]["line"]) == ("error", 26)
     assert finding["evidence"]["ddp_in_source"] is True
+
+
+def test_rank_dependent_call_is_located() -> None:
+    other = {1: [1.5, 0.25], 2: [1.49, 0.26], 3: [1.4, 0.27]}
+    rank0 = rank(0, SAME)
+    # rank 0 clips its gradients before step 3; rank 1 never does
+    at = next(i for i, e in enumerate(rank0) if e["ev"] == "step" and e["n"] == 3)
+    rank0.insert(at, {"ev": "clip", "kind": "norm", "max_norm": 0.01, "loc": ["train.py", 17], "step": 2})
+    [finding] = runtime(rank0, rank(1, other))
+    assert finding.location.line == 17
+    assert "`clip_grad_norm_` at train.py:17 ran a different number of times per rank (rank 0: 1, rank 1: 0)" \
+        in finding.message
