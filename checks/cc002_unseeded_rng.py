@@ -149,7 +149,7 @@ class UnseededRng(Check):
             difference = compare(mine, theirs)
             if difference is None:
                 continue
-            finding = self._differs(mine, difference, ctx, pending)
+            finding = self._differs(mine, difference, ctx, pending, theirs)
             if "dataset-rng" in finding.evidence["causes"]:
                 # The error already names the dataset's RNG: no second finding for it.
                 findings = [f for f in findings if "rngs" not in f.evidence]
@@ -159,8 +159,13 @@ class UnseededRng(Check):
         return [*findings, *_benchmark(pending)]
 
     def _differs(self, proc: ProcessTrace, difference: dict[str, Any], ctx: StaticContext,
-                 pending: list[Finding]) -> Finding:
+                 pending: list[Finding], other: ProcessTrace | None = None) -> Finding:
         causes, where = causes_of(proc, ctx)
+        if other is not None:
+            changing = _changing_seeds(proc, other, ctx)
+            if changing:
+                causes = [*changing, *causes]
+                where = user_location(changing[0]["loc"], ctx) or where
         seeding = [p for p in pending if p.evidence.get("kind") in ("late", "missing")]
         static = seeding[0] if seeding else None
         location: Any = where or (static.location if static is not None else None)
@@ -213,6 +218,21 @@ class UnseededRng(Check):
 
 def _benchmark(pending: list[Finding]) -> list[Finding]:
     return [p for p in pending if p.evidence.get("kind") == "benchmark"]
+
+
+def _changing_seeds(a: ProcessTrace, b: ProcessTrace, ctx: StaticContext) -> list[dict[str, Any]]:
+    """Seeding calls made with a different value in each run (a seed from the clock, the pid, os.urandom)."""
+    seeds_a = [e for e in a.of("seed") if not e.get("internal")]
+    seeds_b = [e for e in b.of("seed") if not e.get("internal")]
+    found = []
+    for x, y in zip(seeds_a, seeds_b):
+        if x.get("rng") == y.get("rng") and x.get("value") != y.get("value"):
+            loc = user_location(x.get("loc"), ctx)
+            at = f" on line {loc[1]}" if loc else ""
+            found.append({"kind": f"changing-seed:{x.get('rng')}", "loc": x.get("loc"),
+                          "text": f"{_RNG_LABELS.get(x.get('rng'), x.get('rng'))} is seeded{at} with a value that "
+                                  f"changes from run to run ({_g(x.get('value'))} and {_g(y.get('value'))})"})
+    return found
 
 
 def _same_rank(proc: ProcessTrace, others: list[ProcessTrace]) -> ProcessTrace | None:

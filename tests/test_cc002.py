@@ -149,3 +149,14 @@ def test_cudnn_benchmark_with_determinism_is_kept_after_matching_runs() -> None:
     assert (finding.severity.value, finding.location.line, finding.source) == ("warning", 4, "static")
     alone = _ctx("import torch\ntorch.backends.cudnn.benchmark = True\n")
     assert list(UnseededRng().check_static(alone)) == []
+
+
+def test_a_seed_that_changes_between_runs() -> None:
+    main = _proc([0.7], seeds=[("torch", 4, False)])
+    repeat = _proc([0.8], pid=2, seeds=[("torch", 4, False)])
+    for event in repeat.events:
+        if event["ev"] == "seed":
+            event["value"] = 1234
+    (finding,) = UnseededRng().check_runtime(_run(main, repeat), _ctx())
+    assert finding.evidence["causes"] == ["changing-seed:torch"] and finding.location.line == 4
+    assert "changes from run to run (0 and 1234)" in finding.message
