@@ -81,7 +81,8 @@ class EvalModeTraining(Check):
         names = [n for n in names if n not in deliberate]
         if not names:
             return []
-        switch = _last_eval_call(proc, backward)
+        objs = {models[r].get("obj") for r in trained_roots if r < len(models)} - {None}
+        switch = _last_eval_call(proc, backward, objs)
         location = switch.get("loc") if switch else backward.get("loc")
         everything = set(names) >= all_modes - set(deliberate)
         kinds = sorted({classes.get(n, "?") for n in names})
@@ -179,15 +180,18 @@ def _is_norm(cls: str) -> bool:
     return cls.startswith(_NORM_CLASSES)
 
 
-def _last_eval_call(proc: ProcessTrace, backward: Event) -> Event | None:
-    """The last train(False)/eval() call before this backward."""
+def _last_eval_call(proc: ProcessTrace, backward: Event, objs: set[int]) -> Event | None:
+    """The last train(False)/eval() call before this backward: on a trained model if one was, else any."""
     found = None
+    own = None
     for event in proc.events:
         if event is backward:
             break
         if event["ev"] == "train_mode":
             found = event if not event.get("mode") else None
-    return found
+            if event.get("obj") in objs:
+                own = event if not event.get("mode") else None
+    return own or found
 
 
 def _short(loc: Any) -> str:

@@ -81,3 +81,15 @@ def test_student_left_in_eval_next_to_a_teacher() -> None:
     [finding] = buggy.findings("CC009")
     assert (finding["severity"], finding["location"]["line"]) == ("error", 23)
     assert finding["evidence"]["modules_in_eval"] == ["1", "3"]
+
+
+def test_the_eval_call_of_the_trained_model_is_chosen() -> None:
+    events = trace(eval_from=1)
+    events[1]["obj"] = 111
+    student_eval = next(e for e in events if e["ev"] == "train_mode")
+    student_eval["obj"] = 111
+    # A teacher switched to eval mode later, before the first backward.
+    events.insert(events.index(student_eval) + 1, {"ev": "train_mode", "mode": False, "cls": "Teacher", "obj": 222,
+                                                   "step": 0, "loc": ["train.py", 40]})
+    [finding] = runtime(events)
+    assert finding.location.line == 33

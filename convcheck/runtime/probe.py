@@ -203,7 +203,8 @@ class Probe:
             sensitive = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
             moded = [(name, sub) for name, sub in module.named_modules() if isinstance(sub, sensitive)]
             self.mode_modules.append((module, moded))
-            self.emit("model", cls=type(module).__name__, params=params, wrapper=wrapper,
+            # obj: the module's id, to match train()/eval() calls (train_mode events) to this model.
+            self.emit("model", cls=type(module).__name__, obj=id(module), params=params, wrapper=wrapper,
                       mode_modules=[{"name": name, "cls": type(sub).__name__} for name, sub in moded])
             self.root_refs.append(weakref.ref(module))
             self.emit_module_flags(module, "model")
@@ -729,8 +730,8 @@ def _install_patches(probe: Probe, torch: Any) -> None:
     def wrap_train(original: Any) -> Any:
         def train(self: Any, mode: bool = True) -> Any:
             if probe.train_mode_depth == 0:
-                probe.emit("train_mode", mode=bool(mode), cls=type(self).__name__, step=probe.step_count,
-                           loc=_loc(3))
+                probe.emit("train_mode", mode=bool(mode), cls=type(self).__name__, obj=id(self),
+                           step=probe.step_count, loc=_loc(3))
             probe.train_mode_depth += 1
             try:
                 return original(self, mode)
