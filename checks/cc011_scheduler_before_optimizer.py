@@ -179,8 +179,8 @@ class SchedulerBeforeOptimizer(Check):
             message += "."
         if projected is not None:
             message += (f" With {batches} batches per epoch, the schedule's settings ({_settings_text(settings)}) "
-                        f"bring the lr to {projected['end']:.3g} by the end of the first epoch "
-                        f"(lowest {projected['lowest']:.3g}).")
+                        f"bring the lr down to {projected['lowest']:.3g} after {projected['lowest_after_batches']} "
+                        f"batches, within the first epoch (and to {projected['end']:.3g} at its end).")
         return self.finding(
             message, fix=_FIX_PER_BATCH, location=loc,
             severity=Severity.ERROR, headline="lr_by_scheduler_step",
@@ -270,7 +270,8 @@ def _project(cls: str, settings: dict, initial: float, batches: int) -> dict[str
     values = [lr_at(t) for t in range(batches + 1)]
     if any(v is None for v in values):
         return None
-    return {"end": values[-1], "lowest": min(values)}
+    lowest = min(values)
+    return {"end": values[-1], "lowest": lowest, "lowest_after_batches": values.index(lowest)}
 
 
 def _settings_text(settings: dict) -> str:
