@@ -601,7 +601,8 @@ class Probe:
             self.first_batches[key] = batch
             self.emit("repeat_batch", loader=self.loader_ids.get(key, -1), step=self.step_count,
                       fingerprint=self._fingerprint(batch))
-        return self.first_batches[key]
+        # A copy each time: a loop that edits its batch in place must not change the next one.
+        return _clone_batch(self.first_batches[key])
 
     @staticmethod
     def _fingerprint(batch: Any) -> str:
@@ -1090,6 +1091,19 @@ def _owned_rngs(dataset: Any, torch: Any) -> list[dict[str, str]]:
     except TypeError:
         pass
     return found
+
+
+def _clone_batch(value: Any) -> Any:
+    """A copy of a batch's tensors, in the same nesting (tuples, lists, dicts)."""
+    if hasattr(value, "clone") and hasattr(value, "is_floating_point"):
+        return value.clone()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_clone_batch(v) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_clone_batch(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _clone_batch(v) for k, v in value.items()}
+    return value
 
 
 def _shape_of(param: Any) -> list[int] | None:
