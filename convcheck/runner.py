@@ -256,6 +256,7 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
     from convcheck.analysis import run_checks
     from convcheck.registry import RunVariant
     from convcheck.runtime.launcher import LaunchSpec, launch_many
+    from convcheck.static.ports import binds_fixed_port
     from convcheck.runtime.trace import read_trace_dir
 
     script = options.script
@@ -285,7 +286,11 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
         for label, variant in variants.items():
             specs[label] = spec_for(run_dir / "variants" / label, variant.nproc_per_node, variant.steps, False,
                                     variant.repeat_first_batch)
-        launches = launch_many(specs)
+        if binds_fixed_port(ctx):
+            # Runs side by side would fight over the port the script chose: one after the other.
+            launches = {label: launch_many({label: spec})[label] for label, spec in specs.items()}
+        else:
+            launches = launch_many(specs)
         launched = launches.pop("main")
         trace = read_trace_dir(launched.trace_dir, world_size=options.nproc_per_node or 1, steps_budget=options.steps)
         for label, other in launches.items():

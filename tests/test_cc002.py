@@ -160,3 +160,29 @@ def test_a_seed_that_changes_between_runs() -> None:
     (finding,) = UnseededRng().check_runtime(_run(main, repeat), _ctx())
     assert finding.evidence["causes"] == ["changing-seed:torch"] and finding.location.line == 4
     assert "changes from run to run (0 and 1234)" in finding.message
+
+
+@pytest.mark.parametrize(
+    ("source", "fixed"),
+    [
+        ('os.environ["MASTER_PORT"] = "12355"\n', True),
+        ("os.environ['MASTER_PORT']='29500'\n", True),
+        ('os.environ.update(MASTER_ADDR="localhost", MASTER_PORT="1234")\n', True),
+        ('dist.init_process_group("gloo", init_method="tcp://127.0.0.1:23456", rank=r, world_size=2)\n', True),
+        ('os.environ.setdefault("MASTER_PORT", "12355")\n', False),
+        ('port = os.environ["MASTER_PORT"]\nif os.environ["MASTER_PORT"] == "1": pass\n', False),
+        ('dist.init_process_group("gloo")\n', False),
+    ],
+)
+def test_fixed_port_detection(source: str, fixed: bool) -> None:
+    from convcheck.static.ports import binds_fixed_port
+
+    assert binds_fixed_port(_ctx(source)) is fixed
+
+
+def test_repeat_of_a_script_with_its_own_port_runs_after_the_main_run() -> None:
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC002", "--steps", "3",
+                       SCRIPTS / "cc002_spawn_fixed_port.py")
+    assert result.code == 0, result.stderr + result.stdout
+    assert result.report["run"]["status"] == "completed"
+    assert result.findings("CC002") == []
