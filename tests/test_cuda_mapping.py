@@ -75,3 +75,12 @@ def test_device_cuda_maps_nothing() -> None:
     result = convcheck("run", "--device", "cuda", "--format", "json", SCRIPTS / "cuda_stream.py")
     assert result.code == 2
     assert result.report["run"]["device_mapping"] == []
+
+
+def test_syncbatchnorm_keeps_batchnorm_on_the_cpu() -> None:
+    result = convcheck("run", "--nproc-per-node", "2", "--steps", "3", "--select", "CC014", "--format", "json",
+                       SCRIPTS / "cuda_syncbn.py")
+    assert result.code == 0, result.stdout + result.stderr
+    run = result.report["run"]
+    assert run["status"] == "stopped-at-budget"
+    assert {m["what"]: m["line"] for m in run["device_mapping"]}["SyncBatchNorm -> BatchNorm (per process)"] == 7

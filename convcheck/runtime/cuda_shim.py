@@ -223,6 +223,17 @@ class CudaShim:
 
         self.patches.wrap(DistributedDataParallel, "__init__", ddp_init)
 
+        # SyncBatchNorm runs on GPUs only: on the CPU the model keeps its BatchNorm layers,
+        # whose per-process statistics are what each rank sees anyway with one device each.
+        def convert_wrap(original: Any) -> Any:
+            def convert_sync_batchnorm(module: Any, *args: Any, **kwargs: Any) -> Any:
+                shim.record("SyncBatchNorm -> BatchNorm (per process)")
+                return module
+
+            return convert_sync_batchnorm
+
+        self.patches.wrap(shim.torch.nn.SyncBatchNorm, "convert_sync_batchnorm", convert_wrap)
+
     def _patch_amp(self) -> None:
         from torch.amp import autocast_mode, grad_scaler
 
