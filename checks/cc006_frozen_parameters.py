@@ -421,6 +421,8 @@ class FlagSite:
 
 
 _PARAM_WORDS = ("param", "weight", "bias", "tensor", "embedding_weight")
+_MODULE_WORDS = ("model", "net", "encoder", "decoder", "backbone", "layer", "head", "module", "block", "features",
+                 "classifier", "embed", "trunk", "body", "stem", "tower", "bert", "resnet", "vit")
 
 
 def static_flag_sites(ctx: StaticContext) -> list[FlagSite]:
@@ -439,6 +441,9 @@ def static_flag_sites(ctx: StaticContext) -> list[FlagSite]:
                 continue
             if _is_parameter(target.value, base, param_vars):
                 continue
+            freezing = isinstance(node.value, ast.Constant) and node.value.value is False
+            if not freezing and not any(word in last_segment(base).lower() for word in _MODULE_WORDS):
+                continue  # inputs.requires_grad = True (saliency, adversarial inputs): a tensor
             sites.append(FlagSite(node.lineno, base, "requires_grad"))
     return sorted(sites, key=lambda s: s.line)
 

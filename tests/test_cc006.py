@@ -131,6 +131,10 @@ p.require_grad = False  # expect: error
 model.embed.require_grad = False  # expect: error
 params[0].requires_grad = True
 model.requires_grad_(False)
+inputs.requires_grad = True
+self.backbone.requires_grad = True  # expect: warning
+for layer in model.layers:
+    layer.requires_grad = False  # expect: warning
 '''
 
 
@@ -141,7 +145,7 @@ def test_static_expectations() -> None:
                 if "# expect:" in line]
     assert [(f.location.line, f.severity.value) for f in found] == expected
     assert [s.attr for s in static_flag_sites(ctx)] == ["requires_grad", "requires_grad", "require_grad",
-                                                         "require_grad"]
+                                                         "require_grad", "requires_grad", "requires_grad"]
 
 
 @pytest.mark.parametrize(
