@@ -234,11 +234,12 @@ class Fp16Overflow(Check):
 
     def _collapse(self, proc: ProcessTrace, ctx: StaticContext, reported: bool) -> Finding | None:
         steps = [e for e in proc.of("scaler") if e.get("call") == "step"]
-        if len(steps) < 3:
-            return None
         stats = _skip_stats(proc)
+        # A fresh scaler halves its scale a few times before it settles: only a run of skips that goes on
+        # past that (five or more, the last three in a row), or a scale below 1, is a collapse.
         tail = steps[-3:]
-        collapsing = all(e.get("skipped") for e in tail) or (stats["final_scale"] or 1.0) < 1.0
+        collapsing = (len(steps) >= 5 and stats["skipped_steps"] >= 5 and all(e.get("skipped") for e in tail)) \
+            or (stats["final_scale"] is not None and stats["final_scale"] < 1.0)
         if not collapsing or reported:
             return None
         message = (f"The GradScaler skipped {stats['skipped_steps']} of {stats['scaler_steps']} steps and its scale "

@@ -67,10 +67,11 @@ def _found(trace: RunTrace) -> list[tuple[str, int | None]]:
         (_loop(6, step="optimizer"), [("error", 16)]),
         (_loop(6, update=False), [("error", 16)]),
         (_loop(6, scaler=False), [("warning", 10)]),
-        (_loop(6, skipped=(2, 3, 4, 5)), [("error", 16)]),
+        (_loop(8, skipped=(1, 2, 3, 4, 5, 6, 7)), [("error", 16)]),
+        (_loop(4, skipped=(0, 1, 2, 3)), []),  # a fresh scaler calibrating in a short run
     ],
     ids=["correct", "unscale-clip", "recovers", "bf16", "clip-first", "optimizer-step", "no-update", "no-scaler",
-         "collapse"],
+         "collapse", "calibrating"],
 )
 def test_runtime_verdicts(trace: RunTrace, expected: list) -> None:
     assert _found(trace) == expected
