@@ -225,7 +225,19 @@ class FrozenParameters(Check):
         frozen = [p for p in table.frozen if table.root_of(p) in table.optimized_roots]
         if frozen:
             modules = _whole_modules(frozen, table) or _modules_of(frozen, table)
-            if freezes_in_script:
+            excluded = [p for p in frozen if p not in table.optimized_set]
+            later = _unfreezes_later(ctx)
+            if excluded and later is not None:
+                # Frozen and filtered out of the optimizer, and the script unfreezes later (after this short run):
+                # from then on they get gradients that no optimizer applies.
+                message = (f"{_list(modules)} {_verb(modules, 'is', 'are')} frozen and left out of the optimizer "
+                           f"built from a requires_grad filter, and line {later} unfreezes parameters later: "
+                           f"{len(excluded)} parameters will get gradients that this optimizer never applies.")
+                yield self.finding(message, fix=_FIX_OUTSIDE, location=opt_where, severity=Severity.ERROR,
+                                   source="static+runtime",
+                                   evidence={"modules": evidence_table, "frozen": _names(excluded, table),
+                                             "unfreeze_line": later}, headline="frozen")
+            elif freezes_in_script:
                 in_opt = [p for p in frozen if p in table.optimized_set]
                 note = (" (they are also in the optimizer, which is harmless: they get no gradient)"
                         if in_opt else " and left out of the optimizer")
@@ -481,6 +493,34 @@ def _parameter_variables(tree: ast.AST) -> set[str]:
             if name:
                 names.add(name)
     return names
+
+
+def _unfreezes_later(ctx: StaticContext) -> int | None:
+    """The first line that unfreezes parameters, in a script whose optimizer is built from a requires_grad filter
+    and that never adds parameter groups; None otherwise."""
+    filtered = any(
+        "requires_grad" in ast.unparse(call) and _is_optimizer_call(call)
+        for call in ctx.calls()
+    )
+    if not filtered or any(isinstance(c.func, ast.Attribute) and c.func.attr == "add_param_group" for c in ctx.calls()):
+        return None
+    lines = []
+    for node in ast.walk(ctx.tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value is True:
+            if any(isinstance(t, ast.Attribute) and t.attr == "requires_grad" for t in node.targets):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "requires_grad_":
+            arg = node.args[0] if node.args else None
+            if arg is None or (isinstance(arg, ast.Constant) and arg.value is True):
+                lines.append(node.lineno)
+    return min(lines) if lines else None
+
+
+def _is_optimizer_call(call: ast.Call) -> bool:
+    name = dotted_name(call.func) or ""
+    return "optim" in name.lower() or last_segment(name) in (
+        "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam", "LBFGS", "Lion",
+    )
 
 
 def _script_freezes(ctx: StaticContext) -> bool:

@@ -179,3 +179,22 @@ def test_a_loss_that_gives_no_gradient_at_all_is_not_a_frozen_module() -> None:
         if event["ev"] == "step":
             event["grad_norms"] = [0.0] * 4
     assert _run(trace) == []
+
+
+def test_unfreeze_after_the_run_with_a_filtered_optimizer() -> None:
+    source = """\
+    for p in model.backbone.parameters():
+        p.requires_grad = False
+    opt = torch.optim.SGD(filter(lambda p: p.requires_grad, model.parameters()), lr=0.1)
+    for epoch in range(100):
+        if epoch == 50:
+            model.backbone.requires_grad_(True)
+        train(epoch)
+    """
+    trace = _trace(frozen_at_start=(0, 1), optimized=(2, 3), grad=(2, 3))
+    found = _run(trace, source)
+    assert [s for s, _ in found] == ["error"] and "line 6 unfreezes parameters later" in found[0][1]
+    # With add_param_group on unfreezing, the optimizer does get them.
+    fixed = source.replace("model.backbone.requires_grad_(True)",
+                           "model.backbone.requires_grad_(True); opt.add_param_group({'params': model.backbone.parameters()})")
+    assert [s for s, _ in _run(trace, fixed)] == ["info"]
