@@ -498,11 +498,8 @@ def _parameter_variables(tree: ast.AST) -> set[str]:
 def _unfreezes_later(ctx: StaticContext) -> int | None:
     """The first line that unfreezes parameters, in a script whose optimizer is built from a requires_grad filter
     and that never adds parameter groups; None otherwise."""
-    filtered = any(
-        "requires_grad" in ast.unparse(call) and _is_optimizer_call(call)
-        for call in ctx.calls()
-    )
-    if not filtered or any(isinstance(c.func, ast.Attribute) and c.func.attr == "add_param_group" for c in ctx.calls()):
+    built = [call.lineno for call in ctx.calls() if "requires_grad" in ast.unparse(call) and _is_optimizer_call(call)]
+    if not built or any(isinstance(c.func, ast.Attribute) and c.func.attr == "add_param_group" for c in ctx.calls()):
         return None
     lines = []
     for node in ast.walk(ctx.tree):
@@ -513,6 +510,8 @@ def _unfreezes_later(ctx: StaticContext) -> int | None:
             arg = node.args[0] if node.args else None
             if arg is None or (isinstance(arg, ast.Constant) and arg.value is True):
                 lines.append(node.lineno)
+    # Unfreezing the head before building the filtered optimizer is the usual, correct recipe.
+    lines = [line for line in lines if line > min(built)]
     return min(lines) if lines else None
 
 

@@ -198,3 +198,14 @@ def test_unfreeze_after_the_run_with_a_filtered_optimizer() -> None:
     fixed = source.replace("model.backbone.requires_grad_(True)",
                            "model.backbone.requires_grad_(True); opt.add_param_group({'params': model.backbone.parameters()})")
     assert [s for s, _ in _run(trace, fixed)] == ["info"]
+
+
+def test_unfreezing_the_head_before_the_filtered_optimizer_is_the_usual_recipe() -> None:
+    source = """\
+    model.requires_grad_(False)
+    for p in model.head.parameters():
+        p.requires_grad = True
+    opt = torch.optim.SGD(filter(lambda p: p.requires_grad, model.parameters()), lr=0.1)
+    """
+    trace = _trace(frozen_at_start=(0, 1), optimized=(2, 3), grad=(2, 3))
+    assert [s for s, _ in _run(trace, source)] == ["info"]
