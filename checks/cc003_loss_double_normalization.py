@@ -171,7 +171,8 @@ class LossDoubleNormalization(Check):
         divisors = " × ".join(_fmt(d) for d in obs.divisors) or "nothing"
         if obs.kind == "double":
             message = (
-                f"The loss ({obs.node}, reduction='{obs.reduction}' over a batch of {obs.batch}) was divided by {divisors} "
+                f"The loss ({obs.node}, reduction='{obs.reduction}' over a batch of {obs.batch}) was divided by "
+                f"{divisors} "
                 f"before backward(): the batch size divides it twice, so gradients are {obs.batch}× too small "
                 f"(seen in {count} of the sampled backward calls)."
             )

@@ -190,7 +190,8 @@ class FrozenParameters(Check):
                                              "unfrozen_after_optimizer": _names(unfrozen, table)},
                                    headline="not_in_optimizer")
             elif got_grad:
-                message = (f"{_list(modules)} {_verb(modules, 'computes', 'compute')} gradients for {len(got_grad)} parameters, but no optimizer "
+                message = (f"{_list(modules)} {_verb(modules, 'computes', 'compute')} gradients for {len(got_grad)} "
+                           "parameters, but no optimizer "
                            f"holds them: {_verb(modules, 'the module never trains', 'they never train')}.")
                 yield self.finding(message, fix=_FIX_IDLE, location=opt_where, severity=Severity.WARNING,
                                    evidence={"modules": evidence_table, "not_in_optimizer": _names(outside, table)},
@@ -206,7 +207,8 @@ class FrozenParameters(Check):
                            "the parameters are trainable and in the optimizer: not used in forward(), or the output "
                            "does not reach the loss.")
                 yield self.finding(message, fix=_FIX_UNUSED, location=opt_where, severity=Severity.WARNING,
-                                   evidence={"modules": evidence_table, "never_given_a_gradient": _names(no_grad, table)},
+                                   evidence={"modules": evidence_table,
+                                             "never_given_a_gradient": _names(no_grad, table)},
                                    headline="never_given_a_gradient")
         # 3. Given gradients but never changed on any measured step.
         if table.measured_steps:
@@ -241,12 +243,14 @@ class FrozenParameters(Check):
                 in_opt = [p for p in frozen if p in table.optimized_set]
                 note = (" (they are also in the optimizer, which is harmless: they get no gradient)"
                         if in_opt else " and left out of the optimizer")
-                message = f"{_list(modules)} {_verb(modules, 'is', 'are')} frozen ({len(frozen)} parameters with requires_grad=False){note}."
+                message = (f"{_list(modules)} {_verb(modules, 'is', 'are')} frozen ({len(frozen)} parameters with "
+                           f"requires_grad=False){note}.")
                 yield self.finding(message, fix=_FIX_FROZEN, location=opt_where, severity=Severity.INFO,
                                    evidence={"modules": evidence_table, "frozen": _names(frozen, table)},
                                    headline="frozen")
             else:
-                message = (f"{_list(modules)} never {_verb(modules, 'trains', 'train')}: {len(frozen)} of its parameters have requires_grad=False, "
+                message = (f"{_list(modules)} never {_verb(modules, 'trains', 'train')}: {len(frozen)} of its "
+                           "parameters have requires_grad=False, "
                            "and no line of this script freezes anything (a library or a loaded model did).")
                 yield self.finding(message, fix=_FIX_FROZEN, location=opt_where, severity=Severity.WARNING,
                                    evidence={"modules": evidence_table, "frozen": _names(frozen, table)},
@@ -340,7 +344,7 @@ class ParamTable:
         return table
 
     def module_table(self) -> list[dict[str, Any]]:
-        """Per module: how many parameters train, are frozen, are outside the optimizer, got no gradient, never changed."""
+        """Per module: parameters that train, are frozen, are in no optimizer, got no gradient, never changed."""
         rows: dict[str, dict[str, Any]] = {}
         for pid, name in self.names.items():
             module = _module(name)

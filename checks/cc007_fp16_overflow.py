@@ -215,7 +215,8 @@ class Fp16Overflow(Check):
             message = (f"optimizer.step() ran after scaler.scale(loss).backward() without scaler.step(): the update "
                        f"used gradients still multiplied by the loss scale ({_g(scale)}), and inf/NaN gradients "
                        "are not skipped.")
-            yield "optimizer-step", self.finding(message, fix=_FIX_STEP, location=user_location(step_hit.get("loc"), ctx),
+            yield "optimizer-step", self.finding(message, fix=_FIX_STEP,
+                                                 location=user_location(step_hit.get("loc"), ctx),
                                                  evidence={"scale": scale})
         steps = [e for e in proc.of("scaler") if e.get("call") == "step"]
         updates = [e for e in proc.of("scaler") if e.get("call") == "update"]
@@ -282,7 +283,8 @@ def _iterations(proc: ProcessTrace) -> list[list[Event]]:
 
 
 def _is_fp16(event: Event) -> bool:
-    return bool(event.get("enabled")) and "float16" in str(event.get("dtype")) and "bfloat16" not in str(event.get("dtype"))
+    dtype = str(event.get("dtype"))
+    return bool(event.get("enabled")) and "float16" in dtype and "bfloat16" not in dtype
 
 
 def _fp16_backwards(proc: ProcessTrace) -> int:

@@ -150,7 +150,8 @@ def test_static_expectations() -> None:
 
 @pytest.mark.parametrize(
     ("flags", "expected"),
-    [([], "error"), (["--head-first"], None), (["--head-first", "--ema"], None), (["--head-first", "--unused"], "warning")],
+    [([], "error"), (["--head-first"], None), (["--head-first", "--ema"], None),
+     (["--head-first", "--unused"], "warning")],
     ids=["replaced-head", "head-first", "ema", "unused-aux"],
 )
 def test_trainer_script(flags: list[str], expected: str | None) -> None:
@@ -195,8 +196,10 @@ def test_unfreeze_after_the_run_with_a_filtered_optimizer() -> None:
     found = _run(trace, source)
     assert [s for s, _ in found] == ["error"] and "line 6 unfreezes parameters later" in found[0][1]
     # With add_param_group on unfreezing, the optimizer does get them.
-    fixed = source.replace("model.backbone.requires_grad_(True)",
-                           "model.backbone.requires_grad_(True); opt.add_param_group({'params': model.backbone.parameters()})")
+    fixed = source.replace(
+        "model.backbone.requires_grad_(True)",
+        "model.backbone.requires_grad_(True); opt.add_param_group({'params': model.backbone.parameters()})",
+    )
     assert [s for s, _ in _run(trace, fixed)] == ["info"]
 
 
