@@ -261,14 +261,18 @@ def loss_terms(graph: list[Event]) -> list[Term]:
     for index, node in enumerate(graph):
         children.setdefault(node.get("parent", -1), []).append(index)
     terms: list[Term] = []
-    todo: list[tuple[int, list[float]]] = [(0, [])] if graph else []
+    # (node, divisors met, whether a sum of terms was passed on the way)
+    todo: list[tuple[int, list[float], bool]] = [(0, [], False)] if graph else []
     while todo:
-        index, divisors = todo.pop()
+        index, divisors, branched = todo.pop()
         node = graph[index]
         name = node.get("name", "")
         attrs = node.get("attrs") or {}
         kids = children.get(index, [])
         divisor = _divisor(name, attrs)
+        if divisor is not None and name == "MulBackward0" and branched:
+            # ``loss + 0.1 * aux``: a weight on one term, not a normalization of the loss.
+            divisor = None
         if divisor is not None:
             # A sum divided by its own length is a mean (label smoothing, batchmean): seen as one term.
             below = [graph[c] for c in kids]
@@ -276,7 +280,7 @@ def loss_terms(graph: list[Event]) -> list[Term]:
                     and _first_dim((below[0].get("attrs") or {}).get("self_sym_sizes")) == divisor):
                 terms.append(Term("SumBackward0/len", "mean", int(divisor), divisors))
                 continue
-            todo.extend((c, [*divisors, divisor]) for c in kids)
+            todo.extend((c, [*divisors, divisor], branched) for c in kids)
             continue
         if name in _REDUCED:
             reduction = attrs.get("reduction")
@@ -295,7 +299,8 @@ def loss_terms(graph: list[Event]) -> list[Term]:
                 terms.append(Term(name, "sum", batch, divisors))
             continue
         if name in _THROUGH or (name == "MulBackward0" and _scalar(attrs.get("other")) is not None):
-            todo.extend((c, divisors) for c in kids)
+            fork = branched or name in ("AddBackward0", "AddBackward1", "SubBackward0", "SubBackward1")
+            todo.extend((c, divisors, fork) for c in kids)
     return terms
 
 

@@ -209,3 +209,18 @@ def test_several_losses_on_one_batch_are_not_accumulation() -> None:
     # The loader drew one batch per optimizer step: two losses (two heads) on the same batch.
     events.append({"ev": "loader_epoch", "loader": 0, "epoch": 1, "batches": 3, "step_start": 0, "step": 3})
     assert _findings(run) == []
+
+
+def test_a_weight_on_an_auxiliary_term_is_not_a_division() -> None:
+    torch = pytest.importorskip("torch")
+    from convcheck.checks.cc003_loss_double_normalization import _judge
+    from convcheck.runtime.graph import summarize_graph
+
+    x = torch.randn(10, 4, requires_grad=True)
+    y = torch.randint(0, 4, (10,))
+    aux = torch.randn(10, 3, requires_grad=True)
+    f = torch.nn.functional
+    loss = f.cross_entropy(x, y) + 0.1 * aux.pow(2).mean()  # 0.1 = 1/10 and aux has 10 rows
+    assert [_judge(t, 1, {}).kind for t in loss_terms(summarize_graph(loss.grad_fn))] == ["ok", "ok"]
+    doubled = f.cross_entropy(x, y) / x.size(0) + 0.1 * aux.pow(2).mean()
+    assert "double" in [_judge(t, 1, {}).kind for t in loss_terms(summarize_graph(doubled.grad_fn))]
