@@ -365,8 +365,10 @@ def _divisor(name: str, attrs: dict[str, Any]) -> float | None:
         value = _scalar(attrs.get("other"))
         if value and 0 < value < 1:
             inverse = 1.0 / value
-            if abs(inverse - round(inverse)) < 1e-3 * inverse:
-                return float(round(inverse))
+            n = round(inverse)
+            # 0.5, 0.25, 0.1, 0.01 are loss weights far more often than a division by a batch of that size.
+            if abs(inverse - n) < 1e-3 * inverse and n >= 8 and n not in (10, 100, 1000):
+                return float(n)
     return None
 
 
