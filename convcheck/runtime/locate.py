@@ -23,6 +23,12 @@ def is_library_file(filename: str) -> bool:
     return _skipped(filename)
 
 
+def is_torch_file(filename: str) -> bool:
+    """True for a file of the torch package itself (not other libraries)."""
+    _skipped(filename)  # finds torch's folder once torch is imported
+    return bool(_torch_dir) and os.path.normcase(os.path.realpath(filename)).startswith(_torch_dir or "")
+
+
 def _skipped(filename: str) -> bool:
     global _torch_dir
     if filename.startswith("<"):

@@ -20,7 +20,7 @@ from typing import Any
 
 from convcheck.runtime import env, stepstats
 from convcheck.runtime.graph import summarize_graph
-from convcheck.runtime.locate import is_library_file, user_location
+from convcheck.runtime.locate import is_library_file, is_torch_file, user_location
 from convcheck.runtime.patches import Patches
 from convcheck.runtime.trace import Event, TraceWriter, process_tag
 
@@ -876,8 +876,9 @@ def _patch_seeding(probe: Probe, torch: Any, patches: Patches) -> None:
                     # torch.manual_seed seeds CUDA itself: record the user's call only.
                     return original(*args, **kwargs)
                 value = args[0] if args else kwargs.get("seed", kwargs.get("a"))
-                # torch seeds each DataLoader worker itself: such calls are marked internal.
-                internal = is_library_file(sys._getframe(1).f_code.co_filename)
+                # torch seeds each DataLoader worker itself: such calls are marked internal. Seeding
+                # helpers of other libraries (transformers.set_seed, seed_everything) are the user's.
+                internal = is_torch_file(sys._getframe(1).f_code.co_filename)
                 drawn_before = False if internal else probe.note_rng(torch, rng, before_seed=True)
                 probe.emit("seed", rng=rng, value=_num(value), loc=_loc(3), step=probe.step_count,
                            internal=internal, drawn_before=drawn_before)
