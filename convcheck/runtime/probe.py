@@ -517,6 +517,7 @@ class Probe:
                 in_eval += names
         if in_eval:
             sampled["eval_modules"] = in_eval[:50]
+            sampled["eval_roots"] = eval_roots
         self.emit("backward", n=self.backward_count, step=self.step_count, loss=loss, loc=_loc(4), **sampled)
 
     def _stale_grads(self) -> dict[str, Any]:
@@ -553,7 +554,6 @@ class Probe:
     # -- data loading ------------------------------------------------------------
 
     def open_epoch(self, iterator: Any) -> None:
-            sampled["eval_roots"] = eval_roots
         loader = iterator._convcheck_loader if hasattr(iterator, "_convcheck_loader") else None
         loader_id = self.loader_ids.get(id(loader), -1) if loader is not None else -1
         count = getattr(loader, "_convcheck_epochs", 0) + 1 if loader is not None else 1
