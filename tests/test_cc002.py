@@ -186,3 +186,17 @@ def test_repeat_of_a_script_with_its_own_port_runs_after_the_main_run() -> None:
     assert result.code == 0, result.stderr + result.stdout
     assert result.report["run"]["status"] == "completed"
     assert result.findings("CC002") == []
+
+
+def test_only_torch_itself_seeds_internally() -> None:
+    numpy = pytest.importorskip("numpy")
+    torch = pytest.importorskip("torch")
+    from convcheck.runtime.locate import is_library_file, is_torch_file
+
+    import torch.utils.data.dataloader as dataloader
+
+    assert is_torch_file(dataloader.__file__)
+    # A library's seeding helper (numpy stands in for transformers or lightning) is the user's seeding.
+    assert is_library_file(numpy.__file__) and not is_torch_file(numpy.__file__)
+    assert not is_torch_file(__file__)
+    assert torch is not None
