@@ -181,3 +181,25 @@ def test_fp16_autocast_for_evaluation_only_needs_no_scaler() -> None:
     events = trace.processes[0].events
     events.insert(len(events), {**AUTOCAST})  # an fp16 evaluation after the last backward
     assert _found(trace) == []
+
+
+def test_fp32_recompute_leaves_the_module_and_the_rng_as_they_were(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from convcheck.runtime.probe import Probe
+
+    probe = Probe(str(tmp_path), None, 10, None)
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5))
+    x = torch.randn(16, 4) * 1e5
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = module(x)
+    stats = module[1].running_mean.clone(), module[1].num_batches_tracked.clone()
+    rng = torch.random.get_rng_state()
+    with torch.autocast("cpu", dtype=torch.float16):
+        result = probe._recompute_fp32(torch, module[0], (x,), out)
+        assert torch.is_autocast_enabled("cpu")  # restored
+    assert result["fp32_finite"] and result["fp32_max_abs"] > 65504
+    assert torch.equal(stats[0], module[1].running_mean) and torch.equal(stats[1], module[1].num_batches_tracked)
+    assert torch.equal(rng, torch.random.get_rng_state())
+    bn = probe._recompute_fp32(torch, module, (x,), out)
+    assert torch.equal(stats[0], module[1].running_mean) and "fp32_finite" in bn
