@@ -55,6 +55,7 @@ class Probe:
         self.stopping = False
         self.seeding = False
         self.warnings_recorded = 0
+        self.scaled_losses: dict[int, float] = {}
         self.finished = False
         # Per-optimizer step attempts (performed + skipped by a GradScaler).
         self.attempts: dict[int, int] = {}
@@ -497,6 +498,11 @@ class Probe:
         if getattr(tensor, "numel", None) is not None:
             if tensor.numel() == 1:
                 loss = float(tensor.detach().reshape(()).float())
+                scale = self.scaled_losses.pop(id(tensor), None)
+                if scale:
+                    loss /= scale
+                    sampled["loss_scale"] = scale
+                self.scaled_losses.clear()
             if self.detailed(self.backward_count + 1):
                 # Only sampled backwards carry "graph" (see detailed()); the loss formula rarely changes.
                 sampled["graph"] = summarize_graph(tensor.grad_fn)
@@ -1039,6 +1045,9 @@ def _patch_amp(probe: Probe, torch: Any, patches: Patches) -> None:
                     probe._check_budget(optimizer)
                 result = original(self, *args, **kwargs)
                 fields: dict[str, Any] = {"call": name, "scale": scaler_scale(self), "step": probe.step_count}
+                if name == "scale" and fields["scale"]:
+                    # backward() will see loss * scale: remember it so the loss is recorded unscaled.
+                    probe.scaled_losses[id(result)] = fields["scale"]
                 if optimizer is not None:
                     fields["opt"] = probe._optimizer_index(optimizer)
                 if name == "step" and optimizer is not None:
