@@ -1,7 +1,7 @@
 """How long a verdict takes: ``convcheck run`` on every bundled example vs running it plainly.
 
     python benchmarks/time_to_verdict.py           # every example, and the step-count sweep
-    python benchmarks/time_to_verdict.py --quick   # two examples, no sweep (CI smoke run)
+    python benchmarks/time_to_verdict.py --quick   # one example, no sweep (CI smoke run)
 
 Prints, side by side in one run: the fixed start-up cost (an interpreter importing torch),
 each example's plain wall time (``python example.py``, its own full run) and convcheck's
@@ -45,7 +45,7 @@ def main() -> None:
     print(f"fixed start-up cost (python + import torch): {startup:.2f} s per process")
     examples = sorted(p for p in (REPO / "examples").glob("*.py") if not p.name.startswith("_"))
     if args.quick:
-        examples = examples[:2]
+        examples = examples[:1]
     print(f"{'example':<44} {'plain':>8} {'verdict':>8} {'ratio':>6}")
     worst = 0.0
     for example in examples:
