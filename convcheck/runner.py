@@ -337,7 +337,9 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
             ProcessSummary(pid=proc.pid, rank=proc.rank, role="child", steps=proc.steps,
                            backwards=len(proc.of("backward")))
         )
-    total_steps = sum(p.steps for p in processes)
+    # A step a GradScaler skipped (inf/NaN gradients) is still a training step taken.
+    skipped = sum(1 for _, e in trace.events("scaler") if e.get("call") == "step" and e.get("skipped"))
+    total_steps = sum(p.steps for p in processes) + skipped
     summary = RunSummary(
         steps_budget=options.steps, nproc_per_node=options.nproc_per_node or 1,
         wall_seconds=round(launched.wall_seconds, 2), processes=processes, script_argv=options.script_args,

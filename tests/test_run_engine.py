@@ -268,3 +268,12 @@ def test_sigterm_and_sigkill_of_convcheck_leave_no_worker() -> None:
         while [c for c in processes_running(str(script)) if "convcheck.runtime.worker" in c]:
             assert time.monotonic() < deadline, f"a worker outlived convcheck after {sig.name}"
             time.sleep(0.1)
+
+
+def test_steps_a_gradscaler_skipped_still_count_as_training() -> None:
+    result = convcheck("run", "--steps", "4", "--format", "json", "--fail-on", "never", SCRIPTS / "amp_all_skipped.py")
+    assert result.code == 0, result.stdout + result.stderr
+    run = result.report["run"]
+    assert run["status"] == "stopped-at-budget"
+    assert run["processes"][0]["steps"] == 0
+    assert "No training step observed" not in (run["error"] or "")
