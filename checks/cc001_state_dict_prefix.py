@@ -105,11 +105,7 @@ class StateDictPrefix(Check):
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
         found = list(self._static(ctx))
-        if self.runtime_follows:
-            # The run's evidence decides: one bug gives one finding (see check_runtime).
-            self._pending = found
-            return []
-        return found
+        return self.defer_static(found)
 
     def _static(self, ctx: StaticContext) -> Iterable[Finding]:
         flow = Flow(ctx)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from convcheck.findings import Finding, Severity
-from convcheck.registry import Check, RunVariant
+from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext, dotted_name
 from convcheck.static.flow import Flow, keyword, last_segment, user_location
@@ -107,22 +107,14 @@ class LossDoubleNormalization(Check):
     severity = Severity.ERROR
     summary = "A mean-reduced loss divided again by the batch size; accumulation not divided by its count."
 
-    _deferred = False
     _pending: list[Finding]
 
-    def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
-        # A run follows: static findings wait for it so that one bug gives one finding.
-        self._deferred = True
-        return {}
 
     # -- static ------------------------------------------------------------------------------
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
         found = list(self._static(ctx))
-        if self._deferred:
-            self._pending = found
-            return []
-        return found
+        return self.defer_static(found)
 
     def _static(self, ctx: StaticContext) -> Iterable[Finding]:
         for site in static_divisions(ctx):

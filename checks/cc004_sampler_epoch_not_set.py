@@ -75,11 +75,7 @@ class SamplerEpochNotSet(Check):
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
         found = list(self._static(ctx))
-        if self.runtime_follows:
-            # The run's evidence decides: one bug gives one finding (see check_runtime).
-            self._pending = found
-            return []
-        return found
+        return self.defer_static(found)
 
     def _static(self, ctx: StaticContext) -> Iterable[Finding]:
         if mentions_attribute_call(ctx, "set_epoch"):

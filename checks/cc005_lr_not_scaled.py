@@ -162,11 +162,7 @@ class LrNotScaled(Check):
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
         self._facts = self._static_facts(ctx)
         found = [self._static_finding(f, ctx) for f in self._facts if self._statically_unscaled(f)]
-        if self.runtime_follows:
-            # The run's evidence decides: one bug gives one finding (see check_runtime).
-            self._pending = found
-            return []
-        return found
+        return self.defer_static(found)
 
     @staticmethod
     def _statically_unscaled(facts: _StaticFacts) -> bool:

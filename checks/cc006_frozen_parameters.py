@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convcheck.findings import Finding, Severity
-from convcheck.registry import Check, RunVariant
+from convcheck.registry import Check
 from convcheck.runtime.trace import ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext, dotted_name
 from convcheck.static.flow import last_segment, user_location
@@ -82,22 +82,14 @@ class FrozenParameters(Check):
     severity = Severity.ERROR
     summary = "Parameters meant to train that cannot: frozen, missing from the optimizer, unused, never updated."
 
-    _deferred = False
     _pending: list[Finding]
 
-    def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
-        # A run follows: static findings wait for it so that one bug gives one finding.
-        self._deferred = True
-        return {}
 
     # -- static ------------------------------------------------------------------------------
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
         found = list(self._static(ctx))
-        if self._deferred:
-            self._pending = found
-            return []
-        return found
+        return self.defer_static(found)
 
     def _static(self, ctx: StaticContext) -> Iterable[Finding]:
         for site in static_flag_sites(ctx):

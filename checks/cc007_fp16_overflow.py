@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from convcheck.findings import Finding, Severity
-from convcheck.registry import Check, RunVariant
+from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext, dotted_name
 from convcheck.static.flow import import_aliases, keyword, last_segment, resolved_call, user_location
@@ -88,22 +88,14 @@ class Fp16Overflow(Check):
     severity = Severity.ERROR
     summary = "inf/NaN under fp16 autocast (first module, input range); GradScaler misuse and collapsing scale."
 
-    _deferred = False
     _pending: list[Finding]
 
-    def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
-        # A run follows: static findings wait for it so that one bug gives one finding.
-        self._deferred = True
-        return {}
 
     # -- static ------------------------------------------------------------------------------
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
         found = list(self._static(ctx))
-        if self._deferred:
-            self._pending = found
-            return []
-        return found
+        return self.defer_static(found)
 
     def _static(self, ctx: StaticContext) -> Iterable[Finding]:
         for site in static_misuse(ctx):

@@ -111,10 +111,7 @@ class GradsNotZeroed(Check):
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
         found = list(_static(self, ctx))
-        if self.runtime_follows:
-            self._pending = found  # the run decides; the source speaks only if the run saw no training
-            return []
-        return found
+        return self.defer_static(found)
 
     def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
         pending, self._pending = list(self._pending), []

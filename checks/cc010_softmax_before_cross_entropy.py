@@ -206,10 +206,7 @@ class SoftmaxBeforeCrossEntropy(Check):
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
         found = list(self._static(ctx))
-        if self.runtime_follows:
-            self._pending = found  # the loss graph decides; the source speaks only if nothing trained
-            return []
-        return found
+        return self.defer_static(found)
 
     def _static(self, ctx: StaticContext) -> Iterable[Finding]:
         for call, loss, fed, arg in static_loss_inputs(ctx):

@@ -92,10 +92,7 @@ class SchedulerBeforeOptimizer(Check):
             )
             for line, sched, opt_line, opt in static_order(ctx)
         ]
-        if self.runtime_follows:
-            self._pending = found  # the run's order decides; the source speaks only if nothing trained
-            return []
-        return found
+        return self.defer_static(found)
 
     def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
         pending, self._pending = list(self._pending), []

@@ -48,6 +48,14 @@ class Check:
         """Findings from the script's source alone."""
         return ()
 
+    def defer_static(self, found: list[Finding]) -> list[Finding]:
+        """Static findings, or none yet when a run follows: then they wait in ``self._pending``
+        for ``check_runtime`` to confirm, merge or drop, so that one bug gives one finding."""
+        if self.runtime_follows:
+            self._pending = found
+            return []
+        return found
+
     def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
         """Findings from what the run recorded (with the source for context)."""
         return ()

@@ -102,7 +102,7 @@ def test_module_attribute_confirmed_by_the_run() -> None:
     source = "model.backbone.requires_grad = False\n"
     check = FrozenParameters()
     ctx = _ctx(source)
-    check.extra_runs(None, 4, ctx)
+    check.runtime_follows = True  # a run follows: static findings wait for it
     assert list(check.check_static(ctx)) == []
     (finding,) = check.check_runtime(_trace(flags=flags), ctx)
     assert finding.severity.value == "error" and finding.source == "static+runtime"

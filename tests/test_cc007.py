@@ -169,7 +169,7 @@ def test_missing_update_that_stopped_the_script() -> None:
                                       "error": "RuntimeError: step() has already been called since the last update()."})
     ctx = _ctx("import torch\nscaler = torch.amp.GradScaler('cpu')\nscaler.scale(loss).backward()\nscaler.step(opt)\n")
     check = Fp16Overflow()
-    check.extra_runs(None, 4, ctx)
+    check.runtime_follows = True  # a run follows: static findings wait for it
     assert list(check.check_static(ctx)) == []
     (finding,) = check.check_runtime(trace, ctx)
     assert finding.severity.value == "error" and finding.source == "static+runtime" and finding.location.line == 4
