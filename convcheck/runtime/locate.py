@@ -8,13 +8,22 @@ import sysconfig
 
 import convcheck
 
-_SKIP_PREFIXES = tuple(
-    os.path.normcase(os.path.realpath(p)) + os.sep
-    for p in {
-        os.path.dirname(convcheck.__file__),
-        sysconfig.get_paths()["stdlib"],
-    }
-)
+def _library_dirs() -> set[str]:
+    """convcheck, the standard library and every site-packages folder (a venv's included)."""
+    paths = sysconfig.get_paths()
+    dirs = {os.path.dirname(convcheck.__file__), paths["stdlib"], paths["platstdlib"], paths["purelib"],
+            paths["platlib"]}
+    try:
+        import site
+
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except (AttributeError, ImportError):
+        pass
+    return {d for d in dirs if d}
+
+
+_SKIP_PREFIXES = tuple(os.path.normcase(os.path.realpath(p)) + os.sep for p in _library_dirs())
 _torch_dir: str | None = None
 
 
