@@ -4,7 +4,8 @@
     python benchmarks/time_to_verdict.py --quick   # one example, no sweep (CI smoke run)
 
 Prints, side by side in one run: the fixed start-up cost (an interpreter importing torch),
-each example's plain wall time (``python example.py``, its own full run) and convcheck's
+each example's plain wall time (``python example.py``, or under torchrun for a DDP example:
+its own full run) and convcheck's
 wall time to a verdict with the options the example declares, and how the verdict time
 grows with --steps. Target: a verdict on every bundled example in <= 15 s on 2 cores.
 """
@@ -49,13 +50,20 @@ def main() -> None:
     print(f"{'example':<44} {'plain':>8} {'verdict':>8} {'ratio':>6}")
     worst = 0.0
     for example in examples:
-        plain, _ = wall([sys.executable, str(example)], example.parent)
+        options = example_args(example)
+        plain_cmd = [sys.executable, str(example)]
+        if "--nproc-per-node" in options:
+            # A DDP example runs plainly the way its users run it: under torchrun.
+            nproc = options[options.index("--nproc-per-node") + 1]
+            plain_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", nproc, str(example)]
+        plain, plain_code = wall(plain_cmd, example.parent)
         verdict, code = wall(
-            [sys.executable, "-m", "convcheck", "run", "--fail-on", "never", *example_args(example), str(example)],
+            [sys.executable, "-m", "convcheck", "run", "--fail-on", "never", *options, str(example)],
             example.parent,
         )
         worst = max(worst, verdict)
-        note = "" if code == 0 else f"  (exit {code})"
+        note = "" if code == 0 else f"  (convcheck exit {code})"
+        note += "" if plain_code == 0 else f"  (plain run exit {plain_code})"
         print(f"{example.name:<44} {plain:7.2f}s {verdict:7.2f}s {verdict / plain:6.2f}{note}")
     if examples:
         print(f"slowest verdict: {worst:.2f} s (target <= 15 s)")
