@@ -109,7 +109,6 @@ class LossDoubleNormalization(Check):
 
     _pending: list[Finding]
 
-
     # -- static ------------------------------------------------------------------------------
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:

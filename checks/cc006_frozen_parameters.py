@@ -84,7 +84,6 @@ class FrozenParameters(Check):
 
     _pending: list[Finding]
 
-
     # -- static ------------------------------------------------------------------------------
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:

@@ -90,7 +90,6 @@ class Fp16Overflow(Check):
 
     _pending: list[Finding]
 
-
     # -- static ------------------------------------------------------------------------------
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
