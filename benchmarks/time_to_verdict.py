@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +50,8 @@ def main() -> None:
     if args.quick:
         examples = examples[:1]
     print(f"{'example':<44} {'plain':>8} {'verdict':>8} {'ratio':>6}")
+    # Plain runs write what the examples save (checkpoints): in a scratch folder, not the repository.
+    scratch = Path(tempfile.mkdtemp(prefix="convcheck-ttv-"))
     worst = 0.0
     for example in examples:
         options = example_args(example)
@@ -56,15 +60,16 @@ def main() -> None:
             # A DDP example runs plainly the way its users run it: under torchrun.
             nproc = options[options.index("--nproc-per-node") + 1]
             plain_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", nproc, str(example)]
-        plain, plain_code = wall(plain_cmd, example.parent)
+        plain, plain_code = wall(plain_cmd, scratch)
         verdict, code = wall(
             [sys.executable, "-m", "convcheck", "run", "--fail-on", "never", *options, str(example)],
-            example.parent,
+            scratch,
         )
         worst = max(worst, verdict)
         note = "" if code == 0 else f"  (convcheck exit {code})"
         note += "" if plain_code == 0 else f"  (plain run exit {plain_code})"
         print(f"{example.name:<44} {plain:7.2f}s {verdict:7.2f}s {verdict / plain:6.2f}{note}")
+    shutil.rmtree(scratch, ignore_errors=True)
     if examples:
         print(f"slowest verdict: {worst:.2f} s (target <= 15 s)")
     if not args.quick:
