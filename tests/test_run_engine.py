@@ -278,3 +278,14 @@ def test_steps_a_gradscaler_skipped_still_count_as_training() -> None:
     assert run["status"] == "stopped-at-budget"
     assert run["processes"][0]["steps"] == 0
     assert "No training step observed" not in (run["error"] or "")
+
+
+def test_spawned_dataloader_workers_are_probed_and_stopped(tmp_path: Path) -> None:
+    script = SCRIPTS / "loader_spawn_workers.py"
+    traces = tmp_path / "traces"
+    result = convcheck("run", "--steps", "3", "--ignore", "CC002", "--format", "json", "--trace-dir", traces, script)
+    assert result.code == 0, result.stderr
+    assert result.report["run"]["status"] == "stopped-at-budget"
+    roles = sorted(t[0]["role"] for t in read_traces(traces))
+    assert roles == ["child", "child", "entry"]
+    assert processes_running(str(script)) == []
