@@ -682,6 +682,27 @@ class _AtomicFile:
         except FileNotFoundError:
             pass
 
+    def write_verified(self, produce: Callable[[Path], Verification]) -> Verification:
+        """Let ``produce`` write and verify the temp file; keep it only when verified.
+
+        Any failure leaves no half-written output behind and the target untouched.
+        """
+        try:
+            verification = produce(self.path)
+            if verification.ok:
+                self.commit()
+            else:
+                self.discard()
+            return verification
+        except CheckpointError:
+            self.discard()
+            raise
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise _write_error(self.target, exc) from exc
+
 
 def _fsync_dir(folder: Path) -> None:
     try:
@@ -1186,29 +1207,15 @@ class _TorchReader:
         return out
 
     def write(self, plans: Sequence[StateDictPlan], target: Path, keep_mode_of: Path | None) -> Verification:
-        out = _AtomicFile(target, self.path.stat().st_size + (1 << 20), keep_mode_of)
-        try:
+        def produce(tmp: Path) -> Verification:
             if self.fast:
                 try:
-                    verification = self._write_fast(plans, out.path)
+                    return self._write_fast(plans, tmp)
                 except _FastPathUnavailable as why:
                     self.notes.append(f"Wrote with torch.save instead of the byte-level copy ({why}).")
-                    verification = self._write_plain(plans, out.path)
-            else:
-                verification = self._write_plain(plans, out.path)
-            if not verification.ok:
-                out.discard()
-                return verification
-            out.commit()
-            return verification
-        except CheckpointError:
-            out.discard()
-            raise
-        except BaseException as exc:
-            out.discard()
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            raise _write_error(target, exc) from exc
+            return self._write_plain(plans, tmp)
+
+        return _AtomicFile(target, self.path.stat().st_size + (1 << 20), keep_mode_of).write_verified(produce)
 
     # -- writing: plain torch.save -----------------------------------------------
 
@@ -1451,15 +1458,15 @@ class _SafetensorsReader:
             new_header[rename(name)] = entry
         encoded = json.dumps(new_header, separators=(",", ":")).encode("utf-8")
         encoded += b" " * (-len(encoded) % 8)
-        out = _AtomicFile(target, 8 + len(encoded) + self.header.data_size + (1 << 20), keep_mode_of)
-        try:
+
+        def produce(tmp: Path) -> Verification:
             src_fd = os.open(self.path, os.O_RDONLY)
-            dst_fd = os.open(out.path, os.O_RDWR | os.O_TRUNC)
+            dst_fd = os.open(tmp, os.O_RDWR | os.O_TRUNC)
             try:
                 _pwrite_all(dst_fd, struct.pack("<Q", len(encoded)) + encoded, 0)
                 start = 8 + len(encoded)
                 _copy_range(src_fd, dst_fd, self.header.data_start, start, self.header.data_size)
-                syncing = _BackgroundFsync(out.path)
+                syncing = _BackgroundFsync(tmp)
                 try:
                     same, _ = _compare_ranges(src_fd, dst_fd, self.header.data_start, start, self.header.data_size)
                 finally:
@@ -1468,27 +1475,17 @@ class _SafetensorsReader:
                 os.close(src_fd)
                 os.close(dst_fd)
             problems = [] if same else ["the tensor data read back differs from the source"]
-            written = read_safetensors_header(out.path)
+            written = read_safetensors_header(tmp)
             expected = OrderedDict((rename(k), v) for k, v in self.header.entries.items())
             if list(written.entries.items()) != list(expected.items()):
                 problems.append("the header read back does not list the renamed tensors")
             if written.metadata != self.header.metadata:
                 problems.append("the __metadata__ read back differs")
-            verification = Verification(ok=not problems, tensors=len(written.entries), storages=len(written.entries),
-                                        bytes_compared=self.header.data_size if same else 0, problems=problems)
-            if verification.ok:
-                out.commit()
-            else:
-                out.discard()
-            return verification
-        except CheckpointError:
-            out.discard()
-            raise
-        except BaseException as exc:
-            out.discard()
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            raise _write_error(target, exc) from exc
+            return Verification(ok=not problems, tensors=len(written.entries), storages=len(written.entries),
+                                bytes_compared=self.header.data_size if same else 0, problems=problems)
+
+        reserve = 8 + len(encoded) + self.header.data_size + (1 << 20)
+        return _AtomicFile(target, reserve, keep_mode_of).write_verified(produce)
 
 
 def _open_source(path: Path, fmt: str, trust: bool) -> Any:
