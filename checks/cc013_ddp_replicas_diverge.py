@@ -90,7 +90,7 @@ class DdpReplicasDiverge(Check):
     def _finding(self, run: RunTrace, ranks: list[ProcessTrace], step: int, rows: dict[int, list[float]],
                  differing: list[int], ctx: StaticContext) -> Finding:
         reference = ranks[0]
-        names = _param_names(reference)
+        names = reference.param_names()
         ids = _step_param_ids(reference, step)
         wrapped = all(any(m.get("wrapper") for m in p.of("model")) for p in ranks)
         ddp_in_source = ctx is not None and _builds_ddp(ctx)
@@ -189,10 +189,6 @@ def _step_param_ids(proc: ProcessTrace, step: int) -> list[int]:
     if opt is None:
         return []
     return [i for group in opt.get("groups", []) for i in group.get("params", [])]
-
-
-def _param_names(proc: ProcessTrace) -> dict[int, str]:
-    return {p["id"]: p["name"] for m in proc.of("model") for p in m.get("params", [])}
 
 
 def _spread(values: list[float]) -> float:

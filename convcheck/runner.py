@@ -390,16 +390,9 @@ def _story(trace) -> tuple[list[float], list[dict]]:  # noqa: ANN001
     if not trainers:
         return [], []
     proc = trainers[0]
-    losses: dict[int, list[float]] = {}
-    for event in proc.of("backward"):
-        if event.get("loss") is not None:
-            losses.setdefault(event["step"], []).append(event["loss"])
-    steps = proc.steps
-    curve = [round(sum(v) / len(v), 6) for k, v in sorted(losses.items()) if k < max(steps, 1)]
-    names = {}
-    for model in proc.of("model"):
-        for param in model.get("params", []):
-            names.setdefault(param["id"], param["name"])
+    # Not the forward that met the step budget: its step never ran.
+    curve = [round(loss, 6) for step, loss in proc.losses_per_step().items() if step <= max(proc.steps, 1)]
+    names = proc.param_names()
     sampled = [e for e in proc.of("step") if "grad_norms" in e]
     top = []
     if sampled:

@@ -30,14 +30,6 @@ def run_folder(root: Path, script: str) -> Path:
     return folder
 
 
-def _param_names(proc: ProcessTrace) -> dict[int, str]:
-    names: dict[int, str] = {}
-    for model in proc.of("model"):
-        for param in model.get("params", []):
-            names.setdefault(param["id"], param["name"])
-    return names
-
-
 def _optimizer_params(proc: ProcessTrace) -> dict[int, list[int]]:
     return {
         opt["opt"]: [pid for group in opt["groups"] for pid in group["params"]] for opt in proc.of("optimizer")
@@ -46,16 +38,12 @@ def _optimizer_params(proc: ProcessTrace) -> dict[int, list[int]]:
 
 def write_process(writer: Any, proc: ProcessTrace, report: Report) -> None:
     """Every scalar, histogram and text of one process."""
-    names = _param_names(proc)
+    names = proc.param_names()
     opt_params = _optimizer_params(proc)
-    losses: dict[int, list[float]] = {}
-    for event in proc.of("backward"):
-        if event.get("loss") is not None:
-            losses.setdefault(event["step"] + 1, []).append(event["loss"])
-    for step, values in sorted(losses.items()):
+    for step, loss in proc.losses_per_step().items():
         if step > proc.steps:
             break  # the forward that met the step budget: its step never ran
-        writer.add_scalar("train/loss", sum(values) / len(values), step)
+        writer.add_scalar("train/loss", loss, step)
     for event in proc.of("step"):
         step = event["n"]
         for group, lr in enumerate(event.get("lrs", [])):

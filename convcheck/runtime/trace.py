@@ -141,6 +141,22 @@ class ProcessTrace:
         """Did this process run training steps (as opposed to a launcher or data worker)?"""
         return any(e["ev"] in ("step", "backward") for e in self.events)
 
+    def param_names(self) -> dict[int, str]:
+        """Parameter id -> qualified name, from the models the process ran."""
+        names: dict[int, str] = {}
+        for model in self.of("model"):
+            for param in model.get("params", []):
+                names.setdefault(param["id"], param["name"])
+        return names
+
+    def losses_per_step(self) -> dict[int, float]:
+        """Mean recorded loss of the backward calls that fed each (1-based) optimizer step."""
+        losses: dict[int, list[float]] = {}
+        for event in self.of("backward"):
+            if event.get("loss") is not None:
+                losses.setdefault(event["step"] + 1, []).append(event["loss"])
+        return {step: sum(values) / len(values) for step, values in sorted(losses.items())}
+
     @property
     def crash(self) -> Event | None:
         return self.first("crash")
