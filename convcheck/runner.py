@@ -344,22 +344,10 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
         steps_budget=options.steps, nproc_per_node=options.nproc_per_node or 1,
         wall_seconds=round(launched.wall_seconds, 2), processes=processes, script_argv=options.script_args,
     )
-    saves = {}
-    for _, event in trace.events("save"):
-        if event.get("redirected_to"):
-            loc = event.get("loc") or [None, None]
-            saves[(event.get("path"), loc[0], loc[1])] = {"path": event.get("path"), "file": loc[0], "line": loc[1]}
-    summary.redirected_saves = list(saves.values())
-    mapped = {}
-    for _, event in trace.events("device_map"):
-        loc = event.get("loc") or [None, None]
-        mapped.setdefault(event["what"], {"what": event["what"], "file": loc[0], "line": loc[1]})
-    summary.device_mapping = list(mapped.values())
+    summary.redirected_saves = _located(trace, "save", "path", only=lambda e: bool(e.get("redirected_to")))
+    summary.device_mapping = _located(trace, "device_map", "what", first_per_label=True)
+    summary.unmappable = _located(trace, "device_unmappable", "what")
     summary.loss_curve, summary.top_grad_layers = _story(trace)
-    summary.unmappable = [
-        {"what": e["what"], "file": (e.get("loc") or [None])[0], "line": (e.get("loc") or [None, None])[1]}
-        for _, e in trace.events("device_unmappable")
-    ]
     failed = [w for w in launched.workers if w.outcome.get("status") == "crashed" or w.returncode not in (0, None)]
     if launched.interrupted:
         summary.status = "interrupted"
@@ -382,6 +370,21 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
         statuses = {w.outcome.get("status") for w in launched.workers}
         summary.status = "stopped-at-budget" if "stopped-at-budget" in statuses else "completed"
     return summary
+
+
+def _located(trace, kind: str, label: str, first_per_label: bool = False, only=None) -> list[dict]:  # noqa: ANN001
+    """One row per event of this kind: its label and the user's file and line, repeats left out.
+
+    With ``first_per_label`` only the first place each label was seen counts.
+    """
+    rows: dict[tuple, dict] = {}
+    for _, event in trace.events(kind):
+        if only is not None and not only(event):
+            continue
+        file, line = (event.get("loc") or [None, None])[:2]
+        key = (event.get(label),) if first_per_label else (event.get(label), file, line)
+        rows.setdefault(key, {label: event.get(label), "file": file, "line": line})
+    return list(rows.values())
 
 
 def _story(trace) -> tuple[list[float], list[dict]]:  # noqa: ANN001

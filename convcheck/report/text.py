@@ -93,17 +93,15 @@ class ReportView:
         if run.device_mapping:
             yield Text("The script's CUDA usage ran on the CPU (AMP as CPU fp16); mapped:")
             for item in run.device_mapping:
-                where = f"  ({_short(item.get('file'))}:{item.get('line')})" if item.get("file") else ""
-                yield Text(f"  {item['what']}{where}", style="dim")
+                yield Text(f"  {item['what']}{_where(item, '  ({})')}", style="dim")
             yield Text("")
         for item in run.unmappable:
-            where = f" at {_short(item.get('file'))}:{item.get('line')}" if item.get("file") else ""
-            yield Text(f"{item['what']}{where} has no CPU equivalent: the run stopped there.", style="red")
+            yield Text(f"{item['what']}{_where(item, ' at {}')} has no CPU equivalent: the run stopped there.",
+                       style="red")
         if run.redirected_saves:
             yield Text("Files the script saved during the run went to a scratch folder (yours were not touched):")
             for save in run.redirected_saves:
-                where = f"  ({_short(save.get('file'))}:{save.get('line')})" if save.get("file") else ""
-                yield Text(f"  {save.get('path')}{where}", style="dim")
+                yield Text(f"  {save.get('path')}{_where(save, '  ({})')}", style="dim")
             yield Text("")
         if run.baseline_suppressed:
             yield Text(f"{run.baseline_suppressed} finding(s) already in the baseline were left out.", style="dim")
@@ -182,6 +180,11 @@ def _evidence_text(evidence: dict[str, Any]) -> str:
             shown = shown[:157] + "..."
         parts.append(f"{key}={shown}")
     return "; ".join(parts)
+
+
+def _where(row: dict[str, Any], form: str) -> str:
+    """``file:line`` of a located row put into ``form``, or '' when the place is unknown."""
+    return form.format(f"{_short(row.get('file'))}:{row.get('line')}") if row.get("file") else ""
 
 
 def _short(path: str | None) -> str:
