@@ -5,7 +5,6 @@ from __future__ import annotations
 from convcheck.findings import Report
 from convcheck.report.context import RenderContext
 
-FORMATS = ("text", "json", "sarif", "junit", "github")
 EXTENSIONS = {"text": "txt", "json": "json", "sarif": "sarif", "junit": "xml", "github": "txt"}
 
 

@@ -4,8 +4,6 @@ TRACE_DIR = "CONVCHECK_TRACE_DIR"
 SCRATCH_DIR = "CONVCHECK_SCRATCH_DIR"
 STEPS = "CONVCHECK_STEPS"
 MAX_BATCHES = "CONVCHECK_MAX_BATCHES_PER_EPOCH"
-#: The PYTHONPATH the user had before convcheck put its site folder first.
-ORIGINAL_PYTHONPATH = "CONVCHECK_ORIGINAL_PYTHONPATH"
 #: auto | cpu | cuda: whether CUDA usage is mapped onto the CPU.
 DEVICE = "CONVCHECK_DEVICE"
 #: "1": torch.cuda.is_available() answers True (and device_count() the local world size).

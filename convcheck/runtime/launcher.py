@@ -60,7 +60,6 @@ class WorkerResult:
     outcome: dict = field(default_factory=dict)
     stderr_tail: str = ""
     stdout_tail: str = ""
-    killed: bool = False
 
 
 @dataclass
@@ -112,7 +111,6 @@ def worker_env(spec: LaunchSpec, rank: int, port: int) -> dict[str, str]:
     original = environ.get("PYTHONPATH", "")
     parts = [site_dir()] + ([original] if original else [])
     environ["PYTHONPATH"] = os.pathsep.join(parts)
-    environ[env.ORIGINAL_PYTHONPATH] = original
     environ[env.TRACE_DIR] = str(spec.run_dir / "trace")
     environ[env.SCRATCH_DIR] = str(spec.run_dir / "scratch")
     environ[env.STEPS] = str(spec.steps)
@@ -189,7 +187,6 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
                 worker.outcome = json.loads(exit_file.read_text(encoding="utf-8"))
             except json.JSONDecodeError:
                 pass
-        worker.killed = not worker.outcome
         result.workers.append(worker)
     return result
 
