@@ -84,6 +84,8 @@ class RunSummary(BaseModel):
     device_mapping: list[dict[str, Any]] = Field(default_factory=list)
     #: CUDA features with no CPU equivalent that stopped the run.
     unmappable: list[dict[str, Any]] = Field(default_factory=list)
+    #: Places where convcheck's own recording failed and the script's call ran unrecorded.
+    probe_errors: list[str] = Field(default_factory=list)
     #: Mean loss per optimizer step of the first training process (for the terminal view).
     loss_curve: list[float] = Field(default_factory=list)
     #: The layers with the largest gradient norm at the last sampled step: name and norm.

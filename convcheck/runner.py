@@ -347,6 +347,7 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
     summary.redirected_saves = _located(trace, "save", "path", only=lambda e: bool(e.get("redirected_to")))
     summary.device_mapping = _located(trace, "device_map", "what", first_per_label=True)
     summary.unmappable = _located(trace, "device_unmappable", "what")
+    summary.probe_errors = sorted({str(e.get("where") or "start-up") for _, e in trace.events("probe_error")})
     summary.loss_curve, summary.top_grad_layers = _story(trace)
     failed = [w for w in launched.workers if w.outcome.get("status") == "crashed" or w.returncode not in (0, None)]
     if launched.interrupted:

@@ -98,6 +98,10 @@ class ReportView:
         for item in run.unmappable:
             yield Text(f"{item['what']}{_where(item, ' at {}')} has no CPU equivalent: the run stopped there.",
                        style="red")
+        if run.probe_errors:
+            yield Text(f"convcheck could not record at {', '.join(run.probe_errors)}: the script's calls there ran "
+                       "as without convcheck, and findings that depend on them may be missing.", style="yellow")
+            yield Text("")
         if run.redirected_saves:
             yield Text("Files the script saved during the run went to a scratch folder (yours were not touched):")
             for save in run.redirected_saves:

@@ -179,7 +179,7 @@ class CudaShim:
             return make
 
         for name in _UNMAPPABLE:
-            self.patches.wrap(cuda, name, unmappable(name))
+            self.patches.wrap(cuda, name, unmappable(name), deliberate=(UnmappableCudaCall,))
 
     def _patch_distributed(self) -> None:
         import torch.distributed as dist
@@ -254,10 +254,11 @@ class CudaShim:
 
         def scaler_init(original: Any) -> Any:
             def __init__(self: Any, device: str = "cuda", *args: Any, **kwargs: Any) -> None:
-                if device == "cuda":
+                mapped = device == "cuda"
+                original(self, "cpu" if mapped else device, *args, **kwargs)
+                if mapped and self.is_enabled():
+                    # A disabled scaler does nothing on any device: no mapping to report.
                     shim.record("GradScaler('cuda') -> CPU")
-                    device = "cpu"
-                original(self, device, *args, **kwargs)
 
             return __init__
 

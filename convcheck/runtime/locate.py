@@ -57,6 +57,15 @@ def _skipped(filename: str) -> bool:
 
 
 _cache: dict[str, bool] = {}
+_OWN_DIR = os.path.dirname(os.path.abspath(convcheck.__file__)) + os.sep
+
+
+def caller_file() -> str:
+    """The file of the nearest caller outside convcheck: who called a patched function."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_DIR):
+        frame = frame.f_back
+    return frame.f_code.co_filename if frame is not None else "<unknown>"
 
 
 def user_location(depth: int = 2) -> tuple[str, int] | None:

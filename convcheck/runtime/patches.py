@@ -1,29 +1,152 @@
-"""Reversible monkey-patches: one registry, so every patch can be undone in one place."""
+"""Reversible monkey-patches: one registry, so every patch can be undone in one place.
+
+Every wrapper installed here is guarded: the user's call always runs, whatever happens
+to convcheck's own bookkeeping around it. A wrapper that fails before it reached the
+original call falls back to calling the original; one that fails after it returns the
+original's result. Each such failure is reported once per patch to ``on_error``. While
+torch.compile traces, wrappers and hooks step aside entirely: dynamo must never see them.
+"""
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
+ErrorSink = Callable[[str, BaseException], None]
 
-class Patches:
-    """Replaces attributes with wrappers and remembers the originals."""
+
+def _never() -> bool:
+    return False
+
+
+def compile_probe() -> Callable[[], bool]:
+    """torch's "is torch.compile tracing now?" (dynamo folds it to a constant), resolved once, outside tracing."""
+    torch = sys.modules.get("torch")
+    compiler = getattr(torch, "compiler", None)
+    return getattr(compiler, "is_compiling", None) or _never
+
+
+def _eager(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` run outside dynamo's tracing: torch.compile breaks its graph around the call."""
+    torch = sys.modules.get("torch")
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(function) if disable is not None else function
+
+
+class _Call:
+    """One call of a guarded wrapper: whether its original started, finished, and with what."""
+
+    __slots__ = ("started", "finished", "result")
 
     def __init__(self) -> None:
-        self._undo: list[tuple[Any, str, Any]] = []
+        self.started = False
+        self.finished = False
+        self.result: Any = None
 
-    def wrap(self, owner: Any, name: str, make_wrapper: Callable[[Any], Any]) -> None:
-        """Replace ``owner.name`` with ``make_wrapper(original)``; skip what does not exist."""
+
+class Patches:
+    """Replaces attributes with guarded wrappers and remembers the originals."""
+
+    def __init__(self, on_error: ErrorSink | None = None) -> None:
+        self._undo: list[tuple[Any, str, Any]] = []
+        self._calls = threading.local()
+        self._reported: set[str] = set()
+        self.on_error = on_error
+
+    def report(self, label: str, exc: BaseException) -> None:
+        """Tell ``on_error`` once per label that convcheck's own code failed there."""
+        if label in self._reported or self.on_error is None:
+            return
+        self._reported.add(label)
+        try:
+            self.on_error(label, exc)
+        except Exception:
+            pass
+
+    def _stack(self) -> list[_Call]:
+        stack = getattr(self._calls, "stack", None)
+        if stack is None:
+            stack = self._calls.stack = []
+        return stack
+
+    def wrap(self, owner: Any, name: str, make_wrapper: Callable[[Any], Any],
+             deliberate: tuple[type[BaseException], ...] = (), eager_under_compile: bool = False) -> None:
+        """Replace ``owner.name`` with a guarded ``make_wrapper(original)``; skip what does not exist.
+
+        ``deliberate``: exceptions the wrapper raises on purpose (a StopIteration that ends an
+        epoch early, a clear error for an unmappable CUDA call); they reach the user's code.
+        ``eager_under_compile``: inside a torch.compile'd function, run the wrapper eagerly (a graph
+        break) instead of stepping aside: for calls whose absence from the trace would mislead a check.
+        """
         original = getattr(owner, name, None)
         if original is None:
             return
-        wrapper = make_wrapper(original)
-        try:
-            wrapper.__wrapped__ = original
-        except (AttributeError, TypeError):
-            pass
-        setattr(owner, name, wrapper)
+        label = f"{getattr(owner, '__name__', type(owner).__name__)}.{name}"
+        stack = self._stack
+        compiling = compile_probe()
+
+        def tracked(*args: Any, **kwargs: Any) -> Any:
+            call = stack()[-1]
+            call.started = True
+            result = original(*args, **kwargs)
+            call.finished, call.result = True, result
+            return result
+
+        wrapper = make_wrapper(tracked)
+        patches = self
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if compiling():
+                return original(*args, **kwargs)
+            calls = stack()
+            call = _Call()
+            calls.append(call)
+            try:
+                return wrapper(*args, **kwargs)
+            except deliberate:
+                raise
+            except Exception as exc:
+                if call.finished:
+                    patches.report(label, exc)
+                    return call.result
+                if call.started:
+                    raise  # the original itself raised: the user's own error
+                patches.report(label, exc)
+                return original(*args, **kwargs)
+            finally:
+                calls.pop()
+
+        if eager_under_compile:
+            guarded = _eager(guarded)
+        for attr in ("__name__", "__doc__"):
+            try:
+                setattr(guarded, attr, getattr(original, attr))
+            except (AttributeError, TypeError):
+                pass
+        guarded.__wrapped__ = original  # type: ignore[attr-defined]
+        setattr(owner, name, guarded)
         self._undo.append((owner, name, original))
+
+    def hook(self, label: str, function: Callable[..., Any], eager_under_compile: bool = False) -> Callable[..., Any]:
+        """A global hook that never raises into the user's code (but lets BaseExceptions such as StopRun through).
+
+        Under torch.compile it steps aside, or with ``eager_under_compile`` runs eagerly (a graph break).
+        """
+        patches = self
+        compiling = compile_probe()
+
+        def guarded_hook(*args: Any) -> Any:
+            if compiling():
+                return None
+            try:
+                return function(*args)
+            except Exception as exc:
+                patches.report(label, exc)
+                return None
+
+        return _eager(guarded_hook) if eager_under_compile else guarded_hook
 
     def undo_all(self) -> None:
         """Restore every original, newest first."""

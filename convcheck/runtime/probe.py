@@ -20,7 +20,7 @@ from typing import Any
 
 from convcheck.runtime import env, stepstats
 from convcheck.runtime.graph import summarize_graph
-from convcheck.runtime.locate import is_library_file, is_torch_file, user_location
+from convcheck.runtime.locate import caller_file, is_library_file, is_torch_file, user_location
 from convcheck.runtime.patches import Patches
 from convcheck.runtime.trace import Event, TraceWriter, process_tag
 
@@ -50,7 +50,7 @@ class Probe:
         self.scratch_dir = scratch_dir
         self.steps_budget = steps
         self.max_batches = max_batches
-        self.patches = Patches()
+        self.patches = Patches(on_error=self._probe_error)
         self.handles: list[Any] = []
         self.stopping = False
         self.seeding = False
@@ -103,6 +103,11 @@ class Probe:
         """Record one event."""
         fields["ev"] = ev
         self.writer.emit(fields)
+
+    def _probe_error(self, where: str, exc: BaseException) -> None:
+        """convcheck's own recording failed at ``where``; the user's call ran as if unpatched."""
+        self.emit("probe_error", where=where,
+                  traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:])
 
     def header(self, role: str) -> None:
         """The first event of every process: who it is."""
@@ -541,10 +546,15 @@ class Probe:
         import torch.nn.modules.module as module_mod
         import torch.optim.optimizer as optim_mod
 
-        self.handles.append(module_mod.register_module_forward_pre_hook(self.forward_pre_hook))
-        self.handles.append(module_mod.register_module_forward_hook(self.forward_hook, always_call=True))
-        self.handles.append(optim_mod.register_optimizer_step_pre_hook(self.optimizer_pre_hook))
-        self.handles.append(optim_mod.register_optimizer_step_post_hook(self.optimizer_post_hook))
+        hook = self.patches.hook
+        self.handles.append(module_mod.register_module_forward_pre_hook(hook("forward_pre_hook", self.forward_pre_hook)))
+        self.handles.append(module_mod.register_module_forward_hook(hook("forward_hook", self.forward_hook),
+                                                                    always_call=True))
+        # A step inside a torch.compile'd function must still count (the budget, CC003's accumulation).
+        self.handles.append(optim_mod.register_optimizer_step_pre_hook(
+            hook("optimizer_step_pre_hook", self.optimizer_pre_hook, eager_under_compile=True)))
+        self.handles.append(optim_mod.register_optimizer_step_post_hook(
+            hook("optimizer_step_post_hook", self.optimizer_post_hook, eager_under_compile=True)))
         _install_patches(self, torch)
         from convcheck.runtime.cuda_shim import install_cuda_shim
 
@@ -670,7 +680,8 @@ def _install_patches(probe: Probe, torch: Any) -> None:
 
         return backward
 
-    patches.wrap(torch.autograd, "backward", wrap_backward)
+    # Eager under torch.compile: dynamo breaks its graph at backward() anyway.
+    patches.wrap(torch.autograd, "backward", wrap_backward, eager_under_compile=True)
 
     # Optimizer construction site: no hook exists for optimizer creation.
     def wrap_optimizer_init(original: Any) -> Any:
@@ -697,8 +708,9 @@ def _install_patches(probe: Probe, torch: Any) -> None:
         return make
 
     # Where gradients are cleared relative to backward and step: no hook reports it.
-    patches.wrap(torch.optim.Optimizer, "zero_grad", wrap_zero_grad("optimizer"))
-    patches.wrap(torch.nn.Module, "zero_grad", wrap_zero_grad("module"))
+    # Gradients cleared inside a torch.compile'd step are still cleared (CC008): recorded eagerly.
+    patches.wrap(torch.optim.Optimizer, "zero_grad", wrap_zero_grad("optimizer"), eager_under_compile=True)
+    patches.wrap(torch.nn.Module, "zero_grad", wrap_zero_grad("module"), eager_under_compile=True)
 
     from torch.optim import lr_scheduler
 
@@ -708,7 +720,7 @@ def _install_patches(probe: Probe, torch: Any) -> None:
     def wrap_scheduler_step(original: Any) -> Any:
         def step(self: Any, *args: Any, **kwargs: Any) -> Any:
             result = original(self, *args, **kwargs)
-            internal = is_library_file(sys._getframe(1).f_code.co_filename)
+            internal = is_library_file(caller_file())
             try:
                 lrs = [_num(v) for v in self.get_last_lr()]
             except Exception:
@@ -836,7 +848,7 @@ def _patch_data(probe: Probe, torch: Any, patches: Patches) -> None:
 
     patches.wrap(base_iter, "__init__", wrap_iter_init)
     patches.wrap(base_iter, "_next_index", wrap_next_index)
-    patches.wrap(base_iter, "__next__", wrap_next)
+    patches.wrap(base_iter, "__next__", wrap_next, deliberate=(StopIteration,))
 
     def wrap_sampler_init(original: Any) -> Any:
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -884,7 +896,7 @@ def _patch_seeding(probe: Probe, torch: Any, patches: Patches) -> None:
                 value = args[0] if args else kwargs.get("seed", kwargs.get("a"))
                 # torch seeds each DataLoader worker itself: such calls are marked internal. Seeding
                 # helpers of other libraries (transformers.set_seed, seed_everything) are the user's.
-                internal = is_torch_file(sys._getframe(1).f_code.co_filename)
+                internal = is_torch_file(caller_file())
                 drawn_before = False if internal else probe.note_rng(torch, rng, before_seed=True)
                 probe.emit("seed", rng=rng, value=_num(value), loc=_loc(3), step=probe.step_count,
                            internal=internal, drawn_before=drawn_before)
@@ -1040,6 +1052,13 @@ def _patch_amp(probe: Probe, torch: Any, patches: Patches) -> None:
     def record_call(name: str) -> Any:
         def make(original: Any) -> Any:
             def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+                if not self.is_enabled():
+                    # A disabled scaler (GradScaler(enabled=False), nanoGPT's bf16/fp32 path) is a
+                    # pass-through with no per-optimizer state: optimizer.step's own hooks see the step.
+                    if not getattr(self, "_convcheck_passthrough", False):
+                        self._convcheck_passthrough = True
+                        probe.emit("scaler_passthrough", call=name, step=probe.step_count, loc=_loc(3))
+                    return original(self, *args, **kwargs)
                 optimizer = args[0] if args and name in ("unscale_", "step") else None
                 if name == "step" and optimizer is not None:
                     probe._check_budget(optimizer)
@@ -1051,7 +1070,7 @@ def _patch_amp(probe: Probe, torch: Any, patches: Patches) -> None:
                 if optimizer is not None:
                     fields["opt"] = probe._optimizer_index(optimizer)
                 if name == "step" and optimizer is not None:
-                    state = self._per_optimizer_states.get(id(optimizer), {})
+                    state = getattr(self, "_per_optimizer_states", {}).get(id(optimizer), {})
                     found = state.get("found_inf_per_device", {})
                     skipped = bool(sum(float(v) for v in found.values())) if found else False
                     fields["skipped"] = skipped
