@@ -88,3 +88,22 @@ def test_syncbatchnorm_keeps_batchnorm_on_the_cpu() -> None:
     run = result.report["run"]
     assert run["status"] == "stopped-at-budget"
     assert {m["what"]: m["line"] for m in run["device_mapping"]}["SyncBatchNorm -> BatchNorm (per process)"] == 7
+
+
+def test_mapped_moves_copy_as_a_gpu_does(tmp_path: Path) -> None:
+    traces = tmp_path / "t"
+    result = convcheck("run", "--format", "json", "--trace-dir", traces, SCRIPTS / "cuda_copy_semantics.py")
+    assert result.code == 0, result.stdout + result.stderr
+    assert result.report["run"]["status"] == "completed"
+    assert "RESULT ok" in (traces / "stdout-0.txt").read_text()
+    mapped = [m["what"] for m in result.report["run"]["device_mapping"]]
+    assert "Module.cuda(): 2 shared-memory tensors copied (a GPU gives each process its own copy)" in mapped
+
+
+def test_a_model_shared_with_spawned_ranks_gets_a_private_copy_per_rank() -> None:
+    """Built in the parent, passed through mp.spawn (shared memory), moved to each rank's GPU: each rank
+    trains its own replica, kept in step by DDP, and a weight offloaded with .cpu() survives its freed storage."""
+    result = convcheck("run", "--steps", "12", "--format", "json", SCRIPTS / "cuda_shared_model.py")
+    assert result.code == 0, result.stdout + result.stderr
+    assert result.report["findings"] == []
+    assert [p["steps"] for p in result.report["run"]["processes"] if p["steps"]] == [12, 12]

@@ -35,6 +35,8 @@ class CudaShim:
         self.pretend_cuda = pretend_cuda
         self.seen: set[str] = set()
         self.patches: Patches = probe.patches
+        #: data_ptr of every storage the script believes is on the GPU.
+        self.device_storages: set[int] = set()
 
     def record(self, what: str) -> None:
         """Record the first use of each mapping, with the user's line."""
@@ -77,40 +79,124 @@ class CudaShim:
 
         def make(original: Any) -> Any:
             def factory(*args: Any, **kwargs: Any) -> Any:
+                mapped = False
                 if "device" in kwargs:
-                    kwargs["device"] = shim.cpu(kwargs["device"], "device='cuda' in a tensor factory")
+                    device = shim.cpu(kwargs["device"], "device='cuda' in a tensor factory")
+                    mapped = device is not kwargs["device"]
+                    kwargs["device"] = device
                 if kwargs.get("pin_memory"):
                     kwargs["pin_memory"] = False
-                return original(*args, **kwargs)
+                result = original(*args, **kwargs)
+                return shim.mark(result) if mapped else result
 
             return factory
 
         for name in _FACTORIES:
             self.patches.wrap(self.torch, name, make)
 
+    # A move to a GPU copies; mapped onto the CPU it would be a no-op, so that two ranks sharing a
+    # model built in the parent (mp.spawn puts it in shared memory) would train one set of weights,
+    # and an offloaded `param.data.cpu()` would alias the storage it then frees. The mapping keeps
+    # the GPU's copy semantics: storages the script believes are on the GPU are remembered, moves
+    # onto "the GPU" copy, and moves back off it copy.
+    def on_device(self, tensor: Any) -> bool:
+        """Whether the script believes ``tensor`` lives on the GPU (it came from a mapped move)."""
+        try:
+            ptr = tensor.untyped_storage().data_ptr()
+        except Exception:
+            return False
+        return bool(ptr) and ptr in self.device_storages
+
+    def mark(self, tensor: Any) -> Any:
+        """Remember ``tensor``'s storage as one on "the GPU"."""
+        if len(self.device_storages) < 1_000_000:
+            try:
+                self.device_storages.add(tensor.untyped_storage().data_ptr())
+            except Exception:
+                pass
+        return tensor
+
+    def onto_device(self, tensor: Any) -> Any:
+        """``tensor`` moved onto "the GPU": a copy unless it is there already, as on a real device."""
+        if self.on_device(tensor):
+            return tensor
+        return self.mark(tensor.clone())
+
+    def move_module(self, module: Any, what: str) -> None:
+        """A module moved onto "the GPU": shared-memory tensors get private copies; all are marked."""
+        shared = 0
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.is_shared():
+                # The GPU copy is private to this process: no other rank sees its updates.
+                tensor.data = tensor.data.clone()
+                shared += 1
+            self.mark(tensor)
+        if shared:
+            self.record(f"{what}: {shared} shared-memory tensors copied (a GPU gives each process its own copy)")
+
     def _patch_moves(self) -> None:
         shim, torch = self, self.torch
 
-        def map_to_args(args: tuple, kwargs: dict, what: str) -> tuple[tuple, dict]:
+        def map_to_args(args: tuple, kwargs: dict, what: str) -> tuple[tuple, dict, bool]:
+            mapped = False
             if args and not isinstance(args[0], (torch.dtype, torch.Tensor)):
-                args = (shim.cpu(args[0], what), *args[1:])
+                device = shim.cpu(args[0], what)
+                mapped = device is not args[0]
+                args = (device, *args[1:])
             if "device" in kwargs:
-                kwargs["device"] = shim.cpu(kwargs["device"], what)
-            return args, kwargs
+                device = shim.cpu(kwargs["device"], what)
+                mapped = mapped or device is not kwargs["device"]
+                kwargs["device"] = device
+            return args, kwargs, mapped
+
+        def to_cpu(args: tuple, kwargs: dict) -> bool:
+            device = args[0] if args and not isinstance(args[0], (torch.dtype, torch.Tensor)) else kwargs.get("device")
+            return device is not None and str(device) == "cpu"
 
         def tensor_to(original: Any) -> Any:
             def to(self: Any, *args: Any, **kwargs: Any) -> Any:
-                args, kwargs = map_to_args(args, kwargs, "Tensor.to(cuda)")
-                return original(self, *args, **kwargs)
+                cpu = to_cpu(args, kwargs)
+                args, kwargs, mapped = map_to_args(args, kwargs, "Tensor.to(cuda)")
+                result = original(self, *args, **kwargs)
+                if result is self and mapped:
+                    return shim.onto_device(self)
+                if result is self and cpu and shim.on_device(self):
+                    return self.clone()
+                return shim.mark(result) if mapped else result
 
             return to
+
+        def tensor_cuda(original: Any) -> Any:
+            def cuda(self: Any, *args: Any, **kwargs: Any) -> Any:
+                shim.record("Tensor.cuda()")
+                return shim.onto_device(self)
+
+            return cuda
+
+        def tensor_cpu(original: Any) -> Any:
+            def cpu(self: Any, *args: Any, **kwargs: Any) -> Any:
+                result = original(self, *args, **kwargs)
+                return self.clone() if result is self and shim.on_device(self) else result
+
+            return cpu
 
         def module_to(original: Any) -> Any:
             def to(self: Any, *args: Any, **kwargs: Any) -> Any:
-                args, kwargs = map_to_args(args, kwargs, "Module.to(cuda)")
-                return original(self, *args, **kwargs)
+                args, kwargs, mapped = map_to_args(args, kwargs, "Module.to(cuda)")
+                result = original(self, *args, **kwargs)
+                if mapped:
+                    shim.move_module(self, "Module.to(cuda)")
+                return result
 
             return to
+
+        def module_cuda(original: Any) -> Any:
+            def cuda(self: Any, *args: Any, **kwargs: Any) -> Any:
+                shim.record("Module.cuda()")
+                shim.move_module(self, "Module.cuda()")
+                return self
+
+            return cuda
 
         def stay(what: str) -> Any:
             def make(original: Any) -> Any:
@@ -123,9 +209,10 @@ class CudaShim:
             return make
 
         self.patches.wrap(torch.Tensor, "to", tensor_to)
+        self.patches.wrap(torch.Tensor, "cuda", tensor_cuda)
+        self.patches.wrap(torch.Tensor, "cpu", tensor_cpu)
         self.patches.wrap(torch.nn.Module, "to", module_to)
-        self.patches.wrap(torch.Tensor, "cuda", stay("Tensor.cuda()"))
-        self.patches.wrap(torch.nn.Module, "cuda", stay("Module.cuda()"))
+        self.patches.wrap(torch.nn.Module, "cuda", module_cuda)
         self.patches.wrap(torch.Tensor, "pin_memory", stay("Tensor.pin_memory()"))
 
     def _patch_cuda_module(self) -> None:
