@@ -53,8 +53,10 @@ class EvalModeTraining(Check):
 
     ## Fix
     Call `model.train()` at the start of each training phase. Freezing only batch-norm layers on
-    purpose (fine-tuning with `requires_grad=False` on their weights) is recognised and not reported;
-    a partly-eval model whose eval layers still train is a warning, since it may be intended.
+    purpose (fine-tuning with `requires_grad=False` on their weights) is recognised and not reported,
+    and so is a frozen part of the model put in eval mode on purpose (`model.backbone.eval()` over a
+    backbone whose parameters get no gradient); a partly-eval model whose eval layers still train is a
+    warning, since it may be intended.
     """
 
     code = "CC009"
@@ -76,8 +78,10 @@ class EvalModeTraining(Check):
         all_modes = {m["name"] for m in _trained_mode_modules(models, backward, trained_roots)}
         classes = {m["name"]: m["cls"] for model in models for m in model.get("mode_modules", [])}
         frozen = _frozen_module_names(models)
-        # Batch-norm layers frozen on purpose: in eval mode with their own weights frozen.
-        deliberate = [n for n in names if _is_norm(classes.get(n, "")) and n in frozen]
+        untrained = _untrained(models, proc)
+        # Frozen on purpose: batch-norm layers whose own weights are frozen, and any layer of a part of
+        # the model that trains nothing (a frozen backbone put in eval mode, the "frozen BatchNorm" recipe).
+        deliberate = [n for n in names if (_is_norm(classes.get(n, "")) and n in frozen) or untrained(n)]
         names = [n for n in names if n not in deliberate]
         if not names:
             return []
@@ -174,6 +178,30 @@ def _frozen_module_names(models: list[Event]) -> set[str]:
             owner = param["name"].rsplit(".", 1)[0] if "." in param["name"] else ""
             by_module.setdefault(owner, []).append(bool(param.get("requires_grad", True)))
     return {name for name, flags in by_module.items() if flags and not any(flags)}
+
+
+def _untrained(models: list[Event], proc: ProcessTrace) -> Any:
+    """A test: does the module's nearest part of the model that holds parameters (itself, or the closest
+    enclosing module) get no gradient at any step? Such a part is frozen; its mode changes nothing trained."""
+    names = {p["id"]: p["name"] for m in models for p in m.get("params", [])}
+    with_grad = {names[i] for e in proc.of("step") for i in e.get("grad") or [] if i in names}
+    all_names = set(names.values())
+
+    def untrained(module: str) -> bool:
+        for prefix in ("module.", "_orig_mod."):
+            # Parameter names are recorded without a wrapper's prefix; module names keep it.
+            if module.startswith(prefix) and not any(n.startswith(module + ".") for n in all_names):
+                module = module[len(prefix):]
+        parts = module.split(".") if module else []
+        while parts:
+            prefix = ".".join(parts) + "."
+            owned = [n for n in all_names if n.startswith(prefix)]
+            if owned:
+                return not any(n in with_grad for n in owned)
+            parts.pop()
+        return False
+
+    return untrained
 
 
 def _is_norm(cls: str) -> bool:

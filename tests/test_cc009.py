@@ -93,3 +93,17 @@ def test_the_eval_call_of_the_trained_model_is_chosen() -> None:
                                                    "step": 0, "loc": ["train.py", 40]})
     [finding] = runtime(events)
     assert finding.location.line == 33
+
+
+def test_a_frozen_backbone_in_eval_mode_on_purpose_is_quiet() -> None:
+    fixed = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "6", "--select", "CC009",
+                      SCRIPTS / "cc009_frozen_backbone.py")
+    assert fixed.code == 0, fixed.stderr
+    assert fixed.findings("CC009") == []
+    buggy = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "6", "--select", "CC009",
+                      SCRIPTS / "cc009_frozen_backbone.py", "--bug")
+    [finding] = buggy.findings("CC009")
+    # Every dropout and batch-norm layer of the model trains in eval mode: no intent can explain it.
+    assert finding["severity"] == "error"
+    assert finding["evidence"]["modules_in_eval"] == ["backbone.1", "backbone.3"]
+    assert finding["location"]["line"] == 31
