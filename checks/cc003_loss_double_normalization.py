@@ -208,7 +208,8 @@ def observe(proc: ProcessTrace) -> list[Observation]:
     usual = Counter(sizes).most_common(1)[0][0] if sizes else 1
     found = []
     for group, closed in groups:
-        k = len(group) if closed else max(usual, len(group))
+        # Backward calls after the last step: as many as usual per step, or one each if nothing stepped.
+        k = len(group) if closed else (max(usual, len(group)) if sizes else 1)
         for event in group:
             graph = event.get("graph")
             if not graph:
@@ -222,6 +223,9 @@ def backward_groups(proc: ProcessTrace) -> list[tuple[list[Event], bool]]:
     """The backward calls that fed each optimizer step (closed), and the trailing ones with no step yet.
 
     A step a GradScaler skipped (inf/NaN gradients) ends its group too: its backward was not accumulated.
+    So does a gradient clear: what was computed before it never reaches a step, whether a closure (LBFGS)
+    clears and re-runs backward, a hand-written SGD loop clears before each backward, or a SAM-style
+    step computes a first gradient and throws it away.
     """
     groups: list[tuple[list[Event], bool]] = []
     current: list[Event] = []
@@ -229,8 +233,8 @@ def backward_groups(proc: ProcessTrace) -> list[tuple[list[Event], bool]]:
         kind = event["ev"]
         if kind == "backward":
             current.append(event)
-        elif (kind == "step" or (kind == "scaler" and event.get("call") == "step" and event.get("skipped"))) \
-                and current:
+        elif (kind in ("step", "zero_grad") or (kind == "scaler" and event.get("call") == "step"
+                                               and event.get("skipped"))) and current:
             groups.append((current, True))
             current = []
     if current:

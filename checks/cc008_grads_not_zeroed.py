@@ -17,6 +17,11 @@ _FIX_MISSING = (
     "(or before the forward pass). For gradient accumulation, clear them after the step that consumes the "
     "accumulated micro-batches, not only once per epoch."
 )
+_FIX_ACCUMULATION = (
+    "Clear the gradients once per optimizer step, not once per micro-batch: call `optimizer.zero_grad()` right "
+    "after `optimizer.step()` (outside the micro-batch loop), and divide each micro-batch's loss by the number "
+    "of micro-batches."
+)
 _FIX_MISPLACED = (
     "Move `zero_grad()` out from between `backward()` and `step()`: call it after `optimizer.step()` or before "
     "the forward pass, so that the step sees the gradients backward() just computed."
@@ -66,7 +71,11 @@ class GradsNotZeroed(Check):
     - gradients never cleared between two steps, so each step adds the new gradient to every earlier
       one (`zero_grad()` missing, or called once per epoch);
     - `zero_grad()` called between `backward()` and `step()`, so the step finds no gradient and
-      nothing is updated.
+      nothing is updated;
+    - `zero_grad()` called before every micro-batch of a gradient accumulation, so each step sees only
+      the last micro-batch's gradient (several `backward()` calls from one line per step, each after a
+      clear; closure steps such as LBFGS, and SAM-style or adversarial steps whose backward passes come
+      from different lines, are not reported).
 
     Before the first `backward()` after a step, the run measures the gradients that backward is about
     to add to: a non-zero norm proves that the earlier step's gradients were still there (clearing them
@@ -122,7 +131,37 @@ class GradsNotZeroed(Check):
         for opt, segs in sorted(segments(proc).items()):
             findings += self._misplaced(opt, segs)
             findings += self._not_cleared(opt, segs)
+            findings += self._accumulation_wiped(opt, segs)
         return findings
+
+    # -- zero_grad before every micro-batch of an accumulation ------------------------------------------
+
+    def _accumulation_wiped(self, opt: int, segs: list[_Segment]) -> list[Finding]:
+        """Several backward() calls from one line per step, each after a clear: only the last one counts.
+
+        Closure steps (LBFGS) clear and re-run backward by design; SAM-style and adversarial steps run
+        their backward passes from different lines: neither is reported.
+        """
+        wiped = [seg for seg in segs if _each_backward_cleared(seg)]
+        if len(wiped) < 2 or len(wiped) * 2 < len(segs):
+            return []
+        seg = wiped[0]
+        count = len(seg.backwards)
+        clear = seg.clears[-1][0]
+        loc = clear.get("loc")
+        backward_loc = seg.backwards[-1].get("loc")
+        message = (
+            f"`zero_grad()` at {_short(loc)} clears the gradients before each of the {count} `backward()` calls "
+            f"at {_short(backward_loc)} that lead to every step of optimizer {opt} ({len(wiped)} of {len(segs)} "
+            f"steps): each step uses only the last micro-batch's gradient, so the accumulation over {count} "
+            f"micro-batches silently trains on a batch {count}× smaller."
+        )
+        return [self.finding(
+            message, fix=_FIX_ACCUMULATION, location=loc, severity=Severity.ERROR, headline="micro_batches_discarded",
+            evidence={"optimizer": opt, "backwards_per_step": count, "micro_batches_discarded": count - 1,
+                      "steps": [s.step.get("n") for s in wiped][:20], "steps_total": len(segs),
+                      "zero_grad_loc": loc, "backward_loc": backward_loc},
+        )]
 
     # -- zero_grad between backward and step -------------------------------------------------------
 
@@ -237,6 +276,17 @@ def _static(check: Check, ctx: StaticContext) -> Iterable[Finding]:
         evidence={"backward_lines": sorted(n.lineno for n in backwards)[:10],
                   "step_lines": sorted(n.lineno for n in steps)[:10]},
     )
+
+
+def _each_backward_cleared(seg: _Segment) -> bool:
+    """Two or more backward() calls from one line in a plain step, each preceded by its own clear."""
+    if len(seg.backwards) < 2 or seg.step.get("closure"):
+        return False
+    lines = {tuple(b.get("loc") or ()) for b in seg.backwards}
+    if len(lines) != 1 or lines == {()}:
+        return False
+    cleared_before = {before for _, before in seg.clears}
+    return all(index in cleared_before for index in range(len(seg.backwards)))
 
 
 def _grad_norm_trend(segs: list[_Segment]) -> list[tuple[int, float]]:

@@ -178,3 +178,21 @@ def test_static_finding_waits_for_the_run() -> None:
                                                   None)] == ["runtime"]
     check.check_static(context(STATIC_CASES["never_cleared"]))
     assert [f.source for f in check.check_runtime(RunTrace(processes=[]), None)] == ["static"]
+
+
+def test_zero_grad_before_every_micro_batch_and_the_legal_shapes_around_it() -> None:
+    def run(*flags: str) -> list[dict]:
+        result = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "8",
+                           SCRIPTS / "cc008_micro_batches.py", *flags)
+        assert result.code == 0, result.stdout + result.stderr
+        return result.findings()
+
+    [finding] = run("--bug")
+    assert (finding["code"], finding["severity"], finding["location"]["line"]) == ("CC008", "error", 48)
+    assert finding["evidence"]["backwards_per_step"] == 4
+    assert "each step uses only the last micro-batch's gradient" in finding["message"]
+    # Accumulating correctly, LBFGS re-running backward in its closure, a SAM-style two-pass step:
+    # no CC008, and no CC003 "accumulation not divided" either.
+    assert run() == []
+    assert run("--lbfgs") == []
+    assert run("--sam") == []

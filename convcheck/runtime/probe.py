@@ -60,6 +60,7 @@ class Probe:
         # Per-optimizer step attempts (performed + skipped by a GradScaler).
         self.attempts: dict[int, int] = {}
         self.step_count = 0
+        self.step_closure = False
         self.backward_count = 0
         self.backwards_since_step = 0
         self.optimizer_ids: dict[int, int] = {}
@@ -328,6 +329,9 @@ class Probe:
     def optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._check_budget(optimizer)
         self._optimizer_index(optimizer)
+        # LBFGS and any step(closure) run forward and backward inside step(), possibly many times.
+        # torch passes the hook step()'s own arguments, self first.
+        self.step_closure = (len(args) > 1 and callable(args[1])) or callable((kwargs or {}).get("closure"))
         self.pre_step = None
         if self.detailed(self.step_count + 1):
             import torch
@@ -352,6 +356,8 @@ class Probe:
             measured.update(self.param_states())
         if self.step_count == 1:
             self.emit_histograms(params, "first")
+        if self.step_closure:
+            measured["closure"] = True
         self.emit(
             "step", opt=index, n=self.step_count, backwards=self.backwards_since_step,
             lrs=[_num(g.get("lr")) for g in optimizer.param_groups],
