@@ -15,6 +15,11 @@ from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext, dotted_name
 from convcheck.static.flow import Flow, keyword, last_segment, user_location
 
+_FIX_DOUBLE_COUNT = (
+    "Remove the second division: a loss with reduction='mean' already averages over every target it counts "
+    "(ignore_index excluded). To normalize by the number of tokens yourself, build the loss with "
+    "reduction='sum' and divide once."
+)
 _FIX_DOUBLE = (
     "Remove the division by the batch size: a loss with reduction='mean' is already the average over the "
     "batch. If you want a per-sample sum divided by the number of samples, build the loss with "
@@ -62,9 +67,12 @@ _THROUGH = frozenset({
 class LossDoubleNormalization(Check):
     """## What it does
     Finds a loss that is averaged twice: a loss built with `reduction='mean'` (the default of every
-    `torch.nn` loss, and `.mean()`) that is then divided again by the batch size. With gradient
-    accumulation, it also finds losses that are not divided by the number of micro-batches per optimizer
-    step, and losses divided by both.
+    `torch.nn` loss, and `.mean()`) that is then divided again by the batch size, or by any other count of
+    what the mean already averaged over (a token-mean cross-entropy divided again by its number of non-pad
+    tokens). With gradient accumulation, it also finds losses that are not divided by the number of
+    micro-batches per optimizer step, and losses divided by both. Only the backward passes whose gradients
+    reach a step count as accumulated: a gradient clear in between (an LBFGS closure, a hand-written SGD
+    loop, a SAM-style two-pass step) starts a new count.
 
     At run time it reads the autograd graph of the loss at each sampled `backward()` before the graph is
     freed: the loss node's reduction and batch size, and every division on the way to the value
@@ -160,6 +168,15 @@ class LossDoubleNormalization(Check):
             "loss_value": obs.loss,
         }
         divisors = " × ".join(_fmt(d) for d in obs.divisors) or "nothing"
+        if obs.kind == "double" and obs.count:
+            evidence["averaged_over"] = {"count": obs.count, "what": obs.count_what}
+            message = (
+                f"The loss ({obs.node}, reduction='{obs.reduction}') is already a mean over its {obs.count} "
+                f"{obs.count_what}, and was divided by {divisors} again before backward(): the same count divides "
+                f"it twice, so gradients are {obs.count}× too small (seen in {count} of the sampled backward calls)."
+            )
+            return self.finding(message, fix=_FIX_DOUBLE_COUNT, location=where, evidence=evidence,
+                                headline="averaged_over")
         if obs.kind == "double":
             message = (
                 f"The loss ({obs.node}, reduction='{obs.reduction}' over a batch of {obs.batch}) was divided by "
@@ -199,6 +216,9 @@ class Observation:
     k: int
     loc: Any
     loss: Any
+    #: Set when the second division was by what the mean already averaged over (not the batch size).
+    count: int | None = None
+    count_what: str = ""
 
 
 def observe(proc: ProcessTrace) -> list[Observation]:
@@ -248,6 +268,9 @@ class Term:
     reduction: str  # "mean" or "sum"
     batch: int
     divisors: list[float]
+    #: What a mean averaged over besides the batch: the targets it counted (not ignore_index), or its elements.
+    count: int | None = None
+    count_what: str = ""
 
 
 def loss_terms(graph: list[Event]) -> list[Term]:
@@ -279,14 +302,17 @@ def loss_terms(graph: list[Event]) -> list[Term]:
             continue
         if name in _REDUCED:
             reduction = attrs.get("reduction")
-            batch = _first_dim((attrs.get("self") or {}).get("shape"))
+            shape = (attrs.get("self") or {}).get("shape")
+            batch = _first_dim(shape)
             if reduction in (1, 2) and batch:
-                terms.append(Term(name, "mean" if reduction == 1 else "sum", batch, divisors))
+                count, what = _mean_count(name, attrs, shape)
+                terms.append(Term(name, "mean" if reduction == 1 else "sum", batch, divisors, count, what))
             continue
         if name == "MeanBackward0":
-            batch = _first_dim(attrs.get("self_sym_sizes"))
+            shape = attrs.get("self_sym_sizes")
+            batch = _first_dim(shape)
             if batch:
-                terms.append(Term(name, "mean", batch, divisors))
+                terms.append(Term(name, "mean", batch, divisors, _numel(shape), "elements"))
             continue
         if name == "SumBackward0":
             batch = _first_dim(attrs.get("self_sym_sizes"))
@@ -297,6 +323,23 @@ def loss_terms(graph: list[Event]) -> list[Term]:
             fork = branched or name in ("AddBackward0", "AddBackward1", "SubBackward0", "SubBackward1")
             todo.extend((c, divisors, fork) for c in kids)
     return terms
+
+
+def _mean_count(name: str, attrs: dict[str, Any], shape: Any) -> tuple[int | None, str]:
+    """The number of values a mean-reduced loss averaged, beyond its batch: counted targets or elements."""
+    if name.startswith("NllLoss"):
+        counted = attrs.get("counted")
+        return (int(counted), "counted targets (ignore_index left out)") if isinstance(counted, int) else (None, "")
+    return _numel(shape), "elements"
+
+
+def _numel(shape: Any) -> int | None:
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, (int, float)) for d in shape):
+        return None
+    total = 1
+    for dim in shape:
+        total *= int(dim)
+    return total
 
 
 def _judge(term: Term, k: int, event: Event) -> Observation:
@@ -316,6 +359,13 @@ def _judge(term: Term, k: int, event: Event) -> Observation:
         twice = batch >= 2 and batch != k and (
             any(_close(d, batch) for d in term.divisors) or _close(extra, batch) or _close(extra, batch * k)
         )
+        count = term.count
+        if not twice and count and count >= 2 and count not in (batch, k) and (
+            any(_close(d, count) for d in term.divisors) or _close(extra, count)
+        ):
+            # A token-mean divided again by its number of tokens: the same double normalization.
+            return Observation("double", term.node, term.reduction, batch, term.divisors, k, event.get("loc"),
+                               event.get("loss"), count, term.count_what)
     if twice:
         kind = "accum-twice" if k >= 2 and _close(extra, batch * k) else "double"
     elif integral and k >= 2 and _close(extra, 1.0):

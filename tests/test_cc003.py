@@ -224,3 +224,19 @@ def test_a_weight_on_an_auxiliary_term_is_not_a_division() -> None:
     assert [_judge(t, 1, {}).kind for t in loss_terms(summarize_graph(loss.grad_fn))] == ["ok", "ok"]
     doubled = f.cross_entropy(x, y) / x.size(0) + 0.1 * aux.pow(2).mean()
     assert "double" in [_judge(t, 1, {}).kind for t in loss_terms(summarize_graph(doubled.grad_fn))]
+
+
+def test_a_token_mean_divided_again_by_its_token_count() -> None:
+    def run(*flags: str) -> list[dict]:
+        result = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "6", "--select", "CC003",
+                           SCRIPTS / "cc003_token_mean.py", *flags)
+        assert result.code == 0, result.stdout + result.stderr
+        return result.findings("CC003")
+
+    assert run() == []
+    [finding] = run("--bug")
+    assert finding["severity"] == "error"
+    assert finding["evidence"]["averaged_over"] == {"count": 39, "what": "counted targets (ignore_index left out)"}
+    assert finding["evidence"]["divisors"] == [39.0]
+    assert finding["message"].startswith("The loss (NllLossBackward0, reduction='mean') is already a mean over its "
+                                         "39 counted targets")

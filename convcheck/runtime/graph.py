@@ -34,6 +34,19 @@ def _describe(value: Any) -> Any:
     return repr(value)[:80]
 
 
+def _counted_targets(fn: Any) -> int | None:
+    """How many targets a mean-reduced NLL/cross-entropy averaged over: those not equal to ignore_index."""
+    if not type(fn).__name__.startswith("NllLoss"):
+        return None
+    try:
+        if fn._saved_reduction != 1:
+            return None
+        target, ignore = fn._saved_target, fn._saved_ignore_index
+        return int((target != ignore).sum())
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+
+
 def summarize_graph(grad_fn: Any) -> list[dict[str, Any]]:
     """Breadth-first list of the nodes nearest the loss: name, depth, parent index, saved attributes."""
     if grad_fn is None:
@@ -54,6 +67,9 @@ def summarize_graph(grad_fn: Any) -> list[dict[str, Any]]:
             except (AttributeError, RuntimeError):
                 continue
             attrs[attr[len("_saved_"):]] = _describe(value)
+        counted = _counted_targets(fn)
+        if counted is not None:
+            attrs["counted"] = counted
         if attrs:
             node["attrs"] = attrs
         index = len(nodes)
