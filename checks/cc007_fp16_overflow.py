@@ -15,6 +15,8 @@ from convcheck.static.flow import import_aliases, keyword, last_segment, resolve
 
 FP16_MAX = 65504.0
 BF16_MAX = 3.38e38
+#: Below half of float16's smallest subnormal (5.96e-8) a value rounds to 0.
+FP16_TINY = 2.98e-8
 
 _FIX_OVERFLOW = (
     "Use bfloat16 autocast (`torch.autocast(device, dtype=torch.bfloat16)`), which has fp32's range and "
@@ -28,6 +30,11 @@ _FIX_CLIP = (
 _FIX_STEP = (
     "Call `scaler.step(optimizer)` (then `scaler.update()`) instead of `optimizer.step()`: scaler.step unscales "
     "the gradients and skips the step when they hold inf/NaN."
+)
+_FIX_HALF_PARAMS = (
+    "Keep the parameters in float32 and get the speed from autocast: `torch.autocast(device, dtype=torch.float16)` "
+    "with a GradScaler, or `dtype=torch.bfloat16` (no scaler needed). If the weights must stay float16, use an "
+    "eps float16 can hold (e.g. `Adam(..., eps=1e-4)`) and keep a float32 master copy for the update."
 )
 _FIX_UPDATE = "Call `scaler.update()` once per iteration, after `scaler.step(optimizer)`."
 _FIX_NO_SCALER = (
@@ -48,7 +55,9 @@ class Fp16Overflow(Check):
     would fit). It follows the GradScaler through the run: a scale that keeps collapsing and the share of
     skipped steps, `clip_grad_norm_` on still-scaled gradients (before `scaler.unscale_`), `optimizer.step()`
     called instead of `scaler.step()`, `scaler.update()` never called, and fp16 autocast with no scaler at
-    all. From the source it finds the same call-order mistakes.
+    all. From the source it finds the same call-order mistakes. It also finds a model trained in float16
+    itself (`model.half()`, no autocast) whose loss turns inf/NaN for good, and names the optimizer setting
+    float16 cannot hold (Adam's default `eps=1e-8` rounds to 0).
 
     ## Why is this bad?
     fp16 cannot hold values above 65504: an activation beyond that becomes inf, the loss NaN, and the
@@ -126,6 +135,9 @@ class Fp16Overflow(Check):
     def _runtime(self, proc: ProcessTrace, ctx: StaticContext) -> Iterable[tuple[str, Finding]]:
         fp16 = _fp16(proc)
         scaler = proc.of("scaler")
+        half = self._half_params(proc, ctx)
+        if half is not None:
+            yield "half-params", half
         overflow = self._overflow(proc, ctx)
         if overflow is not None:
             yield "overflow", overflow
@@ -143,6 +155,38 @@ class Fp16Overflow(Check):
                                             location=user_location(autocast.get("loc"), ctx),
                                             evidence={"backward_calls": len(proc.of("backward")),
                                                       "autocast_dtype": autocast.get("dtype")})
+
+    def _half_params(self, proc: ProcessTrace, ctx: StaticContext) -> Finding | None:
+        """Parameters trained in float16 itself (``model.half()``) and a loss that turned inf/NaN for good."""
+        start = proc.nonfinite_from()
+        if start is None:
+            return None
+        ids = {i for e in proc.of("step") for i in e.get("grad") or []}
+        params = [p for m in proc.of("model") for p in m.get("params", []) if p.get("id") in ids]
+        half = [p for p in params if p.get("dtype") == "torch.float16"]
+        if not half:
+            return None
+        optimizer = proc.first("optimizer") or {}
+        eps = next((g.get("eps") for g in optimizer.get("groups", []) if isinstance(g.get("eps"), float)), None)
+        steps = [s for s in proc.losses_per_step() if s <= max(proc.steps, 1)]
+        message = (
+            f"{len(half)} of {len(params)} trained parameters are float16 themselves (not fp16 autocast over "
+            f"float32 weights), and the loss is inf/NaN from step {start} to the last step observed ({steps[-1]})."
+        )
+        if eps is not None and eps <= FP16_TINY:
+            message += (f" {optimizer.get('cls', 'The optimizer')}'s eps={eps:g} rounds to 0 in float16 (its "
+                        "smallest positive value is 6e-8): where the second-moment estimate underflows to 0, the "
+                        "update divides by zero.")
+        else:
+            message += " float16 weights and optimizer state overflow above 65504 and underflow below 6e-8."
+        first = next((e for e in proc.of("backward") if e.get("step", 0) + 1 == start), None)
+        return self.finding(
+            message, fix=_FIX_HALF_PARAMS, location=user_location(optimizer.get("loc"), ctx) or
+            user_location((first or {}).get("loc"), ctx), headline="nonfinite_from_step",
+            evidence={"param_dtype": "torch.float16", "half_parameters": len(half), "trained_parameters": len(params),
+                      "nonfinite_from_step": start, "steps_observed": steps[-1], "optimizer": optimizer.get("cls"),
+                      "eps": eps},
+        )
 
     def _overflow(self, proc: ProcessTrace, ctx: StaticContext) -> Finding | None:
         events = [e for e in proc.of("nonfinite") if e.get("fp16_autocast")]

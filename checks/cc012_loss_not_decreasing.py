@@ -23,6 +23,11 @@ _OVERFIT_STEPS = 40
 #: On one repeated batch the loss must fall below this share of its first value.
 _OVERFIT_TARGET = 0.9
 
+_FIX_NONFINITE = (
+    "Find where the first inf/NaN appears: lower the learning rate (a loss that grows step by step before it "
+    "turns NaN is diverging), guard log/sqrt/division against 0 (`clamp(min=eps)`), check the inputs for "
+    "NaN, and clip gradients (`clip_grad_norm_`)."
+)
 _FIX_BROADCAST = (
     "Give the loss a target of the same shape as the model's output: e.g. `loss_fn(out.squeeze(-1), y)` or "
     "`loss_fn(out, y.unsqueeze(-1))`. Broadcasting [B, 1] against [B] compares every output with every target."
@@ -58,6 +63,8 @@ class LossNotDecreasing(Check):
     """## What it does
     Checks the first steps of training for losses that cannot go down:
 
+    - a loss that turns inf/NaN and stays so to the end of the run, with no GradScaler to skip those
+      steps (float16 weights are CC007's): every later update writes NaN into the weights;
     - inputs and targets in two DataLoaders shuffled independently and iterated together (`zip`):
       every input gets a random target;
     - PyTorch's own broadcast warning from `mse_loss`/`l1_loss` ("Using a target size ... different to
@@ -114,6 +121,9 @@ class LossNotDecreasing(Check):
         if proc is None:
             return []
         findings = self._broadcast(proc)
+        nonfinite = self._nonfinite(proc)
+        if nonfinite is not None:
+            return [*findings, nonfinite]
         apart = self._shuffled_apart(proc)
         if apart is not None:
             findings.append(apart)
@@ -136,6 +146,38 @@ class LossNotDecreasing(Check):
             if initial is not None:
                 findings.append(initial)
         return findings
+
+    # -- a loss that turned inf/NaN for good ----------------------------------------------------------
+
+    def _nonfinite(self, proc: ProcessTrace) -> Finding | None:
+        """Every loss inf/NaN from some step on, in a run with no GradScaler and no float16 weights.
+
+        A GradScaler skips such steps and float16 weights have their own cause (both CC007's); here
+        nothing will bring the loss back, so the run cannot train at all from that step.
+        """
+        start = proc.nonfinite_from()
+        if start is None or proc.of("scaler"):
+            return None
+        trained = {i for e in proc.of("step") for i in e.get("grad") or []}
+        if any(p.get("dtype") == "torch.float16" for m in proc.of("model") for p in m.get("params", [])
+               if p.get("id") in trained):
+            return None
+        losses = proc.losses_per_step()
+        before = [(step, loss) for step, loss in losses.items() if step < start]
+        last = next((e for e in proc.of("backward") if e.get("step", 0) + 1 == start), None)
+        lrs = (proc.first("step") or {}).get("lrs")
+        shown = ", ".join(f"step {step}: {loss:.4g}" for step, loss in before[-4:])
+        message = (
+            f"The loss is inf/NaN from step {start} to the last step observed ({max(losses)}), and nothing "
+            "(no GradScaler) skips those steps: every update from then on writes NaN into the weights, so the "
+            "model cannot train."
+            + (f" Before that: {shown}." if shown else " It was never finite.")
+        )
+        return self.finding(
+            message, fix=_FIX_NONFINITE, location=(last or {}).get("loc"), headline="nonfinite_from_step",
+            evidence={"nonfinite_from_step": start, "steps_observed": max(losses),
+                      "finite_losses_before": [round(v, 6) for _, v in before[-8:]], "lrs": lrs},
+        )
 
     # -- overfit one batch ---------------------------------------------------------------------------
 

@@ -204,3 +204,17 @@ def test_fp32_recompute_leaves_the_module_and_the_rng_as_they_were(tmp_path: Pat
     assert torch.equal(rng, torch.random.get_rng_state())
     bn = probe._recompute_fp32(torch, module, (x,), out)
     assert torch.equal(stats[1], module[1].num_batches_tracked) and "fp32_finite" in bn
+
+
+def test_a_model_trained_in_float16_itself_whose_loss_turns_nan() -> None:
+    def run(*flags: str) -> list[dict]:
+        result = convcheck("run", "--format", "json", "--fail-on", "never", SCRIPTS / "nonfinite_runs.py", *flags)
+        assert result.code == 0, result.stdout + result.stderr
+        return result.findings()
+
+    [finding] = run("--half")
+    assert (finding["code"], finding["severity"], finding["location"]["line"]) == ("CC007", "error", 14)
+    assert finding["evidence"]["nonfinite_from_step"] == 2
+    assert finding["evidence"]["eps"] == 1e-08
+    assert "Adam's eps=1e-08 rounds to 0 in float16" in finding["message"]
+    assert run() == []

@@ -204,3 +204,12 @@ def test_loaders_in_step_or_of_other_sizes_are_quiet() -> None:
     assert runtime(loaders(list(range(32)))) == []  # same order: one shared generator
     assert runtime(loaders(list(reversed(range(32))), length=1000)) == []  # labeled + unlabeled data
     assert runtime(loaders(list(reversed(range(32))), sampler="SequentialSampler")) == []
+
+
+def test_a_float32_run_whose_loss_diverges_to_nan_never_passes() -> None:
+    result = convcheck("run", "--format", "json", SCRIPTS / "nonfinite_runs.py", "--diverge")
+    assert result.code == 1, result.stdout + result.stderr
+    [finding] = result.findings()
+    assert (finding["code"], finding["severity"], finding["location"]["line"]) == ("CC012", "error", 22)
+    assert finding["evidence"]["nonfinite_from_step"] == 13
+    assert finding["message"].startswith("The loss is inf/NaN from step 13 to the last step observed (20)")

@@ -8,6 +8,7 @@ still leaves its trace behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -156,6 +157,18 @@ class ProcessTrace:
             if event.get("loss") is not None:
                 losses.setdefault(event["step"] + 1, []).append(event["loss"])
         return {step: sum(values) / len(values) for step, values in sorted(losses.items())}
+
+    def nonfinite_from(self, at_least: int = 3) -> int | None:
+        """The step from which every recorded loss is inf/NaN, when that lasts ``at_least`` steps to the end."""
+        losses = [(step, loss) for step, loss in self.losses_per_step().items() if step <= max(self.steps, 1)]
+        first = None
+        for step, loss in reversed(losses):
+            if math.isfinite(loss):
+                break
+            first = step
+        if first is None or sum(1 for step, _ in losses if step >= first) < at_least:
+            return None
+        return first
 
     @property
     def crash(self) -> Event | None:
