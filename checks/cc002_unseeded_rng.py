@@ -170,13 +170,17 @@ class UnseededRng(Check):
         ):
             source = "static+runtime"
         rank = f" on rank {proc.rank}" if proc.rank is not None else ""
+        causes = _dedupe(causes)
+        listed = [c["text"] for c in causes[:_MAX_CAUSES]]
+        if len(causes) > _MAX_CAUSES:
+            listed.append(f"and {len(causes) - _MAX_CAUSES} more (see the evidence)")
         message = (
             f"Two runs of this script differ{rank}: {difference['what']}. "
-            + ("Cause: " + "; ".join(c["text"] for c in causes) + "." if causes else
+            + ("Cause: " + "; ".join(listed) + "." if causes else
                "Every global RNG was seeded before use: look for other sources (unseeded local generators such as "
                "`np.random.default_rng()`, time, hash-randomized set order, thread timing).")
         )
-        evidence = {**difference, "causes": [c["kind"] for c in causes], "details": causes}
+        evidence = {**difference, "causes": [c["kind"] for c in causes], "details": causes[:_MAX_DETAILS]}
         headline = "losses" if "losses" in evidence else "what"
         return self.finding(message, fix=_FIX, location=location, evidence=evidence, source=source, headline=headline)
 
@@ -209,6 +213,25 @@ class UnseededRng(Check):
 
 
 # -- comparing two runs -------------------------------------------------------------------------
+
+
+_MAX_CAUSES = 4
+_MAX_DETAILS = 20
+
+
+def _dedupe(causes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One cause per kind and line: a seed called per sample repeats the same cause thousands of times."""
+    kept: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for cause in causes:
+        key = (cause["kind"], tuple(cause["loc"]) if cause.get("loc") else cause["text"])
+        if key in kept:
+            kept[key]["repeats"] = kept[key].get("repeats", 1) + 1
+        else:
+            kept[key] = dict(cause)
+    for cause in kept.values():
+        if cause.get("repeats"):
+            cause["text"] += f" ({cause['repeats']} times)"
+    return list(kept.values())
 
 
 def _benchmark(pending: list[Finding]) -> list[Finding]:
@@ -268,12 +291,16 @@ def causes_of(proc: ProcessTrace, ctx: StaticContext) -> tuple[list[dict[str, An
     where = None
     final = proc.first("final") or {}
     seeds = [e for e in proc.of("seed") if not e.get("internal")]
-    late = [e for e in seeds if e.get("drawn_before")]
+    # Late: drawn from before its first seeding. Reseeding later (per epoch, per sample) after draws is not.
+    first_seeds = {}
+    for event in seeds:
+        first_seeds.setdefault(event.get("rng"), event)
+    late = [e for e in first_seeds.values() if e.get("drawn_before")]
     for event in late:
         rng = event.get("rng", "torch")
         loc = user_location(event.get("loc"), ctx)
         at = f" (line {loc[1]})" if loc else ""
-        causes.append({"kind": f"late-seed:{rng}", "rng": rng,
+        causes.append({"kind": f"late-seed:{rng}", "rng": rng, "loc": event.get("loc"),
                        "text": f"{_RNG_LABELS.get(rng, rng)} was seeded{at} only after it had been drawn from "
                                "(model weights or data were built before the seed)"})
         where = where or loc

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -201,3 +203,18 @@ def test_only_torch_itself_seeds_internally() -> None:
     assert is_library_file(numpy.__file__) and not is_torch_file(numpy.__file__)
     assert not is_torch_file(__file__)
     assert torch is not None
+
+
+def test_a_seed_called_per_sample_is_one_cause_and_the_message_stays_short() -> None:
+    reseeded = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC002",
+                         SCRIPTS / "cc002_reseed_per_sample.py")
+    [finding] = reseeded.findings("CC002")
+    # Reseeding per sample from the index is reproducible: the cause is the unseeded torch RNG alone.
+    assert finding["evidence"]["causes"] == ["unseeded:torch"]
+    clock = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC002",
+                      SCRIPTS / "cc002_reseed_per_sample.py", "--clock")
+    [finding] = clock.findings("CC002")
+    assert finding["evidence"]["causes"] == ["changing-seed:python", "unseeded:torch"]
+    assert finding["message"].count("seeded on line 18") == 1
+    assert re.search(r"\(\d{2,} times\)", finding["message"])
+    assert len(finding["message"]) < 600 and len(json.dumps(finding["evidence"])) < 5000
