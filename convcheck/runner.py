@@ -406,11 +406,16 @@ def _story(trace) -> tuple[list[float], list[dict]]:  # noqa: ANN001
     return curve, top
 
 
+_SELF_EXPLAINED = ("SelfSpawnUnderNproc:",)
+
+
 def _failure_text(worker, options: RunOptions) -> str:  # noqa: ANN001
     who = f"rank {worker.rank}" if options.nproc_per_node is not None else "the script"
     outcome = worker.outcome
     tail = outcome.get("traceback") or worker.stderr_tail
     tail = "\n".join(tail.strip().splitlines()[-15:])
+    if str(outcome.get("error") or "").startswith(_SELF_EXPLAINED):
+        return f"{who} stopped: {outcome['error'].split(': ', 1)[1]}"  # convcheck's own message says it all
     if outcome.get("error"):
         head = f"{who} failed: {outcome['error']}"
     elif worker.returncode is not None and worker.returncode < 0:

@@ -289,3 +289,13 @@ def test_spawned_dataloader_workers_are_probed_and_stopped(tmp_path: Path) -> No
     roles = sorted(t[0]["role"] for t in read_traces(traces))
     assert roles == ["child", "child", "entry"]
     assert processes_running(str(script)) == []
+
+
+def test_nproc_per_node_on_a_script_that_spawns_its_own_ranks_says_what_to_run_instead() -> None:
+    result = convcheck("run", "--nproc-per-node", "2", "--format", "json", SCRIPTS / "spawn.py")
+    assert result.code == 2, result.stdout + result.stderr
+    run = result.report["run"]
+    assert run["status"] == "crashed"
+    assert run["error"].startswith("rank ") and " stopped: This script starts its own processes with " in run["error"]
+    assert f"convcheck run --pretend-cuda --cuda-devices 2 {SCRIPTS / 'spawn.py'}" in run["error"]
+    assert "Traceback" not in run["error"]

@@ -12,3 +12,5 @@ PRETEND_CUDA = "CONVCHECK_PRETEND_CUDA"
 PRETEND_DEVICES = "CONVCHECK_PRETEND_DEVICES"
 #: "1": every DataLoader yields its first batch again and again (the overfit-one-batch run of CC012).
 REPEAT_FIRST_BATCH = "CONVCHECK_REPEAT_FIRST_BATCH"
+#: Set when convcheck itself started the workers (--nproc-per-node): their number.
+NPROC_PER_NODE = "CONVCHECK_NPROC_PER_NODE"

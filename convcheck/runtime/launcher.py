@@ -127,8 +127,10 @@ def worker_env(spec: LaunchSpec, rank: int, port: int) -> dict[str, str]:
         environ.pop(env.REPEAT_FIRST_BATCH, None)
     environ["PYTHONUNBUFFERED"] = "1"
     environ["PYTHONFAULTHANDLER"] = "1"
+    environ.pop(env.NPROC_PER_NODE, None)
     if spec.nproc_per_node is not None:
         world = spec.nproc_per_node
+        environ[env.NPROC_PER_NODE] = str(world)
         environ.update(
             RANK=str(rank), LOCAL_RANK=str(rank), GROUP_RANK="0", ROLE_RANK=str(rank),
             WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), ROLE_WORLD_SIZE=str(world),

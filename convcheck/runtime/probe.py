@@ -33,6 +33,10 @@ _MAX_NONFINITE_EVENTS = 20
 ENTRY_PID: int | None = None
 
 
+class SelfSpawnUnderNproc(RuntimeError):
+    """A script that calls mp.spawn itself was started N times by --nproc-per-node."""
+
+
 class StopRun(BaseException):
     """Raised at the step budget; a BaseException so ``except Exception`` cannot swallow it."""
 
@@ -1015,6 +1019,35 @@ def _patch_distributed(probe: Probe, torch: Any, patches: Patches) -> None:
         return init_process_group
 
     patches.wrap(dist, "init_process_group", wrap_init)
+
+    # A script that starts its own ranks with mp.spawn, run with --nproc-per-node N, would start N
+    # launchers each spawning its own ranks (or none, when it counts GPUs): stop with what to do instead.
+    import torch.multiprocessing as tmp
+
+    # The package re-exports a function named spawn over its submodule of that name.
+    spawn_mod = sys.modules["torch.multiprocessing.spawn"]
+
+    nproc = os.environ.get(env.NPROC_PER_NODE)
+
+    def wrap_start(original: Any) -> Any:
+        def start_processes(*args: Any, **kwargs: Any) -> Any:
+            if nproc and probe.is_entry():
+                loc = _loc(3)
+                probe.emit("self_spawn", loc=loc, nproc_per_node=int(nproc))
+                where = f" (at {loc[0]}:{loc[1]})" if loc else ""
+                raise SelfSpawnUnderNproc(
+                    f"This script starts its own processes with torch.multiprocessing{where}, and "
+                    f"--nproc-per-node {nproc} started {nproc} copies of it, each of which would start its own "
+                    f"ranks. Run it as one process instead: `convcheck run --pretend-cuda --cuda-devices {nproc} "
+                    f"{sys.argv[0] if sys.argv else 'SCRIPT'}` (the script then sees that many GPUs, if it counts "
+                    "them) or without --nproc-per-node."
+                )
+            return original(*args, **kwargs)
+
+        return start_processes
+
+    for owner in (spawn_mod, tmp):
+        patches.wrap(owner, "start_processes", wrap_start, deliberate=(SelfSpawnUnderNproc,))
 
 
 def _patch_amp(probe: Probe, torch: Any, patches: Patches) -> None:
