@@ -33,6 +33,14 @@ _FIX_FROZEN = (
     "If the module should train, set `requires_grad_(True)` on it before building the optimizer; if it "
     "should stay frozen, freeze it explicitly in the script so the intent is visible."
 )
+_FIX_UNREGISTERED = (
+    "Hold layers in `nn.ModuleList` / `nn.ModuleDict` (or assign each to an attribute), never in a plain list, "
+    "dict or tuple: then model.parameters(), the optimizer, state_dict(), .to(device) and DDP all see them."
+)
+_FIX_SWAPPED = (
+    "Freeze the part that should stay fixed and build the optimizer over what trains: e.g. "
+    "`backbone.requires_grad_(False)` then `torch.optim.AdamW(p for p in model.parameters() if p.requires_grad)`."
+)
 _FIX_IDLE = (
     "Add the module's parameters to the optimizer if it should train; if it should stay frozen, freeze it "
     "with `module.requires_grad_(False)` so that no gradient is computed for it."
@@ -47,7 +55,12 @@ class FrozenParameters(Check):
     train (an error), a whole module that never trains although no line of the script freezes it (a
     warning), and a deliberate freeze (frozen and left out of the optimizer: info). From the source and the
     run it finds freezes that freeze nothing: `module.requires_grad = False` on an `nn.Module`, and the
-    `require_grad` typo.
+    `require_grad` typo. It names an optimizer that holds only frozen parameters while the parameters that
+    get gradients are in none (the freeze and the optimizer swapped), and layers called in `forward()`
+    but kept in a plain list, dict or tuple instead of `nn.ModuleList`/`nn.ModuleDict`: not submodules,
+    so missing from `model.parameters()`, the optimizer, `state_dict()`, `.to()` and DDP (an error when
+    their gradients are never applied, a warning when the script added them to the optimizer by hand; a
+    frozen layer kept out of the model on purpose is not reported).
 
     ## Why is this bad?
     Fine-tuning code freezes and unfreezes parts of a model and rebuilds heads. An optimizer built from
@@ -153,14 +166,70 @@ class FrozenParameters(Check):
                     headline="parameters_still_training",
                 )
 
+    def _unregistered(self, table: ParamTable, opt_where: Any) -> Iterable[tuple[Finding, set[int]]]:
+        """Layers called in forward but held in a plain container: an error when their gradients are never
+        applied, a warning when the script added them to the optimizer by hand (state_dict, .to(), DDP miss them)."""
+        layers = [u for u in table.unregistered if any(p["id"] not in table.frozen for p in u.get("params", []))]
+        if not layers:
+            return
+        ids = {p["id"] for u in layers for p in u.get("params", [])}
+        trainable = [p for p in ids if p not in table.frozen]
+        idle = [p for p in trainable if p not in table.optimized_set]
+        named = [u.get("container") or f"a {u.get('cls')}" for u in layers]
+        holders = sorted({u.get("holder") for u in layers if u.get("holder")})
+        where = f" kept in {', '.join(holders)}" if holders else ""
+        root = layers[0].get("root_cls", "the model")
+        listed = _list(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+        evidence = {"layers": [{"name": u.get("container"), "cls": u.get("cls"), "holder": u.get("holder")}
+                               for u in layers][:20],
+                    "parameters": len(ids), "not_in_optimizer": _names(idle, table)}
+        if idle:
+            got = [p for p in idle if p in table.outside_grad]
+            message = (f"{root}.forward calls {listed}{where}, a plain Python container, so "
+                       f"{'it is' if len(layers) == 1 else 'they are'} not registered as submodules: "
+                       f"{len(idle)} parameters are missing from {root}.parameters() and so from the optimizer"
+                       f"{' — they receive gradients that are never applied' if got else ' — they never train'}; "
+                       "state_dict(), .to(device) and DDP miss them too.")
+            yield self.finding(message, fix=_FIX_UNREGISTERED, location=layers[0].get("loc") or opt_where,
+                               severity=Severity.ERROR, evidence=evidence, headline="not_in_optimizer"), ids
+        else:
+            message = (f"{root}.forward calls {listed}{where}, a plain Python container: the optimizer holds "
+                       f"{'its' if len(layers) == 1 else 'their'} {len(trainable)} parameters (added by hand), "
+                       f"but {root}.state_dict() does not save them, .to(device) does not move them and DDP does "
+                       "not synchronize them.")
+            yield self.finding(message, fix=_FIX_UNREGISTERED, location=layers[0].get("loc") or opt_where,
+                               severity=Severity.WARNING, evidence=evidence, headline="parameters"), ids
+
     def _table_findings(self, table: ParamTable, ctx: StaticContext) -> Iterable[Finding]:
         if not table.optimized:
             return
         evidence_table = table.module_table()
         opt_where = user_location(table.optimizer_loc, ctx)
         freezes_in_script = _script_freezes(ctx)
+        # 0. Layers the model calls but does not own (kept in a plain list or dict).
+        unregistered_ids: set[int] = set()
+        for finding, ids in self._unregistered(table, opt_where):
+            unregistered_ids |= ids
+            yield finding
         # 1. Trainable parameters no optimizer holds, in a model whose other parameters train.
-        outside = [p for p in table.outside if table.root_of(p) in table.optimized_roots]
+        outside = [p for p in table.outside if table.root_of(p) in table.optimized_roots and p not in unregistered_ids]
+        held_frozen = [p for p in table.optimized if p in table.frozen]
+        if outside and held_frozen and len(held_frozen) == len(table.optimized):
+            # The freeze and the optimizer disagree: what the optimizer holds is frozen, what trains it lacks.
+            got_grad = [p for p in outside if p in table.outside_grad]
+            frozen_modules = _whole_modules(held_frozen, table) or _modules_of(held_frozen, table)
+            free_modules = _modules_of(outside, table)
+            message = (f"Every parameter the optimizer holds is frozen: {_list(frozen_modules)} "
+                       f"({len(held_frozen)} parameters, requires_grad=False), so the optimizer built at "
+                       f"{_short(opt_where)} updates nothing, while {_list(free_modules)} "
+                       f"{_verb(free_modules, 'computes', 'compute')} gradients for {len(got_grad or outside)} "
+                       "parameters that no optimizer holds. The freeze and the optimizer were meant for each "
+                       "other's parameters.")
+            yield self.finding(message, fix=_FIX_SWAPPED, location=opt_where, severity=Severity.ERROR,
+                               evidence={"modules": evidence_table, "frozen_in_optimizer": _names(held_frozen, table),
+                                         "not_in_optimizer": _names(outside, table)},
+                               headline="frozen_in_optimizer")
+            return
         if outside:
             got_grad = [p for p in outside if p in table.outside_grad]
             unfrozen = [p for p in outside if p in table.initially_frozen]
@@ -270,6 +339,8 @@ class ParamTable:
     steps: int = 0
     measured_steps: int = 0
     optimizer_loc: Any = None
+    #: Layers called in a model's forward that it does not own ("unregistered_module" events).
+    unregistered: list[Event] = field(default_factory=list)
 
     @property
     def optimized_roots(self) -> set[int]:
@@ -289,6 +360,13 @@ class ParamTable:
             for param in model.get("params", []):
                 table.names.setdefault(param["id"], param["name"])
                 table.roots.setdefault(param["id"], root)
+                if not param.get("requires_grad", True):
+                    table.initially_frozen.add(param["id"])
+        for layer in proc.of("unregistered_module"):
+            table.unregistered.append(layer)
+            for param in layer.get("params", []):
+                table.names.setdefault(param["id"], param["name"])
+                table.roots.setdefault(param["id"], layer.get("root"))
                 if not param.get("requires_grad", True):
                     table.initially_frozen.add(param["id"])
         for opt in proc.of("optimizer"):
@@ -324,6 +402,15 @@ class ParamTable:
                 table.frozen = set(step.get("frozen") or [])
                 table.outside = list(step.get("outside") or [])
                 table.outside_grad.update(step.get("outside_grad") or [])
+        # A frozen layer kept out of the model on purpose (a teacher hidden from state_dict) is no concern.
+        for layer in list(table.unregistered):
+            ids = {p["id"] for p in layer.get("params", [])}
+            if ids <= table.frozen:
+                table.unregistered.remove(layer)
+                table.frozen -= ids
+                for pid in ids:
+                    table.names.pop(pid, None)
+                    table.roots.pop(pid, None)
         if not sampled_state:
             table.outside = [p for p in table.names if p not in table.optimized_set and p not in table.frozen]
         for lrs_step in proc.of("step")[-1:]:
@@ -532,3 +619,10 @@ def _script_freezes(ctx: StaticContext) -> bool:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and "freeze" in node.func.id.lower():
             return True
     return False
+
+
+def _short(loc: Any) -> str:
+    if not loc:
+        return "?"
+    path = str(loc[0]).replace("\\", "/").rsplit("/", 1)[-1]
+    return f"{path}:{loc[1]}"

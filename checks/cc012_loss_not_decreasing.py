@@ -294,6 +294,8 @@ class LossNotDecreasing(Check):
             return None
         if any((z.get("backwards") or 0) > 0 for z in proc.of("zero_grad")):
             return None  # gradients were cleared between backward() and step(): CC008's finding, not a detached loss
+        if _only_outside_optimizers(proc):
+            return None  # parameters outside every optimizer got gradients: the loss is connected (CC006's finding)
         leaf = [e for e in backwards if "graph" in e and not e["graph"]]
         first = backwards[0]
         how = ("the loss is a leaf tensor with no autograd history" if leaf else
@@ -309,6 +311,8 @@ class LossNotDecreasing(Check):
     # -- zero or constant --------------------------------------------------------------------------------
 
     def _constant(self, proc: ProcessTrace, backwards: list[Event]) -> Finding | None:
+        if _only_outside_optimizers(proc):
+            return None  # nothing the optimizers hold gets a gradient, what does is in none (CC006's finding)
         losses = [e["loss"] for e in backwards]
         if len(losses) < 5 or not all(math.isfinite(v) for v in losses):
             return None
@@ -395,3 +399,9 @@ def _short(loc: Any) -> str:
         return "?"
     path = str(loc[0]).replace("\\", "/").rsplit("/", 1)[-1]
     return f"{path}:{loc[1]}"
+
+
+def _only_outside_optimizers(proc: ProcessTrace) -> bool:
+    """No parameter of any optimizer got a gradient, while parameters outside every optimizer did."""
+    steps = proc.of("step")
+    return not any(e.get("grad") for e in steps) and any(e.get("outside_grad") for e in steps)

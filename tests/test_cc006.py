@@ -212,3 +212,33 @@ def test_unfreezing_the_head_before_the_filtered_optimizer_is_the_usual_recipe()
     """
     trace = _trace(frozen_at_start=(0, 1), optimized=(2, 3), grad=(2, 3))
     assert [s for s, _ in _run(trace, source)] == ["info"]
+
+
+def _cc006(script: str, *flags: str) -> list[dict]:
+    result = convcheck("run", "--format", "json", "--fail-on", "never", SCRIPTS / script, *flags)
+    assert result.code == 0, result.stdout + result.stderr
+    return result.findings()
+
+
+def test_layers_in_a_plain_list_are_found_at_run_time() -> None:
+    [finding] = _cc006("cc006_plain_list.py", "--bug")
+    assert (finding["code"], finding["severity"], finding["location"]["line"]) == ("CC006", "error", 24)
+    assert finding["message"].startswith("Net.forward calls modules `hidden[0]`, `hidden[1]` kept in Net.hidden "
+                                         "(list), a plain Python container")
+    assert "they receive gradients that are never applied" in finding["message"]
+    assert finding["evidence"]["not_in_optimizer"] == ["hidden[0].weight", "hidden[0].bias", "hidden[1].weight",
+                                                       "hidden[1].bias"]
+    # Added to the optimizer by hand they train, but state_dict/.to/DDP still miss them; the frozen teacher
+    # kept out of the model on purpose, and the nn.ModuleList twin, say nothing.
+    [by_hand] = _cc006("cc006_plain_list.py", "--by-hand")
+    assert by_hand["severity"] == "warning" and "state_dict() does not save them" in by_hand["message"]
+    assert _cc006("cc006_plain_list.py") == []
+
+
+def test_an_optimizer_over_frozen_parameters_is_named_as_the_cause() -> None:
+    [finding] = _cc006("cc006_frozen_the_wrong_part.py", "--bug")
+    assert (finding["code"], finding["severity"], finding["location"]["line"]) == ("CC006", "error", 12)
+    assert finding["message"].startswith("Every parameter the optimizer holds is frozen: module `2` (2 parameters, "
+                                         "requires_grad=False)")
+    assert "module `0` computes gradients for 2 parameters that no optimizer holds" in finding["message"]
+    assert finding["evidence"]["frozen_in_optimizer"] == ["2.weight", "2.bias"]

@@ -71,6 +71,11 @@ class Probe:
         self.param_ids: dict[int, int] = {}
         self.param_names: dict[int, str] = {}
         self.known_roots: set[int] = set()
+        #: id of each model root -> the index of its "model" event.
+        self.root_index: dict[int, int] = {}
+        self.active_root: Any = None
+        self.root_calls = 0
+        self.checked_modules: set[int] = set()
         self.mode_modules: list[tuple[Any, list[tuple[str, Any]]]] = []
         self.depth = 0
         self.fp16_autocast_depth = 0
@@ -217,6 +222,7 @@ class Probe:
             # obj: the module's id, to match train()/eval() calls (train_mode events) to this model.
             self.emit("model", cls=type(module).__name__, obj=id(module), params=params, wrapper=wrapper,
                       mode_modules=[{"name": name, "cls": type(sub).__name__} for name, sub in moded])
+            self.root_index[id(module)] = len(self.root_refs)
             self.root_refs.append(weakref.ref(module))
             self.emit_module_flags(module, "model")
 
@@ -244,7 +250,42 @@ class Probe:
     def forward_pre_hook(self, module: Any, args: Any) -> None:
         if self.depth == 0:
             self._register_root(module)
+            self.active_root = module
+            self.root_calls += 1
+        elif self.root_calls <= 3 and id(module) not in self.checked_modules:
+            # The first forwards only: a layer called inside the model that the model does not own.
+            self.checked_modules.add(id(module))
+            self._check_registered(module)
         self.depth += 1
+
+    def _check_registered(self, module: Any) -> None:
+        """Record a module called in the model's forward whose parameters the model does not own.
+
+        Layers kept in a plain list/dict/tuple attribute are called like any other but are not
+        submodules: model.parameters(), the optimizer, state_dict(), .to() and DDP all miss them.
+        """
+        params = list(module.named_parameters(recurse=False))
+        if not params or all(self.param_ids.get(id(p)) in self.param_names for _, p in params):
+            return
+        root = self.active_root
+        root_index = self.root_index.get(id(root))
+        if root is None or root_index is None:
+            return
+        container, where = _plain_container(root, module)
+        recorded = []
+        for pname, param in params:
+            index = self._param_index(param)
+            if index in self.param_names:
+                continue
+            name = f"{container}.{pname}" if container else f"<{type(module).__name__}>.{pname}"
+            self.param_names[index] = name
+            self.param_refs.setdefault(index, weakref.ref(param))
+            recorded.append({"id": index, "name": name, "shape": _shape_of(param),
+                             "requires_grad": bool(param.requires_grad), "dtype": str(param.dtype)})
+        if recorded:
+            self.emit("unregistered_module", cls=type(module).__name__, root=root_index,
+                      root_cls=type(root).__name__, container=container, holder=where, params=recorded,
+                      loc=_loc(4))
 
     def forward_hook(self, module: Any, args: Any, output: Any) -> None:
         self.depth = max(0, self.depth - 1)
@@ -1159,6 +1200,22 @@ def _owned_rngs(dataset: Any, torch: Any) -> list[dict[str, str]]:
     except TypeError:
         pass
     return found
+
+
+def _plain_container(root: Any, module: Any) -> tuple[str | None, str | None]:
+    """Where a module that is no submodule is kept: ``layers[2]`` in a plain list of the model (or of one
+    of its submodules), with the holder's class and attribute; (None, None) when it is not found."""
+    for prefix, holder in list(root.named_modules())[:500]:
+        for attr, value in vars(holder).items():
+            if attr.startswith("_"):
+                continue
+            items = value.items() if isinstance(value, dict) else enumerate(value) \
+                if isinstance(value, (list, tuple)) else ()
+            for key, item in items:
+                if item is module:
+                    name = f"{prefix + '.' if prefix else ''}{attr}[{key!r}]"
+                    return name, f"{type(holder).__name__}.{attr} ({type(value).__name__})"
+    return None, None
 
 
 def _clone_batch(value: Any) -> Any:

@@ -145,7 +145,7 @@ class ProcessTrace:
     def param_names(self) -> dict[int, str]:
         """Parameter id -> qualified name, from the models the process ran."""
         names: dict[int, str] = {}
-        for model in self.of("model"):
+        for model in self.of("model", "unregistered_module"):
             for param in model.get("params", []):
                 names.setdefault(param["id"], param["name"])
         return names
