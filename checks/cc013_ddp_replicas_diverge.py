@@ -20,6 +20,10 @@ _FIX_UNWRAPPED = (
     "Wrap the model in `DistributedDataParallel` (`model = DDP(model)`) before building the optimizer, and "
     "call the wrapper in the training loop: DDP averages the gradients across ranks at every backward."
 )
+_FIX_MOVED = (
+    "Move and cast the model before wrapping it: `model.to(device, dtype)` (or `.half()`, `.cuda(rank)`) first, "
+    "then `DDP(model, ...)`; never call `.to()`, `.half()`, `.cpu()`/`.cuda()` on the wrapper or its module after."
+)
 _FIX_WRAPPED = (
     "Call the DDP wrapper itself (`ddp_model(x)`, not `ddp_model.module(x)`), run the same forward/backward/"
     "step on every rank, and keep rank-dependent code (`if rank == 0:`) to logging and checkpoints."
@@ -32,7 +36,9 @@ class DdpReplicasDiverge(Check):
     `DistributedDataParallel` all replicas start from rank 0's weights and apply the same averaged
     gradient, so they stay bitwise identical; any difference (beyond 1e-6 relative) means the ranks
     train different models. It reports the first step and parameters that differ, with the numbers of
-    each rank, and whether the model was wrapped in DDP at all.
+    each rank, and names the cause it can see: the model never wrapped (or wrapped only on a path the
+    run did not take), the wrapper bypassed, the wrapped model moved or cast after wrapping (`.half()`,
+    `.to(dtype)`, `.cpu()` then `.cuda()`), or a call that ran a different number of times per rank.
 
     ## Why is this bad?
     Replicas that diverge are no longer data-parallel training: each rank fits its own shard of the data,
@@ -100,7 +106,18 @@ class DdpReplicasDiverge(Check):
         opt_event = reference.first("optimizer")
         step_event = next((e for e in reference.of("step") if e.get("n") == step), {})
         backward = reference.first("backward") or {}
-        if not wrapped and ddp_in_source:
+        moved = next((e for e in reference.of("ddp_module_moved")), None)
+        built = reference.first("ddp_init")
+        if moved is not None:
+            cause = (f"the model was moved or cast after DDP wrapped it (`{moved.get('how')}()` on the "
+                     f"{moved.get('cls')} at {_short(moved.get('loc'))}): DDP averages the gradients of the "
+                     "parameters it was built with, and that call replaced them, so each rank now trains alone")
+            fix, location = _FIX_MOVED, moved.get("loc") or step_event.get("loc")
+        elif not wrapped and ddp_in_source and built is None:
+            cause = ("the script builds a DistributedDataParallel wrapper, but not on the path this run took: "
+                     "the model was never wrapped, so gradients are not averaged across ranks")
+            fix, location = _FIX_UNWRAPPED, (opt_event or {}).get("loc") or step_event.get("loc")
+        elif not wrapped and ddp_in_source:
             cause = ("the model the loop calls is not the DDP wrapper (`model.module(...)` or the unwrapped "
                      "model is called), so gradients are not averaged")
             fix, location = _FIX_WRAPPED, backward.get("loc") or step_event.get("loc")
@@ -130,6 +147,9 @@ class DdpReplicasDiverge(Check):
                       "parameters": len(rows[reference.rank]), "example_parameter": name,
                       "norms_by_rank": {str(r): rows[r][worst] for r in sorted(rows)},
                       "identical_before": earlier, "wrapped_in_ddp": wrapped, "ddp_in_source": ddp_in_source,
+                      "ddp_built_at_run_time": built is not None,
+                      "moved_after_wrapping": (f"{moved.get('how')}() at {_short(moved.get('loc'))}"
+                                               if moved is not None else None),
                       "tolerance": _TOLERANCE},
         )
 

@@ -10,7 +10,7 @@ from convcheck.runtime.trace import RunTrace, load_events
 
 
 def rank(r: int, norms: dict[int, list[float]], wrapper: bool = True, cls: str = "DistributedDataParallel",
-         shapes: list[list[int]] = ([4, 2], [4])) -> list[dict]:
+         shapes: list[list[int]] = ([4, 2], [4]), ddp_built: bool = False) -> list[dict]:
     events = [{"ev": "process", "rank": r, "world_size": 2},
               {"ev": "dist_init", "rank": r, "world_size": 2, "backend": "gloo"},
               {"ev": "model", "cls": cls, "wrapper": wrapper,
@@ -18,6 +18,8 @@ def rank(r: int, norms: dict[int, list[float]], wrapper: bool = True, cls: str =
                                                                                           shapes))]},
               {"ev": "optimizer", "opt": 0, "cls": "SGD", "groups": [{"params": [0, 1], "lr": 0.1}],
                "loc": ["train.py", 14]}]
+    if ddp_built or wrapper:
+        events.append({"ev": "ddp_init", "module": "Net", "loc": ["train.py", 12], "step": 0})
     for n in range(1, 7):
         events.append({"ev": "backward", "n": n, "step": n - 1, "loss": 1.0, "loc": ["train.py", 19]})
         step = {"ev": "step", "opt": 0, "n": n, "grad": [0, 1], "loc": ["train.py", 20]}
@@ -67,8 +69,8 @@ def test_wrapped_model_diverging_later_shows_when_it_was_identical() -> None:
 def test_wrapper_built_but_not_called() -> None:
     other = {1: [1.5, 0.3]}
     source = "from torch.nn.parallel import DistributedDataParallel as D\nm = D(net)\n"
-    [finding] = runtime(rank(0, SAME, wrapper=False, cls="Net"), rank(1, other, wrapper=False, cls="Net"),
-                        source=source)
+    [finding] = runtime(rank(0, SAME, wrapper=False, cls="Net", ddp_built=True),
+                        rank(1, other, wrapper=False, cls="Net", ddp_built=True), source=source)
     assert finding.location.line == 19
     assert "not the DDP wrapper" in finding.message
 
@@ -101,3 +103,21 @@ def test_rank_dependent_call_is_located() -> None:
     assert finding.location.line == 17
     assert "`clip_grad_norm_` at train.py:17 ran a different number of times per rank (rank 0: 1, rank 1: 0)" \
         in finding.message
+
+
+def test_the_cause_is_named_a_cast_after_wrapping_or_a_wrapper_never_built() -> None:
+    def run(*flags: str) -> list[dict]:
+        result = convcheck("run", "--nproc-per-node", "2", "--format", "json", "--fail-on", "never",
+                           "--select", "CC013", SCRIPTS / "cc013_recast_after_wrap.py", *flags)
+        assert result.code == 0, result.stdout + result.stderr
+        return result.findings("CC013")
+
+    assert run() == []
+    [recast] = run("--bug")
+    assert recast["location"]["line"] == 18
+    assert "the model was moved or cast after DDP wrapped it (`double()` on the DistributedDataParallel" \
+        in recast["message"]
+    assert recast["evidence"]["moved_after_wrapping"] == "double() at cc013_recast_after_wrap.py:18"
+    [unwrapped] = run("--cuda-only")
+    assert "builds a DistributedDataParallel wrapper, but not on the path this run took" in unwrapped["message"]
+    assert unwrapped["evidence"]["ddp_built_at_run_time"] is False

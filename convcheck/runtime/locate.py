@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
+from types import FrameType
 
 import convcheck
 
@@ -60,11 +61,17 @@ _cache: dict[str, bool] = {}
 _OWN_DIR = os.path.dirname(os.path.abspath(convcheck.__file__)) + os.sep
 
 
-def caller_file() -> str:
-    """The file of the nearest caller outside convcheck: who called a patched function."""
+def caller_frame() -> FrameType | None:
+    """The nearest frame outside convcheck: who called a patched function."""
     frame = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(_OWN_DIR):
         frame = frame.f_back
+    return frame
+
+
+def caller_file() -> str:
+    """The file of the nearest caller outside convcheck."""
+    frame = caller_frame()
     return frame.f_code.co_filename if frame is not None else "<unknown>"
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from convcheck.runtime import env, stepstats
 from convcheck.runtime.graph import summarize_graph
-from convcheck.runtime.locate import caller_file, is_library_file, is_torch_file, user_location
+from convcheck.runtime.locate import caller_file, caller_frame, is_library_file, is_torch_file, user_location
 from convcheck.runtime.patches import Patches
 from convcheck.runtime.trace import Event, TraceWriter, process_tag
 
@@ -71,6 +71,9 @@ class Probe:
         self.param_ids: dict[int, int] = {}
         self.param_names: dict[int, str] = {}
         self.known_roots: set[int] = set()
+        #: ids of DDP wrappers and the modules they wrap; set while one of them is being moved or cast.
+        self.ddp_modules: set[int] = set()
+        self.moving_ddp = False
         #: id of each model root -> the index of its "model" event.
         self.root_index: dict[int, int] = {}
         self.active_root: Any = None
@@ -1060,6 +1063,36 @@ def _patch_distributed(probe: Probe, torch: Any, patches: Patches) -> None:
         return init_process_group
 
     patches.wrap(dist, "init_process_group", wrap_init)
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    # Which modules DDP wraps, and whether they are moved or cast after wrapping (CC013's cause): DDP
+    # hooks the parameters it was built with; no hook reports either event.
+    def wrap_ddp_init(original: Any) -> Any:
+        def __init__(self: Any, module: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, module, *args, **kwargs)
+            probe.ddp_modules.update((id(self), id(module)))
+            probe.emit("ddp_init", module=type(module).__name__, loc=_loc(3), step=probe.step_count)
+
+        return __init__
+
+    def wrap_apply(original: Any) -> Any:
+        def _apply(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if id(self) not in probe.ddp_modules or probe.moving_ddp:
+                return original(self, *args, **kwargs)
+            frame = caller_frame()
+            probe.emit("ddp_module_moved", how=frame.f_code.co_name if frame is not None else "_apply",
+                       cls=type(self).__name__, loc=_loc(3), step=probe.step_count)
+            probe.moving_ddp = True
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                probe.moving_ddp = False
+
+        return _apply
+
+    patches.wrap(DistributedDataParallel, "__init__", wrap_ddp_init)
+    patches.wrap(torch.nn.Module, "_apply", wrap_apply)
 
     # A script that starts its own ranks with mp.spawn, run with --nproc-per-node N, would start N
     # launchers each spawning its own ranks (or none, when it counts GPUs): stop with what to do instead.
