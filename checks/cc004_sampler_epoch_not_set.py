@@ -131,6 +131,9 @@ class SamplerEpochNotSet(Check):
             for key, iters in groups.items():
                 if key in reported:
                     continue
+                # An iteration no optimizer step followed before the next began (`next(iter(loader))` to peek
+                # at a batch) was abandoned: it is not an epoch.
+                iters = [a for a, b in zip(iters, [*iters[1:], None]) if b is None or b.get("step") != a.get("step")]
                 repeat = next(
                     ((a, b) for a, b in zip(iters, iters[1:])
                      if a.get("epoch") == b.get("epoch") and a.get("digest") == b.get("digest")),

@@ -275,3 +275,17 @@ def test_careful_trainer_gets_no_finding_from_cc001_cc004_cc005(tmp_path) -> Non
     assert result.code == 0, result.stderr
     assert result.report["run"]["status"] == "stopped-at-budget"
     assert result.findings() == []
+
+
+def test_a_peek_at_one_batch_before_training_is_not_an_epoch() -> None:
+    def run(*flags: str) -> list[dict]:
+        result = convcheck("run", "--nproc-per-node", "2", "--steps", "8", "--max-batches-per-epoch", "2",
+                           "--format", "json", "--fail-on", "never", "--select", "CC004",
+                           SCRIPTS / "cc004_peek_then_train.py", *flags)
+        assert result.code == 0, result.stdout + result.stderr
+        return result.findings("CC004")
+
+    assert run() == []
+    [finding] = run("--bug")
+    assert finding["severity"] == "error"
+    assert "drew 4 epochs in the same order" in finding["message"]
