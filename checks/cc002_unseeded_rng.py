@@ -52,7 +52,9 @@ class UnseededRng(Check):
     were drawn from without being seeded, seeds set only after the model or the data were built, a
     `RandomState`/`Generator` owned by a Dataset that every DataLoader worker copies, DataLoader workers with
     no `generator`, `cudnn.benchmark` left on while determinism is requested. From the source it finds
-    scripts with no seeding call and seeds set after the model or data were built.
+    scripts with no seeding call and seeds set after the model or data were built. Several processes
+    updating one model in shared memory without locks (Hogwild) differ from run to run by design: that is
+    said at info, and seeding is not judged from such a run.
 
     ## Why is this bad?
     Without seeds every run starts from different weights and sees the data in a different order: a
@@ -132,6 +134,11 @@ class UnseededRng(Check):
         if not trainers:
             return pending
         findings = list(self._worker_copies(trainers[0], ctx))
+        hogwild = _hogwild_finding(self, len(trainers)) if _hogwild(trainers) else None
+        if hogwild is not None:
+            # Lock-free updates of shared weights from several processes differ from run to run by design:
+            # comparing two runs says nothing about seeding.
+            return [*findings, *[p for p in pending if p.evidence.get("kind") != "missing"], hogwild]
         repeat = run.variants.get("repeat")
         other = repeat.trainers if repeat is not None else []
         if not other:
@@ -215,6 +222,10 @@ class UnseededRng(Check):
 # -- comparing two runs -------------------------------------------------------------------------
 
 
+_FIX_HOGWILD = (
+    "Nothing to fix if the nondeterminism is accepted. To check the seeding, run the training function in one "
+    "process (e.g. `--num-processes 1`): a seeded single process must repeat exactly."
+)
 _MAX_CAUSES = 4
 _MAX_DETAILS = 20
 
@@ -232,6 +243,15 @@ def _dedupe(causes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if cause.get("repeats"):
             cause["text"] += f" ({cause['repeats']} times)"
     return list(kept.values())
+
+
+def _hogwild_finding(check: Check, count: int) -> Finding:
+    return check.finding(
+        f"{count} processes update one model in shared memory without locks (Hogwild): the order of their "
+        "updates changes from run to run, so two runs differ whatever the seeds. Seeding was not compared; "
+        "run with one training process to check it.",
+        fix=_FIX_HOGWILD, severity=Severity.INFO, evidence={"kind": "hogwild", "processes": count},
+    )
 
 
 def _benchmark(pending: list[Finding]) -> list[Finding]:
@@ -469,3 +489,9 @@ def _module_classes(tree: ast.AST, aliases: dict[str, str]) -> set[str]:
                 if last_segment(resolved) == "Module" or resolved.startswith("torch.nn."):
                     found.add(node.name)
     return found
+
+
+def _hogwild(trainers: list[ProcessTrace]) -> bool:
+    """Several processes, outside any process group, train parameters held in shared memory."""
+    shared = [p for p in trainers if any(m.get("shared_memory") for m in p.of("model"))]
+    return len(shared) >= 2 and not any(p.first("dist_init") for p in shared)

@@ -218,3 +218,12 @@ def test_a_seed_called_per_sample_is_one_cause_and_the_message_stays_short() -> 
     assert finding["message"].count("seeded on line 18") == 1
     assert re.search(r"\(\d{2,} times\)", finding["message"])
     assert len(finding["message"]) < 600 and len(json.dumps(finding["evidence"])) < 5000
+
+
+def test_hogwild_training_is_nondeterministic_by_design_not_unseeded() -> None:
+    result = convcheck("run", "--format", "json", SCRIPTS / "cc002_hogwild.py")
+    assert result.code == 0, result.stdout + result.stderr
+    [finding] = result.findings("CC002")
+    assert finding["severity"] == "info"
+    assert finding["evidence"] == {"kind": "hogwild", "processes": 2}
+    assert "Hogwild" in finding["message"] and "whatever the seeds" in finding["message"]

@@ -223,8 +223,11 @@ class Probe:
             moded = [(name, sub) for name, sub in module.named_modules() if isinstance(sub, sensitive)]
             self.mode_modules.append((module, moded))
             # obj: the module's id, to match train()/eval() calls (train_mode events) to this model.
+            # Shared memory (share_memory(), or a model handed to mp.Process): Hogwild-style training.
+            shared = any(_is_shared(p) for p in module.parameters())
             self.emit("model", cls=type(module).__name__, obj=id(module), params=params, wrapper=wrapper,
-                      mode_modules=[{"name": name, "cls": type(sub).__name__} for name, sub in moded])
+                      mode_modules=[{"name": name, "cls": type(sub).__name__} for name, sub in moded],
+                      **({"shared_memory": True} if shared else {}))
             self.root_index[id(module)] = len(self.root_refs)
             self.root_refs.append(weakref.ref(module))
             self.emit_module_flags(module, "model")
@@ -1262,6 +1265,13 @@ def _clone_batch(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _clone_batch(v) for k, v in value.items()}
     return value
+
+
+def _is_shared(param: Any) -> bool:
+    try:
+        return bool(param.is_shared())
+    except Exception:
+        return False
 
 
 def _shape_of(param: Any) -> list[int] | None:
