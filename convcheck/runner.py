@@ -363,10 +363,7 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
         summary.error = _failure_text(first, options)
     elif total_steps == 0:
         summary.status = "no-training-step"
-        summary.error = (
-            "No training step observed: the script ran to its end without calling optimizer.step() "
-            "(or scaler.step()). convcheck needs at least one step to check training."
-        )
+        summary.error = _no_step_text(launched, trace)
     else:
         statuses = {w.outcome.get("status") for w in launched.workers}
         summary.status = "stopped-at-budget" if "stopped-at-budget" in statuses else "completed"
@@ -404,6 +401,27 @@ def _story(trace) -> tuple[list[float], list[dict]]:  # noqa: ANN001
         pairs = sorted(zip(last["grad"], last["grad_norms"]), key=lambda p: -p[1] if p[1] == p[1] else 0)
         top = [{"name": names.get(pid, f"param{pid}"), "norm": norm, "step": last["n"]} for pid, norm in pairs[:3]]
     return curve, top
+
+
+def _no_step_text(launched, trace) -> str:  # noqa: ANN001
+    """Why no step was seen: what the script asked for and what it printed last."""
+    backwards = sum(1 for _ in trace.events("backward"))
+    text = ("No training step observed: the script ran to its end without calling optimizer.step() "
+            "(or scaler.step()). convcheck needs at least one step to check training.")
+    if backwards:
+        text += (f" It ran {backwards} backward() passes, so it may update the parameters by hand: only the "
+                 "checks that read the loss graph could judge it.")
+    asked = [e for _, e in trace.events("accelerator_query")]
+    if asked:
+        loc = asked[0].get("loc") or [None, None]
+        at = f" at {loc[0]}:{loc[1]}" if loc[0] else ""
+        text += (f" The script asked {asked[0].get('what')}(){at} and was told no GPU is available: run with "
+                 "--pretend-cuda (and --cuda-devices N) to have it take its GPU path on the CPU.")
+    tail = next((w.stdout_tail.strip() or w.stderr_tail.strip() for w in launched.workers
+                 if (w.stdout_tail or w.stderr_tail).strip()), "")
+    if tail:
+        text += "\nThe script's last output:\n" + "\n".join(tail.splitlines()[-8:])
+    return text
 
 
 _SELF_EXPLAINED = ("SelfSpawnUnderNproc:",)

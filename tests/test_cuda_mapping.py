@@ -107,3 +107,23 @@ def test_a_model_shared_with_spawned_ranks_gets_a_private_copy_per_rank() -> Non
     assert result.code == 0, result.stdout + result.stderr
     assert result.report["findings"] == []
     assert [p["steps"] for p in result.report["run"]["processes"] if p["steps"]] == [12, 12]
+
+
+def test_torch_accelerator_scripts_run_with_pretend_cuda_and_say_why_without() -> None:
+    script = SCRIPTS / "accelerator_ddp.py"
+    plain = convcheck("run", "--nproc-per-node", "2", "--steps", "4", "--format", "json", script)
+    run = plain.report["run"]
+    assert run["status"] == "no-training-step"
+    assert (f"The script asked torch.accelerator.is_available() at {script}:12 and was told no GPU is available: "
+            "run with --pretend-cuda") in run["error"]
+    assert run["error"].endswith("The script's last output:\nThis example needs an accelerator; none found, exiting.")
+    pretended = convcheck("run", "--nproc-per-node", "2", "--steps", "4", "--pretend-cuda", "--cuda-devices", "2",
+                          "--format", "json", script)
+    assert pretended.code == 0, pretended.stdout + pretended.stderr
+    run = pretended.report["run"]
+    assert run["status"] == "stopped-at-budget" and [p["steps"] for p in run["processes"]] == [4, 4]
+    mapped = {m["what"]: m["line"] for m in run["device_mapping"]}
+    assert mapped["torch.accelerator.set_device_index"] == 16
+    assert mapped["torch.accelerator.current_accelerator -> cuda (on the CPU)"] == 17
+    assert mapped["backend nccl -> gloo"] == 19
+    assert pretended.findings() == []

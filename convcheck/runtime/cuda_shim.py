@@ -35,6 +35,8 @@ class CudaShim:
         self.pretend_cuda = pretend_cuda
         self.seen: set[str] = set()
         self.patches: Patches = probe.patches
+        #: Availability questions already recorded.
+        self.asked: set[str] = set()
         #: data_ptr of every storage the script believes is on the GPU.
         self.device_storages: set[int] = set()
 
@@ -69,6 +71,7 @@ class CudaShim:
         self._patch_factories()
         self._patch_moves()
         self._patch_cuda_module()
+        self._patch_accelerator()
         self._patch_distributed()
         self._patch_amp()
         self._patch_load()
@@ -267,6 +270,61 @@ class CudaShim:
 
         for name in _UNMAPPABLE:
             self.patches.wrap(cuda, name, unmappable(name), deliberate=(UnmappableCudaCall,))
+
+    def _patch_accelerator(self) -> None:
+        """torch.accelerator, the device-agnostic API of current PyTorch examples, mapped like torch.cuda."""
+        accelerator = getattr(self.torch, "accelerator", None)
+        if accelerator is None:
+            return
+        shim, torch = self, self.torch
+        from convcheck.runtime import env
+
+        devices = int(os.environ.get(env.PRETEND_DEVICES) or 1)
+
+        def replace(name: str, what: str, result: Any) -> None:
+            def make(original: Any) -> Any:
+                def function(*args: Any, **kwargs: Any) -> Any:
+                    shim.record(what)
+                    return result(*args, **kwargs) if callable(result) else result
+
+                return function
+
+            self.patches.wrap(accelerator, name, make)
+
+        for name in ("set_device_index", "set_device_idx", "synchronize", "empty_cache", "reset_peak_memory_stats"):
+            replace(name, f"torch.accelerator.{name}", None)
+        for name in ("current_device_index", "current_device_idx"):
+            replace(name, f"torch.accelerator.{name}", lambda *a, **k: int(os.environ.get("LOCAL_RANK", 0)))
+        for stat in ("memory_allocated", "max_memory_allocated", "memory_reserved", "max_memory_reserved"):
+            replace(stat, f"torch.accelerator.{stat}", lambda *a, **k: 0)
+        if self.pretend_cuda:
+            replace("is_available", "torch.accelerator.is_available (pretended)", lambda *a, **k: True)
+            replace("current_accelerator", "torch.accelerator.current_accelerator -> cuda (on the CPU)",
+                    lambda *a, **k: torch.device("cuda"))
+            replace("device_count", "torch.accelerator.device_count (pretended)", lambda *a, **k: devices)
+        else:
+            self._watch_availability(accelerator, "torch.accelerator.is_available")
+            self._watch_availability(torch.cuda, "torch.cuda.is_available")
+
+    def _watch_availability(self, owner: Any, what: str) -> None:
+        """Record a script asking for a GPU and told there is none: --pretend-cuda may be what it needs."""
+        shim = self
+
+        def make(original: Any) -> Any:
+            def is_available(*args: Any, **kwargs: Any) -> Any:
+                answer = original(*args, **kwargs)
+                from convcheck.runtime.locate import caller_file, is_library_file
+
+                if not answer and what not in shim.asked and not is_library_file(caller_file()):
+                    shim.asked.add(what)
+                    from convcheck.runtime.probe import _loc
+
+                    shim.probe.emit("accelerator_query", what=what, answer=False, loc=_loc(3))
+                return answer
+
+            return is_available
+
+        self.patches.wrap(owner, "is_available", make)
 
     def _patch_distributed(self) -> None:
         import torch.distributed as dist
