@@ -127,3 +127,13 @@ def test_torch_accelerator_scripts_run_with_pretend_cuda_and_say_why_without() -
     assert mapped["torch.accelerator.current_accelerator -> cuda (on the CPU)"] == 17
     assert mapped["backend nccl -> gloo"] == 19
     assert pretended.findings() == []
+
+
+def test_dataparallel_runs_on_one_cpu_device_under_pretend_cuda() -> None:
+    result = convcheck("run", "--pretend-cuda", "--cuda-devices", "2", "--format", "json",
+                       SCRIPTS / "cuda_dataparallel.py")
+    assert result.code == 0, result.stdout + result.stderr
+    run = result.report["run"]
+    assert run["status"] == "completed" and run["processes"][0]["steps"] == 8
+    assert {"what": "DataParallel -> one CPU device", "file": str(SCRIPTS / "cuda_dataparallel.py"), "line": 8} \
+        in run["device_mapping"]

@@ -9,6 +9,7 @@ line); what cannot be mapped (streams, events) fails with a message naming the c
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from convcheck.runtime.patches import Patches
@@ -367,6 +368,22 @@ class CudaShim:
             return __init__
 
         self.patches.wrap(DistributedDataParallel, "__init__", ddp_init)
+
+        # DataParallel asks which device type is available; pretended CUDA would send it to real GPUs.
+        # With no device type it wraps the module for one CPU device, which is what runs here.
+        data_parallel = sys.modules.get("torch.nn.parallel.data_parallel")
+
+        def no_device_type(original: Any) -> Any:
+            def _get_available_device_type(*args: Any, **kwargs: Any) -> Any:
+                if original(*args, **kwargs) == "cuda":
+                    shim.record("DataParallel -> one CPU device")
+                    return None
+                return original(*args, **kwargs)
+
+            return _get_available_device_type
+
+        if data_parallel is not None:
+            self.patches.wrap(data_parallel, "_get_available_device_type", no_device_type)
 
         # SyncBatchNorm runs on GPUs only: on the CPU the model keeps its BatchNorm layers,
         # whose per-process statistics are what each rank sees anyway with one device each.
