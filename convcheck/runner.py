@@ -280,6 +280,7 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
                 max_batches_per_epoch=options.max_batches_per_epoch, show_output=show_output,
                 device=options.device, pretend_cuda=options.pretend_cuda,
                 cuda_devices=options.cuda_devices or nproc or 1, repeat_first_batch=repeat_first_batch,
+                terminal_stdin=folder == run_dir,
             )
 
         specs = {"main": spec_for(run_dir, options.nproc_per_node, options.steps, options.show_output)}

@@ -299,3 +299,22 @@ def test_nproc_per_node_on_a_script_that_spawns_its_own_ranks_says_what_to_run_i
     assert run["error"].startswith("rank ") and " stopped: This script starts its own processes with " in run["error"]
     assert f"convcheck run --pretend-cuda --cuda-devices 2 {SCRIPTS / 'spawn.py'}" in run["error"]
     assert "Traceback" not in run["error"]
+
+
+def test_the_script_reads_the_terminal_convcheck_runs_in(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    primary, secondary = pty.openpty()
+    os.write(primary, b"n\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "convcheck", "run", "--format", "json", "--trace-dir", str(tmp_path / "t"),
+         str(SCRIPTS / "asks_the_terminal.py")],
+        stdin=secondary, capture_output=True, text=True, timeout=300,
+    )
+    os.close(secondary)
+    os.close(primary)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "isatty True answer n" in (tmp_path / "t" / "stdout-0.txt").read_text()

@@ -47,6 +47,8 @@ class LaunchSpec:
     cuda_devices: int = 1
     python: str = sys.executable
     repeat_first_batch: bool = False
+    #: Give the first worker convcheck's own stdin when that is a terminal (a prompt, a terminal-size query).
+    terminal_stdin: bool = False
 
 
 @dataclass
@@ -139,6 +141,14 @@ def worker_env(spec: LaunchSpec, rank: int, port: int) -> dict[str, str]:
     return environ
 
 
+def _terminal_stdin(spec: LaunchSpec) -> bool:
+    """Whether the script should read the terminal convcheck runs in, as it would under python."""
+    try:
+        return spec.terminal_stdin and os.isatty(sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchResult:
     """Start the workers, wait for them under the watchdog, and clean up every process."""
     trace_dir = spec.run_dir / "trace"
@@ -161,7 +171,8 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
             cmd = [spec.python, "-m", "convcheck.runtime.worker", str(spec.script), *spec.script_args]
             procs.append(
                 subprocess.Popen(
-                    cmd, env=worker_env(spec, rank, port), stdin=subprocess.DEVNULL,
+                    cmd, env=worker_env(spec, rank, port), stdin=None if rank == 0 and _terminal_stdin(spec)
+                    else subprocess.DEVNULL,
                     stdout=stdout, stderr=stderr, start_new_session=True,
                 )
             )
