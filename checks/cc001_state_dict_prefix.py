@@ -237,6 +237,10 @@ class StateDictPrefix(Check):
                 if path is not None and path in failed_loads:
                     message += " This run loaded it into a plain model and the keys did not match."
                     severity = Severity.ERROR
+                elif consistent and loaded_back[path] == "stripped":
+                    message += (" This run loaded it back after removing the prefix itself before load_state_dict, "
+                                "so its own resume works; code that loads the file into the plain model as it is "
+                                "will not.")
                 elif consistent:
                     message += " This run loaded it back into the same wrapper, which is consistent."
                 yield self.finding(
@@ -354,16 +358,22 @@ def _leading_prefix(keys: list[str]) -> str:
     return WRAPPER_PREFIXES[0]
 
 
-def _consistent_reloads(proc: ProcessTrace) -> set[str]:
-    """Paths this process loaded and then fed to a load_state_dict where every key matched."""
-    found: set[str] = set()
+_WRAPPER_CLASSES = frozenset({"DistributedDataParallel", "DataParallel", "OptimizedModule",
+                              "FullyShardedDataParallel"})
+
+
+def _consistent_reloads(proc: ProcessTrace) -> dict[str, str]:
+    """Paths this process loaded and then fed to a load_state_dict where every key matched, and how:
+    "wrapper" when it loaded into the same kind of wrapper, "stripped" when the script removed the prefix."""
+    found: dict[str, str] = {}
     last: Event | None = None
     for event in proc.events:
         if event["ev"] == "load":
             last = event
         elif event["ev"] == "load_state_dict" and last is not None and last.get("path"):
             if not event.get("n_missing") and not event.get("n_unexpected") and event.get("n_loaded"):
-                found.add(last["path"])
+                wrapped = event.get("module") in _WRAPPER_CLASSES
+                found[last["path"]] = "wrapper" if wrapped else "stripped"
     return found
 
 

@@ -245,3 +245,14 @@ def test_run_that_saved_plain_keys_under_a_wrapper_clears_the_static_warning() -
     events = trainer({"ev": "model", "cls": "DistributedDataParallel", "params": [], "wrapper": True},
                      save(PLAIN, line=5))
     assert list(check.check_runtime(RunTrace(processes=[load_events(events)]), ctx)) == []
+
+
+def test_a_resume_that_strips_the_prefix_itself_is_told_as_it_is(tmp_path: Path) -> None:
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC001",
+                       SCRIPTS / "cc001_compiled_resume.py", tmp_path)
+    assert result.code == 0, result.stdout + result.stderr
+    [finding] = result.findings("CC001")
+    assert (finding["severity"], finding["location"]["line"]) == ("info", 22)
+    assert "loaded it back after removing the prefix itself before load_state_dict" in finding["message"]
+    assert "same wrapper, which is consistent" not in finding["message"]
+    assert not (tmp_path / "ckpt.pt").exists()  # the save went to the run's scratch folder
