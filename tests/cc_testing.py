@@ -31,11 +31,17 @@ class Result:
         return [f for f in found if code is None or f["code"] == code]
 
 
-def convcheck(*args: str | os.PathLike, cwd: Path | None = None, timeout: float = 120) -> Result:
-    """Run ``python -m convcheck ARGS`` and capture its output."""
+def convcheck(
+    *args: str | os.PathLike, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None
+) -> Result:
+    """Run ``python -m convcheck ARGS`` and capture its output (``env`` adds to the environment).
+
+    The timeout only bounds a run that hangs: a busy machine may be many times slower than a quiet one.
+    """
     proc = subprocess.run(
         [sys.executable, "-m", "convcheck", *map(str, args)],
         capture_output=True, text=True, cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

@@ -126,12 +126,22 @@ def test_dataloader_workers_do_not_outlive_the_run() -> None:
 
 
 def test_crash_before_first_step_exits_2_with_traceback() -> None:
-    result = convcheck("run", SCRIPTS / "crash_early.py")
+    import re
+
+    import convcheck as package
+
+    # Wide enough that no path in the traceback is folded onto two lines.
+    result = convcheck("run", "--ignore", "CC002", SCRIPTS / "crash_early.py", env={"COLUMNS": "400"})
     assert result.code == 2
     text = " ".join(result.stdout.split())
     assert "the script failed: RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x5 and 4x2)" in text
     assert 'crash_early.py", line 6, in <module> out = model(data)' in text
-    assert "convcheck/" not in text.split("Traceback", 1)[1]
+    # The traceback shows the user's frames and torch's, never convcheck's own (wherever it is installed,
+    # whatever the clone's folder is called).
+    frames = [Path(f) for f in re.findall(r'File "([^"]+)", line', text.split("Traceback", 1)[1])]
+    assert frames and frames[0] == SCRIPTS / "crash_early.py"
+    package_dir = Path(package.__file__).resolve().parent
+    assert [f for f in frames if f.resolve().is_relative_to(package_dir)] == []
 
 
 def test_crash_mid_run_exits_3_with_partial_report(tmp_path: Path) -> None:
@@ -150,8 +160,13 @@ def test_no_training_step_exits_5() -> None:
 
 
 def test_hang_is_stopped_at_timeout_with_location() -> None:
-    # The script hangs for ever; the timeout leaves room for a slow start on a busy machine.
-    result = convcheck("run", "--timeout", "12", "--format", "json", SCRIPTS / "hang.py")
+    # The script hangs for ever after one step. On a busy machine `import torch` alone can use up a
+    # short timeout before that step: then the same run is repeated with a longer one.
+    for timeout in ("12", "60", "240"):
+        result = convcheck("run", "--ignore", "CC002", "--timeout", timeout, "--format", "json",
+                           SCRIPTS / "hang.py", timeout=600)
+        if result.code == 4 and result.report["run"]["processes"][0]["steps"] == 1:
+            break
     assert result.code == 4
     run = result.report["run"]
     assert run["status"] == "timeout"
@@ -162,12 +177,14 @@ def test_hang_is_stopped_at_timeout_with_location() -> None:
 
 def test_ddp_worker_dies_names_rank_and_stops_peers() -> None:
     script = SCRIPTS / "ddp_rank_dies.py"
-    result = convcheck("run", "--nproc-per-node", "2", "--format", "json", "--timeout", "60", script)
+    # Rank 0 would wait for rank 1 for ever: "crashed" rather than "timeout" shows it was stopped
+    # when its peer died, however slow the machine.
+    result = convcheck("run", "--nproc-per-node", "2", "--ignore", "CC002", "--format", "json", "--timeout", "600",
+                       script, timeout=900)
     assert result.code == 3
     run = result.report["run"]
     assert run["status"] == "crashed"
     assert run["error"].startswith("rank 1 failed: ValueError: rank 1 ran out of data")
-    assert run["wall_seconds"] < 30
     assert processes_running(str(script)) == []
 
 
@@ -197,7 +214,7 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         [sys.executable, "-m", "convcheck", "run", "--timeout", "120", script],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 300  # only a bound against a run that never starts
     while not processes_running(str(script)) or len(processes_running(str(script))) < 2:
         assert time.monotonic() < deadline, "the run never started"
         time.sleep(0.1)
@@ -258,14 +275,14 @@ def test_sigterm_and_sigkill_of_convcheck_leave_no_worker() -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         proc = subprocess.Popen([sys.executable, "-m", "convcheck", "run", "--timeout", "120", script],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300  # only a bound against a run that never starts
         while len(processes_running(str(script))) < 2:
             assert time.monotonic() < deadline, "the run never started"
             time.sleep(0.1)
         time.sleep(1.0)
         proc.send_signal(sig)
         proc.wait(timeout=30)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while [c for c in processes_running(str(script)) if "convcheck.runtime.worker" in c]:
             assert time.monotonic() < deadline, f"a worker outlived convcheck after {sig.name}"
             time.sleep(0.1)
