@@ -71,15 +71,37 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     assert from_flag.report["run"]["processes"][0]["steps"] == 4
 
 
-def test_config_command_prints_effective_settings(tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text('[tool.convcheck]\ntimeout = 60\n[tool.convcheck.per-file-ignores]\n"legacy/*.py" = ["CC002"]\n')
-    result = convcheck("config", tmp_path)
-    assert result.code == 0
-    head, body = result.stdout.split("\n", 1)
-    assert head == f"# from {tmp_path / 'pyproject.toml'}"
-    settings = json.loads(body)
+def test_config_command_prints_effective_settings_and_their_origin(tmp_path: Path) -> None:
+    config = tmp_path / "pyproject.toml"
+    config.write_text('[tool.convcheck]\ntimeout = 60\n[tool.convcheck.per-file-ignores]\n"legacy/*.py" = ["CC002"]\n')
+    as_json = convcheck("config", "--format", "json", tmp_path)
+    assert as_json.code == 0, as_json.stderr
+    data = json.loads(as_json.stdout)  # nothing but JSON
+    assert data["source"] == str(config)
+    settings, origin = data["settings"], data["origin"]
     assert settings["timeout"] == 60 and settings["per-file-ignores"] == {"legacy/*.py": ["CC002"]}
     assert settings["steps"] == 20
+    assert origin["timeout"] == origin["per-file-ignores"] == str(config)
+    assert origin["steps"] == origin["fail-on"] == "default"
+    text = convcheck("config", tmp_path)
+    assert text.code == 0
+    lines = text.stdout.splitlines()
+    assert lines[0] == f"[tool.convcheck] from {config}"
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["timeout"] == ["timeout", "60.0", str(config)]
+    assert rows["steps"] == ["steps", "20", "default"]
+    assert rows["nproc-per-node"] == ["nproc-per-node", "not", "set", "default"]
+    assert set(rows) == set(settings)
+
+
+def test_config_errors_in_plain_words(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.convcheck]\nfail-on = "sometimes"\nsteps = 0\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'pyproject.toml'}: [tool.convcheck] is invalid: fail-on must be 'error', 'warning', 'info' or "
+        "'never' (got 'sometimes'); steps must be at least 1 (got 0)."
+    )
 
 
 # -- suppressions -------------------------------------------------------------------------
