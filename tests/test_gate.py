@@ -212,6 +212,79 @@ def test_several_formats_into_one_folder(tmp_path: Path) -> None:
     assert json.loads((out / "convcheck.sarif").read_text())["version"] == "2.1.0"
 
 
+def test_every_format_gets_its_own_file_in_a_folder(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN + "x = 1  # convcheck: ignore[CC004]\n")
+    out = tmp_path / "reports"
+    result = convcheck("run", "--static-only", "--format", "text", "--format", "github", "--output", out, script)
+    assert result.code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["convcheck.github.txt", "convcheck.txt"]
+    assert (out / "convcheck.txt").read_text().startswith(f"convcheck {script} · static checks")
+    assert (out / "convcheck.github.txt").read_text().startswith("::notice file=")
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [["a.json", "a.json"], ["a.json", "sub/../a.json"], ["-", "/dev/stdout"], ["-", "-"]],
+    ids=["same-name", "same-file", "stdout-twice", "dash-twice"],
+)
+def test_two_reports_to_one_file_are_refused(tmp_path: Path, outputs: list[str]) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    (tmp_path / "sub").mkdir()
+    args = [arg for path in outputs for arg in ("--output", path)]
+    result = convcheck("run", "--static-only", "--format", "json", "--format", "sarif", *args, script, cwd=tmp_path)
+    assert result.code == 2
+    assert result.stderr == (
+        f"convcheck: --output: the json and sarif reports would both be written to {outputs[1]}, and one would "
+        "replace or garble the other. Give each format its own file, or one folder for all.\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub", "train.py"]
+
+
+def test_dash_is_stdout(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    result = convcheck("run", "--static-only", "--format", "json", "--output", "-", script, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert result.report["run"]["status"] == "static-only"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.py"]
+
+
+def test_output_to_dev_stdout_truncates_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN + "x = 1  # convcheck: ignore[CC004]\n")
+    log = tmp_path / "ci.log"
+    # The README's CI example: the job's log is a file the shell redirected standard output to.
+    command = (f"{{ echo BEFORE; {sys.executable} -m convcheck run --static-only --format github --output /dev/stdout "
+               f"{script}; echo AFTER; }} > {log}")
+    subprocess.run(["bash", "-c", command], check=True)
+    lines = log.read_text().splitlines()
+    assert lines[0] == "BEFORE" and lines[-1] == "AFTER"
+    assert len(lines) == 3 and lines[1].startswith("::notice file=") and "train.py,line=8,title=CC100" in lines[1]
+
+
+def test_output_to_a_fifo_is_written_without_truncating(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    fifo = tmp_path / "reports.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    result = convcheck("run", "--static-only", "--format", "json", "--output", fifo, script)
+    reader.join(timeout=60)
+    assert result.code == 0, result.stderr
+    assert json.loads(received[0])["run"]["status"] == "static-only"
+    assert fifo.is_fifo()
+
+
 def test_several_formats_without_output_is_an_error(tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(TRAIN)
