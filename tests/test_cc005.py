@@ -96,7 +96,20 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("name", sorted(STATIC_CASES))
 def test_static(name: str) -> None:
     source = STATIC_CASES[name]
-    assert static_findings(LrNotScaled(), source) == expected(source)
+    assert static_findings(_adaptive_too(), source) == expected(source)
+
+
+def _adaptive_too() -> LrNotScaled:
+    """The check with the square-root advice for adaptive optimizers switched on."""
+    check = LrNotScaled()
+    check.options = {"adaptive-optimizers": True}
+    return check
+
+
+@pytest.mark.parametrize("name", ["adam_constant_through_names", "adam_default_lr"])
+def test_adaptive_optimizers_are_quiet_by_default(name: str) -> None:
+    assert static_findings(LrNotScaled(), STATIC_CASES[name]) == set()
+    assert runtime(trace(4, 1e-3, 1e-3, cls="AdamW")) == []
 
 
 def test_asks_for_a_single_process_run_only_under_ddp() -> None:
@@ -141,8 +154,8 @@ def trace(world: int, lr: float, single_lr: float | None, **kwargs) -> RunTrace:
     return run
 
 
-def runtime(run: RunTrace, source: str = "", deferred: bool = True) -> list:
-    check = LrNotScaled()
+def runtime(run: RunTrace, source: str = "", deferred: bool = True, adaptive: bool = False) -> list:
+    check = _adaptive_too() if adaptive else LrNotScaled()
     ctx = context(source)
     if deferred:
         check.runtime_follows = True
@@ -162,7 +175,7 @@ def test_sgd_lr_invariant_across_world_sizes() -> None:
 
 
 def test_adam_is_info_with_the_square_root_rule() -> None:
-    [finding] = runtime(trace(4, 1e-3, 1e-3, cls="AdamW"))
+    [finding] = runtime(trace(4, 1e-3, 1e-3, cls="AdamW"), adaptive=True)
     assert finding.severity.value == "info"
     assert finding.evidence["suggested_lr"] == pytest.approx(2e-3)
     assert finding.evidence["rule"] == "square-root"
