@@ -333,6 +333,7 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
                 pid=worker.pid, rank=(proc.rank if proc is not None and proc.rank is not None else worker.rank),
                 role="worker", exit_code=worker.returncode,
                 steps=outcome.get("steps", proc.steps if proc else 0),
+                skipped_steps=_skipped_steps(proc),
                 backwards=len(proc.of("backward")) if proc else 0,
                 crashed=outcome.get("status") == "crashed" or (worker.returncode not in (0, None) and not outcome),
                 error=outcome.get("error"),
@@ -343,7 +344,7 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
             continue
         processes.append(
             ProcessSummary(pid=proc.pid, rank=proc.rank, role="child", steps=proc.steps,
-                           backwards=len(proc.of("backward")))
+                           skipped_steps=_skipped_steps(proc), backwards=len(proc.of("backward")))
         )
     # A step a GradScaler skipped (inf/NaN gradients) is still a training step taken.
     skipped = sum(1 for _, e in trace.events("scaler") if e.get("call") == "step" and e.get("skipped"))
@@ -378,6 +379,13 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
         statuses = {w.outcome.get("status") for w in launched.workers}
         summary.status = "stopped-at-budget" if "stopped-at-budget" in statuses else "completed"
     return summary
+
+
+def _skipped_steps(proc) -> int:  # noqa: ANN001
+    """Steps of this process that a GradScaler skipped because of inf/NaN gradients."""
+    if proc is None:
+        return 0
+    return sum(1 for e in proc.of("scaler") if e.get("call") == "step" and e.get("skipped"))
 
 
 def _located(trace, kind: str, label: str, first_per_label: bool = False, only=None) -> list[dict]:  # noqa: ANN001

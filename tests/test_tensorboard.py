@@ -73,7 +73,8 @@ def test_terminal_view_exact() -> None:
         script="train.py",
         findings=[
             Finding(code="CC003", name="loss-double-normalization", severity=Severity.ERROR, message="divided twice",
-                    location=Location(path="train.py", line=9), evidence={"divisor": 32, "batch_size": 32}, fix="f")
+                    location=Location(path="train.py", line=9), evidence={"loss_node": "NllLossBackward0", "reduction": "mean", "batch_size": 32,
+                              "divisors": [32], "backwards_per_step": 1}, headline="divisors", fix="f")
         ],
         run=RunSummary(
             status="stopped-at-budget", wall_seconds=1.0,
@@ -88,6 +89,6 @@ def test_terminal_view_exact() -> None:
         "At a glance\n"
         "  loss       ██▇▄▂▁  2.3 → 0.5 (6 steps)\n"
         "  grad norm  fc.weight 1.23 · fc.bias 0.5 (step 5)\n"
-        "  CC003      divisor=32\n"
+        "  CC003      A mean-reduced loss over a batch of 32 was divided by 32 (1 backward pass per step).\n"
         "\n"
     )
