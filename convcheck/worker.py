@@ -12,6 +12,7 @@ the same afterwards. convcheck makes no rendezvous or transport of its own.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -120,12 +121,24 @@ def worker(
         )
         options.steps = steps
         report_code = int(execute(options))
+        if report_code == ExitCode.FINDINGS and code == 0:
+            # torchrun reports any non-zero exit as a failed child with a traceback: say first what it means.
+            sys.stdout.flush()
+            sys.stderr.write(GATE_NOTE.format(fail_on=fail_on.value))
+            sys.stderr.flush()
         code = report_code if code == 0 else code
     import shutil
 
     # The gathered copies were this rank's own temporary folder; a shared folder keeps its traces.
     shutil.rmtree(folder if gather else folder / "scratch", ignore_errors=True)
     leave(code)
+
+
+#: What rank 0 says when findings make it exit 1, before the launcher's "ChildFailedError" traceback.
+GATE_NOTE = (
+    "convcheck: rank 0 exits 1 because of findings at or above --fail-on {fail_on}: this is the gate, not a crash "
+    "(the launcher may report it as a failed child below). The report is above.\n"
+)
 
 
 def _gather_to_rank0(folder: Path, rank: int) -> None:
