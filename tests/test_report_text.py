@@ -87,7 +87,7 @@ def test_tensorboard_folder_and_command_are_printed() -> None:
     text = render(report, "text")
     assert (
         "TensorBoard event files: runs/train-20261123-101525\n"
-        "  view them with: tensorboard --logdir runs/train-20261123-101525\n"
+        "  view them with: tensorboard --logdir runs\n"
     ) in text
 
 

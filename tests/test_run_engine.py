@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from cc_testing import SCRIPTS, convcheck, processes_running, read_traces
 
 
@@ -20,7 +21,7 @@ def test_single_process_trace_and_user_files_untouched(tmp_path: Path) -> None:
     ckpt.write_bytes(b"the user's precious checkpoint")
     traces = tmp_path / "traces"
     result = convcheck(
-        "run", "--steps", "7", "--max-batches-per-epoch", "3", "--format", "json", "--trace-dir", traces,
+        "run", "--ignore", "CC002", "--steps", "7", "--max-batches-per-epoch", "3", "--format", "json", "--trace-dir", traces,
         SCRIPTS / "single.py", "--lr", "0.25", "--ckpt", ckpt,
     )
     assert result.code == 0, result.stderr
@@ -62,7 +63,7 @@ def test_single_process_trace_and_user_files_untouched(tmp_path: Path) -> None:
 def test_ddp_two_processes_over_gloo(tmp_path: Path) -> None:
     traces = tmp_path / "traces"
     result = convcheck(
-        "run", "--nproc-per-node", "2", "--steps", "6", "--max-batches-per-epoch", "2", "--format", "json",
+        "run", "--ignore", "CC002", "--nproc-per-node", "2", "--steps", "6", "--max-batches-per-epoch", "2", "--format", "json",
         "--trace-dir", traces, SCRIPTS / "ddp_torchrun.py",
     )
     assert result.code == 0, result.stderr
@@ -91,7 +92,7 @@ def test_ddp_two_processes_over_gloo(tmp_path: Path) -> None:
 
 def test_mp_spawn_script_reaches_children(tmp_path: Path) -> None:
     traces = tmp_path / "traces"
-    result = convcheck("run", "--steps", "5", "--format", "json", "--trace-dir", traces, SCRIPTS / "spawn.py")
+    result = convcheck("run", "--ignore", "CC002", "--steps", "5", "--format", "json", "--trace-dir", traces, SCRIPTS / "spawn.py")
     assert result.code == 0, result.stderr
     report = result.report
     assert report["run"]["status"] == "completed"
@@ -104,25 +105,17 @@ def test_mp_spawn_script_reaches_children(tmp_path: Path) -> None:
 
 
 def test_endless_loop_inside_except_exception_is_stopped(tmp_path: Path) -> None:
-    result = convcheck("run", "--steps", "4", "--format", "json", SCRIPTS / "endless.py")
+    result = convcheck("run", "--ignore", "CC002", "--steps", "4", "--format", "json", SCRIPTS / "endless.py")
     assert result.code == 0, result.stderr
     assert result.report["run"]["status"] == "stopped-at-budget"
     assert result.report["run"]["processes"][0]["steps"] == 4
 
 
 def test_bare_except_cannot_swallow_the_stop() -> None:
-    result = convcheck("run", "--steps", "3", "--format", "json", "--timeout", "60", SCRIPTS / "bare_except.py")
+    result = convcheck("run", "--ignore", "CC002", "--steps", "3", "--format", "json", "--timeout", "60", SCRIPTS / "bare_except.py")
     assert result.code == 0, result.stderr
     assert result.report["run"]["status"] == "stopped-at-budget"
     assert result.report["run"]["processes"][0]["steps"] == 3
-
-
-def test_dataloader_workers_do_not_outlive_the_run() -> None:
-    script = SCRIPTS / "loader_workers.py"
-    result = convcheck("run", "--steps", "5", "--format", "json", script)
-    assert result.code == 0, result.stderr
-    assert result.report["run"]["status"] == "stopped-at-budget"
-    assert processes_running(str(script)) == []
 
 
 def test_crash_before_first_step_exits_2_with_traceback() -> None:
@@ -145,7 +138,7 @@ def test_crash_before_first_step_exits_2_with_traceback() -> None:
 
 
 def test_crash_mid_run_exits_3_with_partial_report(tmp_path: Path) -> None:
-    result = convcheck("run", "--format", "json", SCRIPTS / "crash_midrun.py")
+    result = convcheck("run", "--ignore", "CC002", "--format", "json", SCRIPTS / "crash_midrun.py")
     assert result.code == 3
     run = result.report["run"]
     assert run["status"] == "crashed"
@@ -154,7 +147,7 @@ def test_crash_mid_run_exits_3_with_partial_report(tmp_path: Path) -> None:
 
 
 def test_no_training_step_exits_5() -> None:
-    result = convcheck("run", SCRIPTS / "no_step.py")
+    result = convcheck("run", "--ignore", "CC002", SCRIPTS / "no_step.py")
     assert result.code == 5
     assert "No training step observed" in result.stdout
 
@@ -198,7 +191,7 @@ def test_script_argv_and_dunder_main(tmp_path: Path) -> None:
         "opt = torch.optim.SGD([w], lr=1.0)\n"
         "w.sum().backward(); opt.step()\n" % str(script)
     )
-    result = convcheck("run", "--format", "json", script, "-x", "--flag=1")
+    result = convcheck("run", "--ignore", "CC002", "--format", "json", script, "-x", "--flag=1")
     assert result.code == 0, result.stdout + result.stderr
     assert result.report["run"]["processes"][0]["steps"] == 1
 
@@ -211,7 +204,7 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
 
     script = SCRIPTS / "hang.py"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "convcheck", "run", "--timeout", "120", script],
+        [sys.executable, "-m", "convcheck", "run", "--ignore", "CC002", "--timeout", "120", script],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 300  # only a bound against a run that never starts
@@ -228,11 +221,25 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     assert [c for c in processes_running(str(script)) if "convcheck.runtime.worker" in c] == []
 
 
-def test_dataloader_workers_are_probed_too(tmp_path: Path) -> None:
-    traces = tmp_path / "traces"
-    result = convcheck("run", "--steps", "3", "--format", "json", "--trace-dir", traces, SCRIPTS / "loader_workers.py")
+@pytest.fixture(scope="module")
+def loader_workers_run(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """One run of a script with two DataLoader workers, shared by the tests that look at it."""
+    traces = tmp_path_factory.mktemp("loader-workers") / "traces"
+    script = SCRIPTS / "loader_workers.py"
+    result = convcheck("run", "--ignore", "CC002", "--steps", "5", "--format", "json", "--trace-dir", traces, script)
+    return result, read_traces(traces), processes_running(str(script))
+
+
+def test_dataloader_workers_do_not_outlive_the_run(loader_workers_run: tuple) -> None:
+    result, _, left = loader_workers_run
     assert result.code == 0, result.stderr
-    all_traces = read_traces(traces)
+    assert result.report["run"]["status"] == "stopped-at-budget"
+    assert left == []
+
+
+def test_dataloader_workers_are_probed_too(loader_workers_run: tuple) -> None:
+    result, all_traces, _ = loader_workers_run
+    assert result.code == 0, result.stderr
     workers = [t for t in all_traces if t[0]["role"] == "forked-child"]
     assert len(workers) == 2
     # torch seeds each worker itself; the probe marks those calls as not the user's.
@@ -260,7 +267,7 @@ def test_the_users_own_sitecustomize_still_runs(tmp_path: Path) -> None:
     import sys
 
     env = dict(os.environ, PYTHONPATH=str(site))
-    proc = subprocess.run([sys.executable, "-m", "convcheck", "run", "--format", "json", str(script)],
+    proc = subprocess.run([sys.executable, "-m", "convcheck", "run", "--ignore", "CC002", "--format", "json", str(script)],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -273,7 +280,7 @@ def test_sigterm_and_sigkill_of_convcheck_leave_no_worker() -> None:
 
     script = SCRIPTS / "hang.py"
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        proc = subprocess.Popen([sys.executable, "-m", "convcheck", "run", "--timeout", "120", script],
+        proc = subprocess.Popen([sys.executable, "-m", "convcheck", "run", "--ignore", "CC002", "--timeout", "120", script],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 300  # only a bound against a run that never starts
         while len(processes_running(str(script))) < 2:
@@ -289,7 +296,7 @@ def test_sigterm_and_sigkill_of_convcheck_leave_no_worker() -> None:
 
 
 def test_steps_a_gradscaler_skipped_still_count_as_training() -> None:
-    result = convcheck("run", "--steps", "4", "--format", "json", "--fail-on", "never", SCRIPTS / "amp_all_skipped.py")
+    result = convcheck("run", "--ignore", "CC002", "--steps", "4", "--format", "json", "--fail-on", "never", SCRIPTS / "amp_all_skipped.py")
     assert result.code == 0, result.stdout + result.stderr
     run = result.report["run"]
     assert run["status"] == "stopped-at-budget"

@@ -21,7 +21,7 @@ def _load(folder: Path) -> EventAccumulator:
 def test_event_files_per_rank_with_grouped_tags(tmp_path: Path) -> None:
     logs = tmp_path / "tb"
     result = convcheck(
-        "run", "--nproc-per-node", "2", "--steps", "10", "--max-batches-per-epoch", "4", "--format", "json",
+        "run", "--ignore", "CC002", "--nproc-per-node", "2", "--steps", "10", "--max-batches-per-epoch", "4", "--format", "json",
         "--tensorboard", logs, SCRIPTS / "ddp_torchrun.py",
     )
     assert result.code == 0, result.stderr
@@ -51,11 +51,13 @@ def test_event_files_per_rank_with_grouped_tags(tmp_path: Path) -> None:
 def test_amp_scale_tags(tmp_path: Path) -> None:
     logs = tmp_path / "tb"
     result = convcheck(
-        "run", "--nproc-per-node", "2", "--steps", "4", "--max-batches-per-epoch", "3", "--tensorboard", logs,
+        "run", "--ignore", "CC002", "--nproc-per-node", "2", "--steps", "4", "--max-batches-per-epoch", "3",
+        "--tensorboard", logs,
         SCRIPTS / "cuda_ddp_amp.py",
     )
     assert result.code == 0, result.stderr
     (run_folder,) = logs.iterdir()
+    assert f"TensorBoard event files: {run_folder}\n  view them with: tensorboard --logdir {logs}\n" in result.stdout
     acc = _load(run_folder / "rank1")
     scale = acc.Scalars("amp/scale")
     assert [e.step for e in scale] == [1, 2, 3, 4] and {e.value for e in scale} == {65536.0}

@@ -108,8 +108,11 @@ class ReportView:
                 yield Text(f"  {save.get('path')}{_where(save, '  ({})')}", style="dim")
             yield Text("")
         if run.tensorboard_dir:
+            from pathlib import Path
+
+            # The folder above this run's holds the earlier runs too: TensorBoard shows them side by side.
             yield Text(f"TensorBoard event files: {run.tensorboard_dir}")
-            yield Text(f"  view them with: tensorboard --logdir {run.tensorboard_dir}", style="dim")
+            yield Text(f"  view them with: tensorboard --logdir {Path(run.tensorboard_dir).parent}", style="dim")
             yield Text("")
         if run.baseline_suppressed:
             yield Text(f"{run.baseline_suppressed} finding(s) already in the baseline were left out.", style="dim")
