@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 from cc_testing import SCRIPTS, convcheck, processes_running, read_traces
 
+# These tests count the processes of scripts they share and share a module-scoped run: one worker.
+pytestmark = pytest.mark.xdist_group("run-engine")
+
 
 def _trainers(traces: list[list[dict]]) -> list[list[dict]]:
     return [t for t in traces if any(e["ev"] == "step" for e in t)]
