@@ -154,6 +154,9 @@ class LrNotScaled(Check):
     _facts: list[_StaticFacts]
 
     def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
+        optimizers = self._static_facts(ctx)
+        if optimizers and not any(self._reports(f.cls) for f in optimizers):
+            return {}  # only adaptive optimizers in the source, and their advice is off: nothing to compare
         if nproc_per_node is not None and nproc_per_node > 1 and self.options.get("compare-run", True):
             # The lr the optimizer uses with one process, for comparison; one step is enough.
             return {VARIANT: RunVariant(nproc_per_node=1, steps=1)}

@@ -120,6 +120,13 @@ def test_asks_for_a_single_process_run_only_under_ddp() -> None:
     check = LrNotScaled()
     check.options = {"compare-run": False}
     assert check.extra_runs(2, 8, ctx) == {}
+    # Only Adam in the source, and the square-root advice is off: no comparison run to pay for.
+    adam = context(STATIC_CASES["adam_default_lr"])
+    assert LrNotScaled().extra_runs(2, 8, adam) == {}
+    assert _adaptive_too().extra_runs(2, 8, adam) == {VARIANT: RunVariant(nproc_per_node=1, steps=1)}
+    assert LrNotScaled().extra_runs(2, 8, context(STATIC_CASES["sgd_constant"])) == {
+        VARIANT: RunVariant(nproc_per_node=1, steps=1)
+    }
 
 
 def test_suggested_lr() -> None:
