@@ -1,4 +1,4 @@
-"""The command line's own words: plain help text, usage errors without parser jargon, ``-h``.
+"""The command line's own words: plain help text, and usage errors without parser jargon.
 
 typer lays out help with type hints (``<int range>``) and braces, and reports bad values in
 its validation library's phrasing; convcheck's commands read like pip's or ruff's instead.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -68,3 +70,25 @@ def processes_running(needle: str) -> list[str]:
         if needle in cmdline and "State:\tZ" not in status:
             found.append(cmdline)
     return found
+
+
+_ARGS = re.compile(r"#\s*convcheck-args:\s*(.+)$")
+_EXPECT = re.compile(r"#\s*expect:\s*(CC\d{3})\s+(error|warning|info)\b")
+
+
+def examples(fixed: bool) -> list[Path]:
+    """The bundled examples: the fixed twins (``*_fixed.py``) or the buggy scripts."""
+    return sorted(p for p in EXAMPLES.glob("*.py")
+                  if not p.name.startswith("_") and p.stem.endswith("_fixed") == fixed)
+
+
+def parse_expectations(path: Path) -> tuple[list[str], list[tuple[str, str, int]]]:
+    """The run options and the (code, severity, line) findings an example declares."""
+    args: list[str] = []
+    expected = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if match := _ARGS.search(line):
+            args = shlex.split(match.group(1))
+        for match in _EXPECT.finditer(line):
+            expected.append((match.group(1), match.group(2), number))
+    return args, expected

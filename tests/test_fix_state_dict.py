@@ -32,9 +32,6 @@ from convcheck.statedict import (
     rename_metadata,
 )
 
-# The module-scoped checkpoints below are built once, on one worker.
-pytestmark = pytest.mark.xdist_group("fix-state-dict")
-
 # The model every checkpoint here comes from. ``block.module`` is a real submodule
 # named like DDP's wrapper attribute: its keys have "module." in the middle, which
 # a fix must leave alone (``k.replace("module.", "")`` would mangle them).

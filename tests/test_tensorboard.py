@@ -54,6 +54,7 @@ def test_amp_scale_tags(tmp_path: Path) -> None:
         "run", "--ignore", "CC002", "--nproc-per-node", "2", "--steps", "4", "--max-batches-per-epoch", "3",
         "--tensorboard", logs,
         SCRIPTS / "cuda_ddp_amp.py",
+        env={"COLUMNS": "400"},  # long temporary paths stay on one line
     )
     assert result.code == 0, result.stderr
     (run_folder,) = logs.iterdir()
