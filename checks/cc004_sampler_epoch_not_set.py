@@ -32,7 +32,8 @@ class SamplerEpochNotSet(Check):
 
     At run time it records every epoch each sampler draws (its epoch number and a digest of the indices) and
     the indices each rank's DataLoader yields; from the source it finds a `DistributedSampler` built in the
-    script with no `set_epoch` call anywhere.
+    script with no `set_epoch` call anywhere. The finding points at the loop that goes round the epochs, where
+    the fix goes, when the source shows it; its evidence names the line that built the sampler.
 
     ## Why is this bad?
     `DistributedSampler` shuffles with a generator seeded by `seed + epoch`. If the epoch never changes,
