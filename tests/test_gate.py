@@ -301,22 +301,34 @@ def test_output_never_overwrites_the_script(tmp_path: Path) -> None:
     assert script.read_text() == TRAIN
 
 
-def test_rules_lists_every_check() -> None:
+def _in_process(capsys: pytest.CaptureFixture, *args: str):  # noqa: ANN202
+    """``convcheck ARGS`` in this process (no script runs): a Result like the subprocess helper's."""
+    from cc_testing import Result
+
+    from convcheck.cli import app
+    from convcheck.cliparse import invoke
+
+    code = invoke(app, list(args), prog_name="convcheck")
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
+
+
+def test_rules_lists_every_check(capsys: pytest.CaptureFixture) -> None:
     from convcheck.registry import all_checks
 
-    result = convcheck("rules")
+    result = _in_process(capsys, "rules")
     assert result.code == 0
     for check in all_checks():
         assert check.code in result.stdout and check.name in result.stdout
 
 
-def test_explain_by_code_and_name_and_unknown() -> None:
-    by_code = convcheck("explain", "cc100")
-    by_name = convcheck("explain", "unused-suppression")
+def test_explain_by_code_and_name_and_unknown(capsys: pytest.CaptureFixture) -> None:
+    by_code = _in_process(capsys, "explain", "cc100")
+    by_name = _in_process(capsys, "explain", "unused-suppression")
     assert by_code.code == by_name.code == 0
     assert by_code.stdout == by_name.stdout
     assert "CC100 unused-suppression (info)" in by_code.stdout and "Why is this bad?" in by_code.stdout
-    unknown = convcheck("explain", "CC999")
+    unknown = _in_process(capsys, "explain", "CC999")
     assert unknown.code == 2 and "unknown check 'CC999'" in unknown.stderr
 
 
