@@ -203,16 +203,19 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     import time
 
     script = SCRIPTS / "hang.py"
+    traces = tmp_path / "traces"
+    # The timeout is far away: only Ctrl-C can end this run, however slow the machine.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "convcheck", "run", "--ignore", "CC002", "--timeout", "120", script],
+        [sys.executable, "-m", "convcheck", "run", "--ignore", "CC002", "--timeout", "600", "--trace-dir", traces,
+         script],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
+        # Ctrl-C once the script is in its endless loop: its one training step is in the trace.
         deadline = time.monotonic() + 300  # only a bound against a run that never starts
-        while not processes_running(str(script)) or len(processes_running(str(script))) < 2:
-            assert time.monotonic() < deadline, "the run never started"
-            time.sleep(0.1)
-        time.sleep(1.5)  # let the script reach its loop
+        while not any(e["ev"] == "step" for t in _readable_traces(traces) for e in t):
+            assert time.monotonic() < deadline and proc.poll() is None, "the run never reached its loop"
+            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         # Stopping every process can take long on a busy machine; the bound only catches a hang.
         out, err = proc.communicate(timeout=300)
@@ -225,6 +228,22 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     assert "interrupted" in out
     time.sleep(0.2)
     assert [c for c in processes_running(str(script)) if "convcheck.runtime.worker" in c] == []
+
+
+def _readable_traces(trace_dir: Path) -> list[list[dict]]:
+    """The traces written so far; a line being written is left for the next look."""
+    import json
+
+    found = []
+    for path in sorted((trace_dir / "trace").glob("trace-*.jsonl")):
+        events = []
+        for line in path.read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        found.append(events)
+    return found
 
 
 @pytest.fixture(scope="module")
