@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,7 +32,8 @@ class SamplerEpochNotSet(Check):
 
     At run time it records every epoch each sampler draws (its epoch number and a digest of the indices) and
     the indices each rank's DataLoader yields; from the source it finds a `DistributedSampler` built in the
-    script with no `set_epoch` call anywhere.
+    script with no `set_epoch` call anywhere. The finding points at the loop that goes round the epochs, where
+    the fix goes, when the source shows it; its evidence names the line that built the sampler.
 
     ## Why is this bad?
     `DistributedSampler` shuffles with a generator seeded by `seed + epoch`. If the epoch never changes,
@@ -87,11 +89,17 @@ class SamplerEpochNotSet(Check):
                 continue
             if is_false(keyword(call, "shuffle")):
                 continue
-            yield self.finding(
+            loop = epoch_loop(ctx, call.lineno)
+            built = f"{ctx.display_path}:{call.lineno}"
+            message = (
+                f"This epoch loop never calls `set_epoch` on the DistributedSampler built at {built}: every epoch "
+                "will draw the same order." if loop is not None else
                 "DistributedSampler is built here but `set_epoch` is never called in this script: "
-                "every epoch will draw the same order.",
-                fix=_FIX, location=(ctx.display_path, call.lineno), severity=Severity.WARNING, source="static",
-                evidence={"set_epoch_calls": 0},
+                "every epoch will draw the same order."
+            )
+            yield self.finding(
+                message, fix=_FIX, location=(ctx.display_path, loop or call.lineno), severity=Severity.WARNING,
+                source="static", evidence={"set_epoch_calls": 0, "sampler_built_at": built},
             )
 
     # -- runtime -----------------------------------------------------------------------------
@@ -102,7 +110,8 @@ class SamplerEpochNotSet(Check):
         findings = list(self._repeated_epochs(run, ctx))
         merged = []
         for finding in findings:
-            twin = next((p for p in pending if p.location == finding.location), None)
+            twin = next((p for p in pending if p.evidence.get("sampler_built_at") == finding.evidence.get(
+                "sampler_built_at")), None)
             if twin is not None:
                 pending.remove(twin)
                 finding = finding.model_copy(update={"source": "static+runtime"})
@@ -110,7 +119,8 @@ class SamplerEpochNotSet(Check):
         # The run can also clear the source's suspicion: the epoch changed (set elsewhere, e.g. in a library),
         # or the sampler does not shuffle after all.
         cleared = _cleared_locations(run, ctx)
-        pending = [p for p in pending if not p.location or (p.location.path, p.location.line) not in cleared]
+        cleared_at = {f"{path}:{line}" for path, line in filter(None, cleared)}
+        pending = [p for p in pending if p.evidence.get("sampler_built_at") not in cleared_at]
         return [*merged, *pending, *self._overlapping_ranks(run, ctx)]
 
     def _repeated_epochs(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
@@ -174,6 +184,11 @@ class SamplerEpochNotSet(Check):
                 for c in set_calls[:5]
             ],
         }
+        # The fix goes at the top of the epoch loop: point there when the source shows which loop it is.
+        loop = epoch_loop(ctx, where[1]) if where and where[0] == ctx.display_path and where[1] else None
+        if loop is not None:
+            evidence["epoch_loop_at"] = f"{ctx.display_path}:{loop}"
+            where = (ctx.display_path, loop)
         return self.finding(message, fix=_FIX, location=where, evidence=evidence, severity=Severity.ERROR)
 
     def _overlapping_ranks(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
@@ -243,6 +258,36 @@ class SamplerEpochNotSet(Check):
                 return self.finding(message, fix=_OVERLAP_FIX, location=where, evidence=evidence,
                                     severity=Severity.WARNING)
         return None
+
+
+def epoch_loop(ctx: StaticContext, sampler_line: int) -> int | None:
+    """The line of the loop that goes round the epochs of the sampler built at ``sampler_line``, if the source shows it.
+
+    That is the outermost loop whose body uses the sampler or a loader built from it (``for epoch ...:`` around
+    ``for batch in loader:`` or ``train(loader)``); None when no such loop is in sight (e.g. inside a class).
+    """
+    names: set[str] = set()
+    for node in ast.walk(ctx.tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and any(
+            getattr(n, "lineno", None) == sampler_line for n in ast.walk(node.value) if isinstance(n, ast.Call)
+        ):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {ast.unparse(t) for t in targets}
+    if not names:
+        return None
+    for _ in range(3):  # sampler -> batch sampler -> loader
+        for node in ast.walk(ctx.tree):
+            if isinstance(node, ast.Assign) and _mentions(node.value, names):
+                names |= {ast.unparse(t) for t in node.targets}
+    loops = [node for node in ast.walk(ctx.tree) if isinstance(node, (ast.For, ast.AsyncFor, ast.While))
+             and any(_mentions(stmt, names) for stmt in node.body)]
+    inner = {id(n) for loop in loops for stmt in loop.body for n in ast.walk(stmt)}
+    outermost = sorted(loop.lineno for loop in loops if id(loop) not in inner)
+    return outermost[0] if outermost else None
+
+
+def _mentions(node: ast.AST, names: set[str]) -> bool:
+    return any(isinstance(n, (ast.Name, ast.Attribute)) and ast.unparse(n) in names for n in ast.walk(node))
 
 
 def _cleared_locations(run: RunTrace, ctx: StaticContext) -> set[Any]:

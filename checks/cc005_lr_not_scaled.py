@@ -137,8 +137,10 @@ class LrNotScaled(Check):
     ## Fix
     For SGD-family optimizers, multiply the base learning rate by world size × accumulation steps and warm up
     to it (Goyal et al., 2017). For Adam-family optimizers the square-root rule (`lr × sqrt(k)`) is the usual
-    starting point, so the finding is advice (info). Keeping the global batch fixed instead (per-process batch
-    divided by the world size) is also fine and is not reported. Single-process runs are never reported.
+    starting point, but many adaptive-optimizer recipes keep the tuned lr as it is: that rule is a heuristic,
+    not a bug, so it is reported (as info) only with `adaptive-optimizers = true` under
+    `[tool.convcheck.checks.CC005]`. Keeping the global batch fixed instead (per-process batch divided by the
+    world size) is also fine and is not reported. Single-process runs are never reported.
     The comparison run costs one more process start; `compare-run = false` under
     `[tool.convcheck.checks.CC005]` skips it and leaves the proof to the source.
     """
@@ -152,6 +154,9 @@ class LrNotScaled(Check):
     _facts: list[_StaticFacts]
 
     def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
+        optimizers = self._static_facts(ctx)
+        if optimizers and not any(self._reports(f.cls) for f in optimizers):
+            return {}  # only adaptive optimizers in the source, and their advice is off: nothing to compare
         if nproc_per_node is not None and nproc_per_node > 1 and self.options.get("compare-run", True):
             # The lr the optimizer uses with one process, for comparison; one step is enough.
             return {VARIANT: RunVariant(nproc_per_node=1, steps=1)}
@@ -161,8 +166,13 @@ class LrNotScaled(Check):
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
         self._facts = self._static_facts(ctx)
-        found = [self._static_finding(f, ctx) for f in self._facts if self._statically_unscaled(f)]
+        found = [self._static_finding(f, ctx) for f in self._facts
+                 if self._statically_unscaled(f) and self._reports(f.cls)]
         return self.defer_static(found)
+
+    def _reports(self, cls: str) -> bool:
+        """SGD-family always; the square-root advice for adaptive optimizers is a heuristic, given on request."""
+        return family(cls) == "sgd" or bool(self.options.get("adaptive-optimizers", False))
 
     @staticmethod
     def _statically_unscaled(facts: _StaticFacts) -> bool:
@@ -272,6 +282,8 @@ class LrNotScaled(Check):
 
     def _compare(self, main: _RunFacts, single: _RunFacts, where: Any, static_fact: _StaticFacts | None,
                  has_static: bool) -> Finding | None:
+        if not self._reports(main.cls):
+            return None
         ratios = [a / b for a, b in zip(main.lrs, single.lrs)]
         if any(abs(r - 1.0) > 1e-6 for r in ratios):
             return None  # the lr depends on the world size (linearly, by square root, or otherwise)

@@ -31,7 +31,7 @@ _FIX_UNUSED = (
 _FIX_NOT_CHANGED = "Give the parameter group a learning rate above 0 (check the scheduler), or freeze it on purpose."
 _FIX_FROZEN = (
     "If the module should train, set `requires_grad_(True)` on it before building the optimizer; if it "
-    "should stay frozen, freeze it explicitly in the script so the intent is visible."
+    "should stay frozen, freeze it in the script (`module.requires_grad_(False)`) so the intent is visible."
 )
 _FIX_UNREGISTERED = (
     "Hold layers in `nn.ModuleList` / `nn.ModuleDict` (or assign each to an attribute), never in a plain list, "
@@ -300,14 +300,8 @@ class FrozenParameters(Check):
                                    evidence={"modules": evidence_table, "frozen": _names(excluded, table),
                                              "unfreeze_line": later}, headline="frozen")
             elif freezes_in_script:
-                in_opt = [p for p in frozen if p in table.optimized_set]
-                note = (" (they are also in the optimizer, which is harmless: they get no gradient)"
-                        if in_opt else " and left out of the optimizer")
-                message = (f"{_list(modules)} {_verb(modules, 'is', 'are')} frozen ({len(frozen)} parameters with "
-                           f"requires_grad=False){note}.")
-                yield self.finding(message, fix=_FIX_FROZEN, location=opt_where, severity=Severity.INFO,
-                                   evidence={"modules": evidence_table, "frozen": _names(frozen, table)},
-                                   headline="frozen")
+                # The script freezes them itself: that is the intent, and nothing is worth saying.
+                pass
             else:
                 message = (f"{_list(modules)} never {_verb(modules, 'trains', 'train')}: {len(frozen)} of its "
                            "parameters have requires_grad=False, "

@@ -73,6 +73,8 @@ def load_config(start: Path) -> EffectiveConfig:
 
 
 def _explain(exc: ValidationError) -> str:
+    from convcheck.cliparse import plain_message
+
     known = ", ".join(sorted(f.alias or name for name, f in FileConfig.model_fields.items()))
     parts = []
     for error in exc.errors():
@@ -80,5 +82,25 @@ def _explain(exc: ValidationError) -> str:
         if error["type"] == "extra_forbidden":
             parts.append(f"unknown key {where!r} (known keys: {known})")
         else:
-            parts.append(f"{where}: {error['msg']}")
+            given = f" (got {error['input']!r})" if not isinstance(error.get("input"), (dict, list)) else ""
+            parts.append(f"{where} {plain_message(error['msg'])}{given}")
     return "; ".join(parts) + "."
+
+
+def describe_config(effective: EffectiveConfig, fmt: str = "text") -> str:
+    """Every setting, its value and where it came from: the pyproject.toml that set it, or the default."""
+    import json
+
+    values = effective.settings.model_dump(by_alias=True)
+    given = {FileConfig.model_fields[name].alias or name for name in effective.settings.model_fields_set}
+    origin = {key: (effective.source if key in given else "default") for key in values}
+    if fmt == "json":
+        return json.dumps({"source": effective.source, "settings": values, "origin": origin}, indent=2) + "\n"
+    width = max(len(key) for key in values)
+    shown = {key: "not set" if value is None else json.dumps(value) for key, value in values.items()}
+    value_width = min(max(len(v) for v in shown.values()), 40)
+    lines = [f"[tool.convcheck] from {effective.source}" if effective.source
+             else "No [tool.convcheck] table found: every setting is the default."]
+    for key, value in shown.items():
+        lines.append(f"  {key:<{width}}  {value:<{value_width}}  {origin[key]}".rstrip())
+    return "\n".join(lines) + "\n"

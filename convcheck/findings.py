@@ -60,6 +60,8 @@ class ProcessSummary(BaseModel):
     role: str = "worker"
     exit_code: int | None = None
     steps: int = 0
+    #: Optimizer steps the GradScaler skipped (inf/NaN gradients); not counted in ``steps``.
+    skipped_steps: int = 0
     backwards: int = 0
     crashed: bool = False
     error: str | None = None

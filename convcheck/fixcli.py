@@ -63,15 +63,19 @@ def fix_state_dict(
         bool,
         typer.Option("--trust", help="Load with weights_only=False. This RUNS CODE stored in the file: only for files you trust."),
     ] = False,
-    output_format: Annotated[FixFormat, typer.Option("--format", help="Output format: text for people, json for scripts.")] = FixFormat.text,
+    output_format: Annotated[
+        FixFormat,
+        typer.Option("--format", metavar="FORMAT", show_default=False,
+                     help="Output format: text (default) for people, json for scripts."),
+    ] = FixFormat.text,
 ) -> None:
-    """Remove `module.` / `_orig_mod.` prefixes from the state_dicts in a checkpoint.
+    """Remove module. / _orig_mod. prefixes from the state_dicts in a checkpoint.
 
-    DistributedDataParallel and DataParallel save keys as `module.fc.weight`,
-    torch.compile as `_orig_mod.fc.weight`. This finds every state_dict in the
+    DistributedDataParallel and DataParallel save keys as module.fc.weight,
+    torch.compile as _orig_mod.fc.weight. This finds every state_dict in the
     file (top level, or nested under "model", "state_dict", "ema", ...), removes
     a prefix only where every key of that state_dict starts with it, renames
-    `_metadata` to match, and leaves everything else (optimizer state, epoch,
+    _metadata to match, and leaves everything else (optimizer state, epoch,
     config) as it was. Files are loaded with weights_only=True.
 
     By default this is a dry run that prints what would change. --output FILE
@@ -151,6 +155,8 @@ def render_text(result: "FixResult", file=None) -> None:
         console.print(f"{head}: " + ", ".join(what) + f" → {sd.keys_changed} keys renamed")
         for old, new in sd.examples:
             console.print(f"      {e(old)} → {e(new)}")
+        if sd.keys_changed > len(sd.examples):
+            console.print(f"      …and {sd.keys_changed - len(sd.examples)} more")
         if sd.metadata_entries is not None:
             console.print(
                 f"      _metadata renamed to match ({sd.metadata_entries} → {sd.metadata_entries_after} module entries)"

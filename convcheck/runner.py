@@ -140,8 +140,8 @@ def execute(options: RunOptions) -> ExitCode:
 
 
 def plan_outputs(options: RunOptions) -> list[tuple[str, Path | None]]:
-    """Where each format goes: stdout, a file each, or files in one folder."""
-    from convcheck.report import EXTENSIONS
+    """Where each format goes: stdout, a file each, or files in one folder; never two to one file."""
+    from convcheck.report.destination import FILE_NAMES, describe, identity, is_stdout
 
     formats, outputs = options.formats or ["text"], options.outputs
     if len(set(formats)) != len(formats):
@@ -154,21 +154,29 @@ def plan_outputs(options: RunOptions) -> list[tuple[str, Path | None]]:
         return [(formats[0], None)]
     if len(outputs) == len(formats):
         if len(formats) == 1 and outputs[0].is_dir():
-            planned = [(formats[0], outputs[0] / f"convcheck.{EXTENSIONS[formats[0]]}")]
+            planned = [(formats[0], outputs[0] / FILE_NAMES[formats[0]])]
         else:
             planned = list(zip(formats, outputs))
-    elif len(outputs) == 1:
+    elif len(outputs) == 1 and not is_stdout(outputs[0]):
         folder = outputs[0]
         if folder.exists() and not folder.is_dir():
             raise UserError(f"--output {folder} is a file; with several formats give a folder or one file each.")
-        planned = [(fmt, folder / f"convcheck.{EXTENSIONS[fmt]}") for fmt in formats]
+        planned = [(fmt, folder / FILE_NAMES[fmt]) for fmt in formats]
     else:
         raise UserError(f"{len(outputs)} --output values for {len(formats)} formats: give one folder or one per format.")
-    script = options.script.resolve()
-    for _, path in planned:
-        if path is not None and path.resolve() == script:
+    script = identity(options.script)
+    seen: dict[tuple, str] = {}
+    for fmt, path in planned:
+        where = identity(path)
+        if path is not None and where == script:
             raise UserError(f"--output {path} is the script itself; convcheck never overwrites your files.")
-    return planned
+        if where in seen:
+            raise UserError(
+                f"--output: the {seen[where]} and {fmt} reports would both be written to {describe(path)}, and "
+                "one would replace or garble the other. Give each format its own file, or one folder for all."
+            )
+        seen[where] = fmt
+    return [(fmt, None if is_stdout(path) else path) for fmt, path in planned]
 
 
 def diagnose(options: RunOptions) -> tuple[Report, ExitCode, RenderContext]:
@@ -326,6 +334,7 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
                 pid=worker.pid, rank=(proc.rank if proc is not None and proc.rank is not None else worker.rank),
                 role="worker", exit_code=worker.returncode,
                 steps=outcome.get("steps", proc.steps if proc else 0),
+                skipped_steps=_skipped_steps(proc),
                 backwards=len(proc.of("backward")) if proc else 0,
                 crashed=outcome.get("status") == "crashed" or (worker.returncode not in (0, None) and not outcome),
                 error=outcome.get("error"),
@@ -336,7 +345,7 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
             continue
         processes.append(
             ProcessSummary(pid=proc.pid, rank=proc.rank, role="child", steps=proc.steps,
-                           backwards=len(proc.of("backward")))
+                           skipped_steps=_skipped_steps(proc), backwards=len(proc.of("backward")))
         )
     # A step a GradScaler skipped (inf/NaN gradients) is still a training step taken.
     skipped = sum(1 for _, e in trace.events("scaler") if e.get("call") == "step" and e.get("skipped"))
@@ -369,6 +378,13 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
         statuses = {w.outcome.get("status") for w in launched.workers}
         summary.status = "stopped-at-budget" if "stopped-at-budget" in statuses else "completed"
     return summary
+
+
+def _skipped_steps(proc) -> int:  # noqa: ANN001
+    """Steps of this process that a GradScaler skipped because of inf/NaN gradients."""
+    if proc is None:
+        return 0
+    return sum(1 for e in proc.of("scaler") if e.get("call") == "step" and e.get("skipped"))
 
 
 def _located(trace, kind: str, label: str, first_per_label: bool = False, only=None) -> list[dict]:  # noqa: ANN001
@@ -475,20 +491,16 @@ def exit_code_for(report: Report, fail_on: str) -> ExitCode:
 
 
 def write_report(report: Report, fmt: str, path: Path | None, ctx: RenderContext) -> None:
-    """Render the report in one format to stdout or a file."""
+    """Render the report in one format to stdout, a file, or a device or pipe (never truncated)."""
     from convcheck.report import render
+    from convcheck.report.destination import write_text
 
     if path is None and fmt == "text":
         from convcheck.report.text import print_report
 
         print_report(report)
         return
-    text = render(report, fmt, ctx)
-    if path is None:
-        sys.stdout.write(text)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    write_text(path, render(report, fmt, ctx))
 
 
 def _error(message: str) -> None:

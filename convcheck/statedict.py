@@ -559,8 +559,12 @@ def _mixed_message(source: Path, reports: list[StateDictReport]) -> str:
     parts = []
     for rep in reports:
         counts = ", ".join(f"{n} of {rep.keys} keys start with {p!r}" for p, n in rep.mixed.items())
-        examples = ", ".join(repr(k) for k in rep.mixed_examples)
-        parts.append(f"in {rep.location} {counts} (for example {examples})")
+        prefixed = [k for k in rep.mixed_examples if any(k.startswith(p) for p in rep.mixed)]
+        unprefixed = [k for k in rep.mixed_examples if k not in prefixed]
+        examples = f"prefixed: {', '.join(map(repr, prefixed))}"
+        if unprefixed:
+            examples += f"; without a prefix: {', '.join(map(repr, unprefixed))}"
+        parts.append(f"in {rep.location} {counts} ({examples})")
     return (
         f"{source} has state_dicts with mixed prefixes: " + "; ".join(parts) + ". "
         "A wrapper prefixes every key, so this may be a real submodule named like a wrapper, or keys "

@@ -12,6 +12,7 @@ the same afterwards. convcheck makes no rendezvous or transport of its own.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,35 +20,71 @@ from typing import Annotated, Optional
 
 import typer
 
-from convcheck.cli import Device, FailOn, OutputFormat, _split_codes
+from convcheck.cli import HELP_OPTIONS, Device, FailOn, OutputFormat, _split_codes
+from convcheck.cliparse import PlainCommand, between, invoke, refuse_unknown_option
 from convcheck.exitcodes import ExitCode
 from convcheck.runtime import env
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None, context_settings=HELP_OPTIONS)
 
 
-@app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
+@app.command(
+    cls=PlainCommand,
+    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True, **HELP_OPTIONS},
+)
 def worker(
-    script: Annotated[Path, typer.Argument(help="The training script, run unmodified.")],
-    script_args: Annotated[Optional[list[str]], typer.Argument(help="The script's own arguments.")] = None,
-    trace_dir: Annotated[
-        Optional[Path], typer.Option(help="A folder every node can reach; without it traces are gathered to rank 0.")
+    ctx: typer.Context,
+    script: Annotated[Path, typer.Argument(metavar="SCRIPT", show_default=False,
+                                           help="The training script, run unmodified.")],
+    script_args: Annotated[
+        Optional[list[str]],
+        typer.Argument(metavar="SCRIPT_ARGS", show_default=False, help="The script's own arguments."),
     ] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps observed per process.")] = 20,
-    max_batches_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="End each epoch after K batches.")] = None,
-    device: Annotated[Device, typer.Option(help="auto | cpu | cuda: map CUDA usage onto the CPU.")] = Device.auto,
-    output_format: Annotated[Optional[list[OutputFormat]], typer.Option("--format", help="Report format(s).")] = None,
-    output: Annotated[Optional[list[Path]], typer.Option(help="Where rank 0 writes the report(s).")] = None,
-    fail_on: Annotated[FailOn, typer.Option(help="Rank 0 exits 1 at or above this severity.")] = FailOn.error,
-    select: Annotated[Optional[str], typer.Option(help="Only these checks, comma-separated.")] = None,
-    ignore: Annotated[Optional[str], typer.Option(help="Skip these checks, comma-separated.")] = None,
-    wait: Annotated[float, typer.Option(help="Seconds rank 0 waits for the other ranks' traces.")] = 60.0,
+    trace_dir: Annotated[
+        Optional[Path],
+        typer.Option(metavar="DIR", help="A folder every node can reach; without it traces are gathered to rank 0."),
+    ] = None,
+    steps: Annotated[
+        int,
+        typer.Option(metavar="N", callback=between(1), show_default=False,
+                     help="Optimizer steps observed per process (default: 20)."),
+    ] = 20,
+    max_batches_per_epoch: Annotated[
+        Optional[int], typer.Option(metavar="K", callback=between(1), help="End each epoch after K batches.")
+    ] = None,
+    device: Annotated[
+        Device,
+        typer.Option(metavar="DEVICE", show_default=False,
+                     help="auto (default), cpu or cuda: map CUDA usage onto the CPU (as convcheck run)."),
+    ] = Device.auto,
+    output_format: Annotated[
+        Optional[list[OutputFormat]],
+        typer.Option("--format", metavar="FORMAT",
+                     help="Report format: text (default), json, sarif, junit or github; repeat for several."),
+    ] = None,
+    output: Annotated[
+        Optional[list[Path]],
+        typer.Option(metavar="PATH", help="Where rank 0 writes the report(s): files, a folder, or '-' (default)."),
+    ] = None,
+    fail_on: Annotated[
+        FailOn,
+        typer.Option(metavar="LEVEL", show_default=False,
+                     help="Rank 0 exits 1 at or above this severity: error (default), warning, info or never."),
+    ] = FailOn.error,
+    select: Annotated[Optional[str], typer.Option(metavar="CODES", help="Only these checks, comma-separated.")] = None,
+    ignore: Annotated[Optional[str], typer.Option(metavar="CODES", help="Skip these checks, comma-separated.")] = None,
+    wait: Annotated[
+        float,
+        typer.Option(metavar="SECONDS", show_default=False,
+                     help="Seconds rank 0 waits for the other ranks' traces (default: 60)."),
+    ] = 60.0,
 ) -> None:
     """Run SCRIPT under the probe in this rank; rank 0 writes the job's report."""
     from convcheck.runtime.bootstrap import activate
     from convcheck.runtime.launcher import site_dir
     from convcheck.runtime.worker import leave, run_entry
 
+    refuse_unknown_option(ctx, str(script))
     if not script.is_file():
         typer.echo(f"convcheck: {script}: no such file. Give the path of a Python training script.", err=True)
         raise typer.Exit(int(ExitCode.CANNOT_RUN))
@@ -84,12 +121,24 @@ def worker(
         )
         options.steps = steps
         report_code = int(execute(options))
+        if report_code == ExitCode.FINDINGS and code == 0:
+            # torchrun reports any non-zero exit as a failed child with a traceback: say first what it means.
+            sys.stdout.flush()
+            sys.stderr.write(GATE_NOTE.format(fail_on=fail_on.value))
+            sys.stderr.flush()
         code = report_code if code == 0 else code
     import shutil
 
     # The gathered copies were this rank's own temporary folder; a shared folder keeps its traces.
     shutil.rmtree(folder if gather else folder / "scratch", ignore_errors=True)
     leave(code)
+
+
+#: What rank 0 says when findings make it exit 1, before the launcher's "ChildFailedError" traceback.
+GATE_NOTE = (
+    "convcheck: rank 0 exits 1 because of findings at or above --fail-on {fail_on}: this is the gate, not a crash "
+    "(the launcher may report it as a failed child below). The report is above.\n"
+)
 
 
 def _gather_to_rank0(folder: Path, rank: int) -> None:
@@ -123,7 +172,9 @@ def _wait_for_ranks(folder: Path, world: int, timeout: float) -> None:
 
 def main() -> None:
     """``python -m convcheck.worker``."""
-    app()
+    import sys
+
+    sys.exit(invoke(app))
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 dist.init_process_group("gloo")
 torch.manual_seed(0)
 data = TensorDataset(torch.randn(64, 8), torch.randint(0, 2, (64,)))
-sampler = DistributedSampler(data, shuffle=True, seed=0)  # expect: CC004 error
+sampler = DistributedSampler(data, shuffle=True, seed=0)
 loader = DataLoader(data, batch_size=8, sampler=sampler)
 model = DDP(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)))
 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-for epoch in range(10):
+for epoch in range(10):  # expect: CC004 error
     # Bug: no sampler.set_epoch(epoch) here, so the shuffle is the same every epoch.
     for x, y in loader:
         opt.zero_grad()

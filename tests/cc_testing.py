@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -31,11 +33,17 @@ class Result:
         return [f for f in found if code is None or f["code"] == code]
 
 
-def convcheck(*args: str | os.PathLike, cwd: Path | None = None, timeout: float = 120) -> Result:
-    """Run ``python -m convcheck ARGS`` and capture its output."""
+def convcheck(
+    *args: str | os.PathLike, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None
+) -> Result:
+    """Run ``python -m convcheck ARGS`` and capture its output (``env`` adds to the environment).
+
+    The timeout only bounds a run that hangs: a busy machine may be many times slower than a quiet one.
+    """
     proc = subprocess.run(
         [sys.executable, "-m", "convcheck", *map(str, args)],
         capture_output=True, text=True, cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -62,3 +70,25 @@ def processes_running(needle: str) -> list[str]:
         if needle in cmdline and "State:\tZ" not in status:
             found.append(cmdline)
     return found
+
+
+_ARGS = re.compile(r"#\s*convcheck-args:\s*(.+)$")
+_EXPECT = re.compile(r"#\s*expect:\s*(CC\d{3})\s+(error|warning|info)\b")
+
+
+def examples(fixed: bool) -> list[Path]:
+    """The bundled examples: the fixed twins (``*_fixed.py``) or the buggy scripts."""
+    return sorted(p for p in EXAMPLES.glob("*.py")
+                  if not p.name.startswith("_") and p.stem.endswith("_fixed") == fixed)
+
+
+def parse_expectations(path: Path) -> tuple[list[str], list[tuple[str, str, int]]]:
+    """The run options and the (code, severity, line) findings an example declares."""
+    args: list[str] = []
+    expected = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if match := _ARGS.search(line):
+            args = shlex.split(match.group(1))
+        for match in _EXPECT.finditer(line):
+            expected.append((match.group(1), match.group(2), number))
+    return args, expected

@@ -224,7 +224,7 @@ def test_ignored_strict_false_that_loaded_everything_is_info() -> None:
     ("cc001_argparse_dataparallel_fixed.py", set()),
 ])
 def test_argparse_script_with_dataparallel(script: str, expect: set, tmp_path) -> None:  # noqa: ANN001
-    result = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "3", SCRIPTS / script,
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC001", "--steps", "3", SCRIPTS / script,
                        "--ckpt", str(tmp_path / "net.pth"), "--epochs", "5")
     assert result.code == 0, result.stderr
     assert {(f["severity"], f["location"]["line"]) for f in result.findings("CC001")} == expect

@@ -183,9 +183,18 @@ def test_fixed_port_detection(source: str, fixed: bool) -> None:
     assert binds_fixed_port(_ctx(source)) is fixed
 
 
-def test_repeat_of_a_script_with_its_own_port_runs_after_the_main_run() -> None:
-    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC002", "--steps", "3",
-                       SCRIPTS / "cc002_spawn_fixed_port.py")
+def test_repeat_of_a_script_with_its_own_port_runs_after_the_main_run(tmp_path: Path) -> None:
+    # The script binds a port it names itself (what the check looks for); the test picks one that is
+    # free now so that no other test, here or running beside it, uses the same one.
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = tmp_path / "spawn_fixed_port.py"
+    script.write_text((SCRIPTS / "cc002_spawn_fixed_port.py").read_text().replace("@PORT@", str(port)))
+    assert f'"MASTER_PORT"] = "{port}"' in script.read_text()
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC002", "--steps", "3", script)
     assert result.code == 0, result.stderr + result.stdout
     assert result.report["run"]["status"] == "completed"
     assert result.findings("CC002") == []

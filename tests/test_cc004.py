@@ -14,9 +14,9 @@ from convcheck.runtime.trace import RunTrace, load_events
 STATIC_CASES = {
     "no_set_epoch": """
         from torch.utils.data import DataLoader, DistributedSampler
-        sampler = DistributedSampler(data)  # expect: CC004 warning
+        sampler = DistributedSampler(data)
         loader = DataLoader(data, sampler=sampler)
-        for epoch in range(3):
+        for epoch in range(3):  # expect: CC004 warning
             for batch in loader:
                 pass
     """,
@@ -69,7 +69,7 @@ def test_static_finding_waits_for_the_run() -> None:
     assert list(check.check_static(context(STATIC_CASES["no_set_epoch"]))) == []
     # No runtime evidence: the static finding comes back from the runtime pass, once.
     found = list(check.check_runtime(RunTrace(processes=[]), context(STATIC_CASES["no_set_epoch"])))
-    assert [(f.severity.value, f.source, f.location.line) for f in found] == [("warning", "static", 3)]
+    assert [(f.severity.value, f.source, f.location.line) for f in found] == [("warning", "static", 5)]
 
 
 # -- runtime on recorded traces ---------------------------------------------------------------------
@@ -166,7 +166,9 @@ def test_runtime_and_static_make_one_finding() -> None:
         if event.get("loc") == LOC:
             event["loc"] = ["train.py", 3]
     [finding] = check.check_runtime(RunTrace(processes=[load_events(events)]), ctx)
-    assert (finding.severity.value, finding.source, finding.location.line) == ("error", "static+runtime", 3)
+    # Located at the epoch loop, where set_epoch goes; the sampler's line is in the evidence.
+    assert (finding.severity.value, finding.source, finding.location.line) == ("error", "static+runtime", 5)
+    assert finding.evidence["sampler_built_at"] == "train.py:3" and finding.evidence["epoch_loop_at"] == "train.py:5"
 
 
 def overlap_events(rank: int, indices: list[int], sampler: str = "RandomSampler", first_batch: str = "same") -> list:
@@ -219,8 +221,8 @@ def test_single_process_is_quiet() -> None:
 
 @pytest.mark.parametrize(("script", "line"), [("cc004_spawn_trainer.py", 23), ("cc004_spawn_trainer_fixed.py", None)])
 def test_spawned_trainer_class(script: str, line: int | None) -> None:
-    result = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "6", "--max-batches-per-epoch", "2",
-                       SCRIPTS / script)
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC004", "--steps", "6",
+                       "--max-batches-per-epoch", "2", SCRIPTS / script)
     assert result.code == 0, result.stderr
     found = [(f["severity"], f["location"]["line"]) for f in result.findings("CC004")]
     assert found == ([("error", line)] if line else [])
@@ -289,3 +291,24 @@ def test_a_peek_at_one_batch_before_training_is_not_an_epoch() -> None:
     [finding] = run("--bug")
     assert finding["severity"] == "error"
     assert "drew 4 epochs in the same order" in finding["message"]
+
+
+@pytest.mark.parametrize(
+    ("source", "line"),
+    [
+        ("s = DistributedSampler(d)\nloader = DataLoader(d, sampler=s)\nfor epoch in range(3):\n    for b in loader:\n"
+         "        pass\n", 3),
+        ("loader = DataLoader(d, sampler=DistributedSampler(d))\ndef main():\n    while True:\n        train(loader)\n", 3),
+        ("s = DistributedSampler(d)\nloader = DataLoader(d, batch_sampler=BatchSampler(s, 8, False))\n"
+         "for epoch in range(3):\n    evaluate()\n    for b in loader:\n        pass\n", 3),
+        ("s = DistributedSampler(d)\nloader = DataLoader(d, sampler=s)\nfor b in loader:\n    pass\n", None),
+        ("class T:\n    def __init__(self):\n        self.loader = DataLoader(d, sampler=DistributedSampler(d))\n"
+         "    def epoch(self):\n        for b in self.loader:\n            pass\n", None),
+    ],
+    ids=["nested-for", "while-calling-a-function", "batch-sampler", "no-epoch-loop", "class"],
+)
+def test_epoch_loop_of_a_sampler(source: str, line: int | None) -> None:
+    from convcheck.checks.cc004_sampler_epoch_not_set import epoch_loop
+
+    sampler_line = next(n for n, text in enumerate(source.splitlines(), 1) if "DistributedSampler(" in text)
+    assert epoch_loop(context(source), sampler_line) == line

@@ -96,7 +96,20 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("name", sorted(STATIC_CASES))
 def test_static(name: str) -> None:
     source = STATIC_CASES[name]
-    assert static_findings(LrNotScaled(), source) == expected(source)
+    assert static_findings(_adaptive_too(), source) == expected(source)
+
+
+def _adaptive_too() -> LrNotScaled:
+    """The check with the square-root advice for adaptive optimizers switched on."""
+    check = LrNotScaled()
+    check.options = {"adaptive-optimizers": True}
+    return check
+
+
+@pytest.mark.parametrize("name", ["adam_constant_through_names", "adam_default_lr"])
+def test_adaptive_optimizers_are_quiet_by_default(name: str) -> None:
+    assert static_findings(LrNotScaled(), STATIC_CASES[name]) == set()
+    assert runtime(trace(4, 1e-3, 1e-3, cls="AdamW")) == []
 
 
 def test_asks_for_a_single_process_run_only_under_ddp() -> None:
@@ -107,6 +120,13 @@ def test_asks_for_a_single_process_run_only_under_ddp() -> None:
     check = LrNotScaled()
     check.options = {"compare-run": False}
     assert check.extra_runs(2, 8, ctx) == {}
+    # Only Adam in the source, and the square-root advice is off: no comparison run to pay for.
+    adam = context(STATIC_CASES["adam_default_lr"])
+    assert LrNotScaled().extra_runs(2, 8, adam) == {}
+    assert _adaptive_too().extra_runs(2, 8, adam) == {VARIANT: RunVariant(nproc_per_node=1, steps=1)}
+    assert LrNotScaled().extra_runs(2, 8, context(STATIC_CASES["sgd_constant"])) == {
+        VARIANT: RunVariant(nproc_per_node=1, steps=1)
+    }
 
 
 def test_suggested_lr() -> None:
@@ -141,8 +161,8 @@ def trace(world: int, lr: float, single_lr: float | None, **kwargs) -> RunTrace:
     return run
 
 
-def runtime(run: RunTrace, source: str = "", deferred: bool = True) -> list:
-    check = LrNotScaled()
+def runtime(run: RunTrace, source: str = "", deferred: bool = True, adaptive: bool = False) -> list:
+    check = _adaptive_too() if adaptive else LrNotScaled()
     ctx = context(source)
     if deferred:
         check.runtime_follows = True
@@ -162,7 +182,7 @@ def test_sgd_lr_invariant_across_world_sizes() -> None:
 
 
 def test_adam_is_info_with_the_square_root_rule() -> None:
-    [finding] = runtime(trace(4, 1e-3, 1e-3, cls="AdamW"))
+    [finding] = runtime(trace(4, 1e-3, 1e-3, cls="AdamW"), adaptive=True)
     assert finding.severity.value == "info"
     assert finding.evidence["suggested_lr"] == pytest.approx(2e-3)
     assert finding.evidence["rule"] == "square-root"
@@ -231,8 +251,8 @@ def test_spawned_run_without_comparison_adds_the_observed_lr() -> None:
     ("cc005_torchrun_local_rank_fixed.py", set()),
 ])
 def test_torchrun_script_reading_local_rank(script: str, expect: set) -> None:
-    result = convcheck("run", "--format", "json", "--fail-on", "never", "--nproc-per-node", "2", "--steps", "2",
-                       SCRIPTS / script, "--base-lr", "0.2")
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC005", "--nproc-per-node", "2",
+                       "--steps", "2", SCRIPTS / script, "--base-lr", "0.2")
     assert result.code == 0, result.stderr
     assert {(f["severity"], f["location"]["line"]) for f in result.findings("CC005")} == expect
 

@@ -51,11 +51,11 @@ def test_everything_trains() -> None:
     assert _run(_trace()) == []
 
 
-def test_deliberate_freeze_is_info() -> None:
-    found = _run(_trace(frozen_at_start=(0, 1), optimized=(2, 3), grad=(2, 3)),
-                 "for p in model.backbone.parameters():\n    p.requires_grad = False\n")
-    assert [s for s, _ in found] == ["info"]
-    assert "`backbone` is frozen (2 parameters" in found[0][1]
+def test_deliberate_freeze_is_quiet() -> None:
+    # The script freezes the backbone itself: correct code, nothing to say.
+    trace = _trace(frozen_at_start=(0, 1), optimized=(2, 3), grad=(2, 3))
+    assert _run(trace, "for p in model.backbone.parameters():\n    p.requires_grad = False\n") == []
+    assert _run(trace, "model.backbone.requires_grad_(False)\n") == []
 
 
 def test_frozen_without_any_freezing_line_is_a_warning() -> None:
@@ -200,7 +200,7 @@ def test_unfreeze_after_the_run_with_a_filtered_optimizer() -> None:
         "model.backbone.requires_grad_(True)",
         "model.backbone.requires_grad_(True); opt.add_param_group({'params': model.backbone.parameters()})",
     )
-    assert [s for s, _ in _run(trace, fixed)] == ["info"]
+    assert _run(trace, fixed) == []
 
 
 def test_unfreezing_the_head_before_the_filtered_optimizer_is_the_usual_recipe() -> None:
@@ -211,7 +211,7 @@ def test_unfreezing_the_head_before_the_filtered_optimizer_is_the_usual_recipe()
     opt = torch.optim.SGD(filter(lambda p: p.requires_grad, model.parameters()), lr=0.1)
     """
     trace = _trace(frozen_at_start=(0, 1), optimized=(2, 3), grad=(2, 3))
-    assert [s for s, _ in _run(trace, source)] == ["info"]
+    assert _run(trace, source) == []
 
 
 def _cc006(script: str, *flags: str) -> list[dict]:

@@ -14,7 +14,7 @@ def _events(traces: list[list[dict]], kind: str) -> list[dict]:
 def test_torchrun_ddp_amp_script_written_for_cuda(tmp_path: Path) -> None:
     traces = tmp_path / "t"
     result = convcheck(
-        "run", "--nproc-per-node", "2", "--steps", "5", "--max-batches-per-epoch", "3", "--format", "json",
+        "run", "--ignore", "CC002", "--nproc-per-node", "2", "--steps", "5", "--max-batches-per-epoch", "3", "--format", "json",
         "--fail-on", "never",
         "--trace-dir", traces, SCRIPTS / "cuda_ddp_amp.py",
     )
@@ -44,7 +44,8 @@ def test_torchrun_ddp_amp_script_written_for_cuda(tmp_path: Path) -> None:
 def test_mp_spawn_trainer_written_for_cuda_with_pretend(tmp_path: Path) -> None:
     snapshot = tmp_path / "snapshot.pt"
     result = convcheck(
-        "run", "--pretend-cuda", "--cuda-devices", "2", "--steps", "6", "--format", "json", "--fail-on", "never",
+        "run", "--ignore", "CC002", "--pretend-cuda", "--cuda-devices", "2", "--steps", "6", "--format", "json",
+        "--fail-on", "never",
         SCRIPTS / "cuda_spawn.py", snapshot,
     )
     assert result.code == 0, result.stdout + result.stderr
@@ -61,13 +62,13 @@ def test_mp_spawn_trainer_written_for_cuda_with_pretend(tmp_path: Path) -> None:
 
 
 def test_without_pretend_is_available_tells_the_truth() -> None:
-    result = convcheck("run", "--format", "json", SCRIPTS / "cuda_spawn.py", "x.pt")
+    result = convcheck("run", "--ignore", "CC002", "--format", "json", SCRIPTS / "cuda_spawn.py", "x.pt")
     assert result.code == 2
     assert "AssertionError: this script needs a GPU" in result.report["run"]["error"]
 
 
 def test_unmappable_call_is_named_with_its_line() -> None:
-    result = convcheck("run", "--format", "json", SCRIPTS / "cuda_stream.py")
+    result = convcheck("run", "--ignore", "CC002", "--format", "json", SCRIPTS / "cuda_stream.py")
     assert result.code == 3
     run = result.report["run"]
     assert run["unmappable"] == [{"what": "torch.cuda.Stream", "file": str(SCRIPTS / "cuda_stream.py"), "line": 9}]
@@ -76,7 +77,7 @@ def test_unmappable_call_is_named_with_its_line() -> None:
 
 
 def test_device_cuda_maps_nothing() -> None:
-    result = convcheck("run", "--device", "cuda", "--format", "json", SCRIPTS / "cuda_stream.py")
+    result = convcheck("run", "--ignore", "CC002", "--device", "cuda", "--format", "json", SCRIPTS / "cuda_stream.py")
     assert result.code == 2
     assert result.report["run"]["device_mapping"] == []
 

@@ -228,7 +228,12 @@ def test_dataparallel_dry_run_changes_nothing(tmp_path: Path, net: nn.Module) ->
     assert_no_leftovers(tmp_path, {"dp.pt"})
     lines = result.stdout.splitlines()
     assert lines[1] == "  checkpoint  9 keys: remove module. (every key starts with it) → 9 keys renamed"
-    assert lines[2] == "      module.fc.weight → fc.weight"
+    assert lines[2:6] == [
+        "      module.fc.weight → fc.weight",
+        "      module.fc.bias → fc.bias",
+        "      module.bn.weight → bn.weight",
+        "      …and 6 more",
+    ]
     assert lines[-1] == "dry run: nothing written. Write the fix with --output FILE, or --in-place (keeps FILE.bak)."
 
 
@@ -608,6 +613,9 @@ def test_mixed_prefixes_need_force(tmp_path: Path, net: nn.Module) -> None:
 
     assert refused.exit_code == ExitCode.CANNOT_RUN
     assert "mixed prefixes" in refused.stderr and "9 of 10 keys start with 'module.'" in refused.stderr
+    message = " ".join(refused.stderr.split())
+    assert ("(prefixed: 'module.fc.weight', 'module.fc.bias', 'module.bn.weight'; without a prefix: "
+            "'head.weight')") in message
     assert "--force" in refused.stderr
     assert snapshot(source) == before
     assert_no_leftovers(tmp_path, {"mixed.pt"})

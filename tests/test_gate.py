@@ -63,23 +63,45 @@ def test_bad_value_and_bad_toml(tmp_path: Path) -> None:
 def test_flags_override_the_file(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.convcheck]\nsteps = 2\n")
     (tmp_path / "train.py").write_text(TRAIN.replace("range(3)", "range(100)"))
-    from_file = convcheck("run", "--format", "json", tmp_path / "train.py")
+    from_file = convcheck("run", "--ignore", "CC002", "--format", "json", tmp_path / "train.py")
     assert from_file.code == 0, from_file.stderr
     assert from_file.report["run"]["steps_budget"] == 2
     assert from_file.report["run"]["processes"][0]["steps"] == 2
-    from_flag = convcheck("run", "--steps", "4", "--format", "json", tmp_path / "train.py")
+    from_flag = convcheck("run", "--ignore", "CC002", "--steps", "4", "--format", "json", tmp_path / "train.py")
     assert from_flag.report["run"]["processes"][0]["steps"] == 4
 
 
-def test_config_command_prints_effective_settings(tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text('[tool.convcheck]\ntimeout = 60\n[tool.convcheck.per-file-ignores]\n"legacy/*.py" = ["CC002"]\n')
-    result = convcheck("config", tmp_path)
-    assert result.code == 0
-    head, body = result.stdout.split("\n", 1)
-    assert head == f"# from {tmp_path / 'pyproject.toml'}"
-    settings = json.loads(body)
+def test_config_command_prints_effective_settings_and_their_origin(tmp_path: Path) -> None:
+    config = tmp_path / "pyproject.toml"
+    config.write_text('[tool.convcheck]\ntimeout = 60\n[tool.convcheck.per-file-ignores]\n"legacy/*.py" = ["CC002"]\n')
+    as_json = convcheck("config", "--format", "json", tmp_path)
+    assert as_json.code == 0, as_json.stderr
+    data = json.loads(as_json.stdout)  # nothing but JSON
+    assert data["source"] == str(config)
+    settings, origin = data["settings"], data["origin"]
     assert settings["timeout"] == 60 and settings["per-file-ignores"] == {"legacy/*.py": ["CC002"]}
     assert settings["steps"] == 20
+    assert origin["timeout"] == origin["per-file-ignores"] == str(config)
+    assert origin["steps"] == origin["fail-on"] == "default"
+    text = convcheck("config", tmp_path)
+    assert text.code == 0
+    lines = text.stdout.splitlines()
+    assert lines[0] == f"[tool.convcheck] from {config}"
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["timeout"] == ["timeout", "60.0", str(config)]
+    assert rows["steps"] == ["steps", "20", "default"]
+    assert rows["nproc-per-node"] == ["nproc-per-node", "not", "set", "default"]
+    assert set(rows) == set(settings)
+
+
+def test_config_errors_in_plain_words(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.convcheck]\nfail-on = "sometimes"\nsteps = 0\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'pyproject.toml'}: [tool.convcheck] is invalid: fail-on must be 'error', 'warning', 'info' or "
+        "'never' (got 'sometimes'); steps must be at least 1 (got 0)."
+    )
 
 
 # -- suppressions -------------------------------------------------------------------------
@@ -190,6 +212,80 @@ def test_several_formats_into_one_folder(tmp_path: Path) -> None:
     assert json.loads((out / "convcheck.sarif").read_text())["version"] == "2.1.0"
 
 
+def test_every_format_gets_its_own_file_in_a_folder(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN + "x = 1  # convcheck: ignore[CC004]\n")
+    out = tmp_path / "reports"
+    result = convcheck("run", "--static-only", "--format", "text", "--format", "github", "--output", out, script)
+    assert result.code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["convcheck.github.txt", "convcheck.txt"]
+    text = " ".join((out / "convcheck.txt").read_text().split())
+    assert text.startswith(f"convcheck {script} · static checks only")
+    assert (out / "convcheck.github.txt").read_text().startswith("::notice file=")
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [["a.json", "a.json"], ["a.json", "sub/../a.json"], ["-", "/dev/stdout"], ["-", "-"]],
+    ids=["same-name", "same-file", "stdout-twice", "dash-twice"],
+)
+def test_two_reports_to_one_file_are_refused(tmp_path: Path, outputs: list[str]) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    (tmp_path / "sub").mkdir()
+    args = [arg for path in outputs for arg in ("--output", path)]
+    result = convcheck("run", "--static-only", "--format", "json", "--format", "sarif", *args, script, cwd=tmp_path)
+    assert result.code == 2
+    assert result.stderr == (
+        f"convcheck: --output: the json and sarif reports would both be written to {outputs[1]}, and one would "
+        "replace or garble the other. Give each format its own file, or one folder for all.\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub", "train.py"]
+
+
+def test_dash_is_stdout(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    result = convcheck("run", "--static-only", "--format", "json", "--output", "-", script, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert result.report["run"]["status"] == "static-only"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.py"]
+
+
+def test_output_to_dev_stdout_truncates_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN + "x = 1  # convcheck: ignore[CC004]\n")
+    log = tmp_path / "ci.log"
+    # The README's CI example: the job's log is a file the shell redirected standard output to.
+    command = (f"{{ echo BEFORE; {sys.executable} -m convcheck run --static-only --format github --output /dev/stdout "
+               f"{script}; echo AFTER; }} > {log}")
+    subprocess.run(["bash", "-c", command], check=True)
+    lines = log.read_text().splitlines()
+    assert lines[0] == "BEFORE" and lines[-1] == "AFTER"
+    assert len(lines) == 3 and lines[1].startswith("::notice file=") and "train.py,line=8,title=CC100" in lines[1]
+
+
+def test_output_to_a_fifo_is_written_without_truncating(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    fifo = tmp_path / "reports.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    result = convcheck("run", "--static-only", "--format", "json", "--output", fifo, script)
+    reader.join(timeout=60)
+    assert result.code == 0, result.stderr
+    assert json.loads(received[0])["run"]["status"] == "static-only"
+    assert fifo.is_fifo()
+
+
 def test_several_formats_without_output_is_an_error(tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(TRAIN)
@@ -205,22 +301,34 @@ def test_output_never_overwrites_the_script(tmp_path: Path) -> None:
     assert script.read_text() == TRAIN
 
 
-def test_rules_lists_every_check() -> None:
+def _in_process(capsys: pytest.CaptureFixture, *args: str):  # noqa: ANN202
+    """``convcheck ARGS`` in this process (no script runs): a Result like the subprocess helper's."""
+    from cc_testing import Result
+
+    from convcheck.cli import app
+    from convcheck.cliparse import invoke
+
+    code = invoke(app, list(args), prog_name="convcheck")
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
+
+
+def test_rules_lists_every_check(capsys: pytest.CaptureFixture) -> None:
     from convcheck.registry import all_checks
 
-    result = convcheck("rules")
+    result = _in_process(capsys, "rules")
     assert result.code == 0
     for check in all_checks():
         assert check.code in result.stdout and check.name in result.stdout
 
 
-def test_explain_by_code_and_name_and_unknown() -> None:
-    by_code = convcheck("explain", "cc100")
-    by_name = convcheck("explain", "unused-suppression")
+def test_explain_by_code_and_name_and_unknown(capsys: pytest.CaptureFixture) -> None:
+    by_code = _in_process(capsys, "explain", "cc100")
+    by_name = _in_process(capsys, "explain", "unused-suppression")
     assert by_code.code == by_name.code == 0
     assert by_code.stdout == by_name.stdout
     assert "CC100 unused-suppression (info)" in by_code.stdout and "Why is this bad?" in by_code.stdout
-    unknown = convcheck("explain", "CC999")
+    unknown = _in_process(capsys, "explain", "CC999")
     assert unknown.code == 2 and "unknown check 'CC999'" in unknown.stderr
 
 

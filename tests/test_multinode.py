@@ -64,3 +64,24 @@ def test_report_without_traces_is_bad_input(tmp_path: Path) -> None:
     result = convcheck("report", "--trace-dir", tmp_path)
     assert result.code == 2
     assert "holds no trace of a script run by convcheck's worker" in result.stderr
+
+
+def test_rank0_prints_the_report_then_says_exit_1_is_the_gate(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import torch\n"
+        "w = torch.zeros(3, requires_grad=True)\n"
+        "opt = torch.optim.SGD([w], lr=0.1)\n"
+        "for _ in range(10):\n"
+        "    ((w - 1) ** 2).sum().backward()  # zero_grad() is never called\n"
+        "    opt.step()\n"
+    )
+    proc = subprocess.run([sys.executable, "-m", "convcheck.worker", "--steps", "3", str(script)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    assert "ERROR   CC008 grads-not-zeroed" in proc.stdout
+    assert proc.stdout.rstrip().endswith("1 error, 0 warnings, 0 info · run stopped at the step budget")
+    assert proc.stderr.splitlines()[-1] == (
+        "convcheck: rank 0 exits 1 because of findings at or above --fail-on error: this is the gate, not a crash "
+        "(the launcher may report it as a failed child below). The report is above."
+    )

@@ -21,7 +21,7 @@ def _load(folder: Path) -> EventAccumulator:
 def test_event_files_per_rank_with_grouped_tags(tmp_path: Path) -> None:
     logs = tmp_path / "tb"
     result = convcheck(
-        "run", "--nproc-per-node", "2", "--steps", "10", "--max-batches-per-epoch", "4", "--format", "json",
+        "run", "--ignore", "CC002", "--nproc-per-node", "2", "--steps", "10", "--max-batches-per-epoch", "4", "--format", "json",
         "--tensorboard", logs, SCRIPTS / "ddp_torchrun.py",
     )
     assert result.code == 0, result.stderr
@@ -51,11 +51,14 @@ def test_event_files_per_rank_with_grouped_tags(tmp_path: Path) -> None:
 def test_amp_scale_tags(tmp_path: Path) -> None:
     logs = tmp_path / "tb"
     result = convcheck(
-        "run", "--nproc-per-node", "2", "--steps", "4", "--max-batches-per-epoch", "3", "--tensorboard", logs,
+        "run", "--ignore", "CC002", "--nproc-per-node", "2", "--steps", "4", "--max-batches-per-epoch", "3",
+        "--tensorboard", logs,
         SCRIPTS / "cuda_ddp_amp.py",
+        env={"COLUMNS": "400"},  # long temporary paths stay on one line
     )
     assert result.code == 0, result.stderr
     (run_folder,) = logs.iterdir()
+    assert f"TensorBoard event files: {run_folder}\n  view them with: tensorboard --logdir {logs}\n" in result.stdout
     acc = _load(run_folder / "rank1")
     scale = acc.Scalars("amp/scale")
     assert [e.step for e in scale] == [1, 2, 3, 4] and {e.value for e in scale} == {65536.0}
@@ -73,7 +76,8 @@ def test_terminal_view_exact() -> None:
         script="train.py",
         findings=[
             Finding(code="CC003", name="loss-double-normalization", severity=Severity.ERROR, message="divided twice",
-                    location=Location(path="train.py", line=9), evidence={"divisor": 32, "batch_size": 32}, fix="f")
+                    location=Location(path="train.py", line=9), evidence={"loss_node": "NllLossBackward0", "reduction": "mean", "batch_size": 32,
+                              "divisors": [32], "backwards_per_step": 1}, headline="divisors", fix="f")
         ],
         run=RunSummary(
             status="stopped-at-budget", wall_seconds=1.0,
@@ -88,6 +92,6 @@ def test_terminal_view_exact() -> None:
         "At a glance\n"
         "  loss       ██▇▄▂▁  2.3 → 0.5 (6 steps)\n"
         "  grad norm  fc.weight 1.23 · fc.bias 0.5 (step 5)\n"
-        "  CC003      divisor=32\n"
+        "  CC003      A mean-reduced loss over a batch of 32 was divided by 32 (1 backward pass per step).\n"
         "\n"
     )

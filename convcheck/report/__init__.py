@@ -5,8 +5,6 @@ from __future__ import annotations
 from convcheck.findings import Report
 from convcheck.report.context import RenderContext
 
-EXTENSIONS = {"text": "txt", "json": "json", "sarif": "sarif", "junit": "xml", "github": "txt"}
-
 
 def render(report: Report, fmt: str, ctx: RenderContext | None = None) -> str:
     """The report in the given format."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderResult
@@ -11,7 +10,8 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from convcheck.findings import Finding, Report, Severity
+from convcheck.findings import Report, Severity
+from convcheck.report.proof import proof
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.INFO: "bold cyan"}
 _STATUS = {
@@ -46,8 +46,9 @@ class FindingView:
         grid.add_column(style="dim", no_wrap=True, min_width=8)
         grid.add_column(overflow="fold")
         grid.add_row("", Text(f.message))
-        if f.evidence:
-            grid.add_row("evidence", Text(_evidence_text(f.evidence)))
+        shown = proof(f)
+        if shown:
+            grid.add_row("proof", Text(shown))
         if f.fix:
             grid.add_row("fix", Text(f.fix, style="green"))
         yield Padding(grid, (0, 0, 1, 2))
@@ -61,8 +62,11 @@ class ReportView:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         report, run = self.report, self.report.run
-        steps = max((p.steps for p in run.processes), default=0)
-        trainers = [p for p in run.processes if p.steps or p.backwards]
+        # A step the GradScaler skipped (inf/NaN gradients) was still taken: count it, and say how many.
+        busiest = max(run.processes, key=lambda p: p.steps + p.skipped_steps, default=None)
+        steps = busiest.steps + busiest.skipped_steps if busiest else 0
+        skipped = f" ({busiest.skipped_steps} skipped by the GradScaler)" if busiest and busiest.skipped_steps else ""
+        trainers = [p for p in run.processes if p.steps or p.backwards or p.skipped_steps]
         header = Text()
         header.append("convcheck ", style="bold")
         header.append(report.script, style="bold")
@@ -72,7 +76,7 @@ class ReportView:
         else:
             header.append(
                 f" · {count} process{'es' if count != 1 else ''} · {steps} step{'s' if steps != 1 else ''}"
-                f"{' each' if count > 1 else ''} · {_STATUS[run.status]} · {run.wall_seconds:.1f} s"
+                f"{' each' if count > 1 else ''}{skipped} · {_STATUS[run.status]} · {run.wall_seconds:.1f} s"
             )
         yield header
         yield Text("")
@@ -106,6 +110,13 @@ class ReportView:
             yield Text("Files the script saved during the run went to a scratch folder (yours were not touched):")
             for save in run.redirected_saves:
                 yield Text(f"  {save.get('path')}{_where(save, '  ({})')}", style="dim")
+            yield Text("")
+        if run.tensorboard_dir:
+            from pathlib import Path
+
+            # The folder above this run's holds the earlier runs too: TensorBoard shows them side by side.
+            yield Text(f"TensorBoard event files: {run.tensorboard_dir}")
+            yield Text(f"  view them with: tensorboard --logdir {Path(run.tensorboard_dir).parent}", style="dim")
             yield Text("")
         if run.baseline_suppressed:
             yield Text(f"{run.baseline_suppressed} finding(s) already in the baseline were left out.", style="dim")
@@ -150,20 +161,10 @@ def _glance(report: Report) -> Group | None:
         layers = " · ".join(f"{item['name']} {item['norm']:.3g}" for item in run.top_grad_layers)
         grid.add_row("grad norm", f"{layers} (step {run.top_grad_layers[0]['step']})")
     for finding in report.findings:
-        key = _headline_key(finding)
-        if key is not None:
-            grid.add_row(finding.code, _evidence_text({key: finding.evidence[key]}))
+        shown = proof(finding)
+        if shown:
+            grid.add_row(finding.code, shown)
     return Group(Text("At a glance", style="bold"), Padding(grid, (0, 0, 1, 2)))
-
-
-def _headline_key(finding: Finding) -> str | None:
-    """The evidence that proves the finding: the check's choice, else the first number observed."""
-    if finding.headline in finding.evidence:
-        return finding.headline
-    for key, value in finding.evidence.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("rank", "step", "line"):
-            return key
-    return next(iter(finding.evidence), None)
 
 
 def _summary_line(report: Report) -> str:
@@ -174,16 +175,6 @@ def _summary_line(report: Report) -> str:
         f"{counts[Severity.INFO]} info",
     ]
     return ", ".join(parts) + f" · run {_STATUS[report.run.status]}"
-
-
-def _evidence_text(evidence: dict[str, Any]) -> str:
-    parts = []
-    for key, value in evidence.items():
-        shown = value if isinstance(value, str) else json.dumps(value, default=str)
-        if len(shown) > 160:
-            shown = shown[:157] + "..."
-        parts.append(f"{key}={shown}")
-    return "; ".join(parts)
 
 
 def _where(row: dict[str, Any], form: str) -> str:
@@ -212,10 +203,17 @@ def render(report: Report, width: int = 100) -> str:
 
 
 def print_report(report: Report, console: Console | None = None) -> None:
-    """Print the report to a terminal, with colour when it is one."""
+    """Print the report: with colour on a terminal; elsewhere plain, without trailing spaces."""
+    import os
+    import sys
+
     if console is None:
         console = Console(highlight=False)
-        if not console.is_terminal:
-            # Piped into a file or a CI log: wide enough that tracebacks keep their lines.
-            console = Console(highlight=False, width=120)
-    console.print(ReportView(report))
+    if console.is_terminal:
+        console.print(ReportView(report))
+        return
+    # Piped into a file or a CI log: COLUMNS when set, else wide enough that tracebacks keep their lines.
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) > 0 else 120
+    sys.stdout.write(render(report, width=width))
+    sys.stdout.flush()

@@ -1,11 +1,14 @@
-"""mp.spawn DDP that sets MASTER_PORT itself: a repeat run beside the main one would take the same port."""
+"""mp.spawn DDP that sets MASTER_PORT itself: a repeat run beside the main one would take the same port.
+
+A template: the test puts a port that is free at that moment in place of @PORT@.
+"""
 import os
 import torch, torch.nn as nn, torch.distributed as dist, torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 def worker(rank, world):
     os.environ["MASTER_ADDR"] = "localhost"
-    os.environ["MASTER_PORT"] = "29512"
+    os.environ["MASTER_PORT"] = "@PORT@"
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = DDP(nn.Linear(4, 2))
