@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+
+import pytest
 
 from cc_testing import SCRIPTS, convcheck, read_traces
 
@@ -88,3 +91,36 @@ def test_syncbatchnorm_keeps_batchnorm_on_the_cpu() -> None:
     run = result.report["run"]
     assert run["status"] == "stopped-at-budget"
     assert {m["what"]: m["line"] for m in run["device_mapping"]}["SyncBatchNorm -> BatchNorm (per process)"] == 7
+
+
+_ML_LIBRARIES = ("transformers", "accelerate", "lightning", "pytorch_lightning", "torchvision", "torchaudio", "timm",
+                 "torchmetrics", "peft", "diffusers")
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_installed_ml_libraries_import_under_the_mapping(device: str) -> None:
+    installed = [name for name in _ML_LIBRARIES if importlib.util.find_spec(name) is not None]
+    if not installed:
+        pytest.skip("none of the supported ML libraries is installed")
+    result = convcheck("run", "--device", device, "--steps", "1", "--format", "json", "--fail-on", "never",
+                       SCRIPTS / "import_libraries.py", *installed, timeout=300)
+    assert result.code == 0, result.stdout + result.stderr
+    run = result.report["run"]
+    assert run["error"] is None and run["processes"][0]["steps"] == 1
+
+
+def test_an_unmappable_class_stays_a_type(tmp_path: Path) -> None:
+    script = tmp_path / "annotations.py"
+    script.write_text(
+        "import torch\n"
+        "Maybe = torch.cuda.CUDAGraph | None\n"
+        "assert issubclass(torch.cuda.Stream, torch._C._CudaStreamBase) and isinstance(torch.cuda.Event, type)\n"
+        "class MyStream(torch.cuda.Stream):\n"
+        "    pass\n"
+        "MyStream()\n"
+    )
+    result = convcheck("run", "--format", "json", script)
+    assert result.code == 2, result.stdout + result.stderr  # no step was taken before it
+    run = result.report["run"]
+    assert run["unmappable"] == [{"what": "torch.cuda.Stream", "file": str(script), "line": 6}]
+    assert f"torch.cuda.Stream at {script}:6 has no CPU equivalent" in run["error"]

@@ -3,7 +3,8 @@
 Without this, such a script crashes at its first CUDA call on a CPU-only machine — or,
 worse, runs with ``torch.cuda.amp`` silently disabled, hiding the fp16 bugs convcheck
 looks for. Every mapping is recorded (``device_map`` events, first use with the user's
-line); what cannot be mapped (streams, events) fails with a message naming the call.
+line); what cannot be mapped (streams, events, graphs) stays importable and fails with a
+message naming the call when it is used.
 """
 
 from __future__ import annotations
@@ -160,19 +161,31 @@ class CudaShim:
             replace("get_device_capability", "torch.cuda.get_device_capability", lambda *a, **k: (8, 0))
             replace("is_bf16_supported", "torch.cuda.is_bf16_supported", lambda *a, **k: True)
 
+        def refuse(name: str) -> UnmappableCudaCall:
+            from convcheck.runtime.probe import _loc
+
+            loc = _loc(4)
+            where = f" at {loc[0]}:{loc[1]}" if loc else ""
+            shim.probe.emit("device_unmappable", what=f"torch.cuda.{name}", loc=loc, step=shim.probe.step_count)
+            return UnmappableCudaCall(
+                f"torch.cuda.{name}{where} has no CPU equivalent, so convcheck cannot run this script on "
+                "the CPU past this point. Run on a machine with CUDA (--device cuda), or guard this call "
+                "with torch.cuda.is_available()."
+            )
+
         def unmappable(name: str) -> Any:
             def make(original: Any) -> Any:
-                def function(*args: Any, **kwargs: Any) -> Any:
-                    from convcheck.runtime.probe import _loc
+                if isinstance(original, type):
+                    # A class stays a class: libraries use these in annotations (``torch.cuda.CUDAGraph | None``),
+                    # isinstance checks and subclasses at import time; only making one fails.
+                    def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+                        raise refuse(name)
 
-                    loc = _loc(3)
-                    where = f" at {loc[0]}:{loc[1]}" if loc else ""
-                    shim.probe.emit("device_unmappable", what=f"torch.cuda.{name}", loc=loc, step=shim.probe.step_count)
-                    raise UnmappableCudaCall(
-                        f"torch.cuda.{name}{where} has no CPU equivalent, so convcheck cannot run this script on "
-                        "the CPU past this point. Run on a machine with CUDA (--device cuda), or guard this call "
-                        "with torch.cuda.is_available()."
-                    )
+                    return type(name, (original,), {"__new__": __new__, "__module__": original.__module__,
+                                                    "__qualname__": original.__qualname__, "__doc__": original.__doc__})
+
+                def function(*args: Any, **kwargs: Any) -> Any:
+                    raise refuse(name)
 
                 return function
 
