@@ -55,7 +55,7 @@ _EXIT_CODES_HELP = "Exit codes:\n\n" + describe_exit_codes().replace("\n", "\n\n
     epilog=_EXIT_CODES_HELP,
 )
 def run(
-    script: Annotated[Path, typer.Argument(help="The training script, run unmodified.")],
+    script: Annotated[Path, typer.Argument(help="The training script, run unmodified (or -m MODULE, as python -m).")],
     script_args: Annotated[
         Optional[list[str]], typer.Argument(help="The script's own arguments.")
     ] = None,

@@ -47,6 +47,8 @@ class LaunchSpec:
     cuda_devices: int = 1
     python: str = sys.executable
     repeat_first_batch: bool = False
+    #: Run this module (``python -m`` style) instead of the script file; ``script`` is its source.
+    module: str | None = None
 
 
 @dataclass
@@ -156,7 +158,8 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
             stdout = None if spec.show_output else open(out_path, "wb")
             stderr = None if spec.show_output else open(err_path, "wb")
             logs.append((out_path, err_path, stdout, stderr))
-            cmd = [spec.python, "-m", "convcheck.runtime.worker", str(spec.script), *spec.script_args]
+            target = ["-m", spec.module] if spec.module else [str(spec.script)]
+            cmd = [spec.python, "-m", "convcheck.runtime.worker", *target, *spec.script_args]
             procs.append(
                 subprocess.Popen(
                     cmd, env=worker_env(spec, rank, port), stdin=subprocess.DEVNULL,
