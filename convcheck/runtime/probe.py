@@ -838,6 +838,19 @@ def _patch_data(probe: Probe, torch: Any, patches: Patches) -> None:
     patches.wrap(base_iter, "_next_index", wrap_next_index)
     patches.wrap(base_iter, "__next__", wrap_next)
 
+    if probe.max_batches is not None:
+        cap = probe.max_batches
+
+        # Epochs end after `cap` batches (count_batch); a length that says otherwise makes code that sizes
+        # epochs from len(loader) (HF Trainer, Lightning, a scheduler's total_steps) stop or schedule early.
+        def wrap_len(original: Any) -> Any:
+            def __len__(self: Any) -> int:
+                return min(original(self), cap)
+
+            return __len__
+
+        patches.wrap(DataLoader, "__len__", wrap_len)
+
     def wrap_sampler_init(original: Any) -> Any:
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             original(self, *args, **kwargs)
