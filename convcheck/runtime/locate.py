@@ -71,3 +71,40 @@ def user_location(depth: int = 2) -> tuple[str, int] | None:
             return filename, frame.f_lineno
         frame = frame.f_back
     return None
+
+
+def user_frame(depth: int = 2) -> tuple[str, int, int] | None:
+    """(file, line, how many frames lie below it) of the innermost caller that is the user's code.
+
+    The frame count tells a user function that a library called back (HF Trainer's ``compute_loss``,
+    Lightning's ``training_step``) from the user's line that started the library (``trainer.train()``).
+    """
+    found = None
+    frame = sys._getframe(depth)
+    below = 0
+    while frame is not None:
+        if found is None:
+            filename = frame.f_code.co_filename
+            skipped = _cache.get(filename)
+            if skipped is None:
+                skipped = _cache[filename] = _skipped(filename)
+            if not skipped:
+                found = (filename, frame.f_lineno)
+        else:
+            below += 1
+        frame = frame.f_back
+    return (found[0], found[1], below) if found else None
+
+
+def called_by_library(depth: int = 2) -> bool:
+    """True when the first caller outside torch and convcheck is another library's code, not the user's."""
+    frame = sys._getframe(depth)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not (is_torch_file(filename) or os.path.normcase(os.path.realpath(filename)).startswith(_CONVCHECK_DIR)):
+            return _skipped(filename)
+        frame = frame.f_back
+    return False
+
+
+_CONVCHECK_DIR = os.path.normcase(os.path.realpath(os.path.dirname(convcheck.__file__))) + os.sep

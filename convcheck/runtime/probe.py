@@ -20,7 +20,7 @@ from typing import Any
 
 from convcheck.runtime import env, stepstats
 from convcheck.runtime.graph import summarize_graph
-from convcheck.runtime.locate import is_library_file, is_torch_file, user_location
+from convcheck.runtime.locate import called_by_library, is_library_file, is_torch_file, user_frame, user_location
 from convcheck.runtime.patches import Patches
 from convcheck.runtime.trace import Event, TraceWriter, process_tag
 
@@ -68,6 +68,8 @@ class Probe:
         self.known_roots: set[int] = set()
         self.mode_modules: list[tuple[Any, list[tuple[str, Any]]]] = []
         self.depth = 0
+        #: (file, line, frames below) of the user's line that made the last outermost forward call.
+        self.forward_frame: tuple[str, int, int] | None = None
         self.fp16_autocast_depth = 0
         self.armed_nonfinite = False
         self.nonfinite_events = 0
@@ -234,6 +236,7 @@ class Probe:
     def forward_pre_hook(self, module: Any, args: Any) -> None:
         if self.depth == 0:
             self._register_root(module)
+            self.forward_frame = user_frame(2)
         self.depth += 1
 
     def forward_hook(self, module: Any, args: Any, output: Any) -> None:
@@ -524,7 +527,22 @@ class Probe:
         if in_eval:
             sampled["eval_modules"] = in_eval[:50]
             sampled["eval_roots"] = eval_roots
-        self.emit("backward", n=self.backward_count, step=self.step_count, loss=loss, loc=_loc(4), **sampled)
+        self.emit("backward", n=self.backward_count, step=self.step_count, loss=loss, loc=self._loss_loc(), **sampled)
+
+    def _loss_loc(self) -> list[Any] | None:
+        """Where the loss was made: the backward's line, or the user's forward a framework called back.
+
+        HF Trainer and Lightning call backward() themselves, after the user's ``compute_loss`` or
+        ``training_step`` returned: the line that started the library (``trainer.train()``) says
+        nothing, the last forward inside the user's own callback says where the loss came from.
+        """
+        loc = _loc(5)
+        forward = self.forward_frame
+        if forward is not None and called_by_library(4):
+            here = user_frame(4)
+            if here is None or forward[2] > here[2]:
+                return [forward[0], forward[1]]
+        return loc
 
     def _stale_grads(self) -> dict[str, Any]:
         """Gradients the first backward after a step adds to: left over unless something cleared them."""
