@@ -139,8 +139,19 @@ def test_save_from_ddp_is_a_warning() -> None:
     assert "convcheck fix-state-dict ckpt.pt --output ckpt.fixed.pt" in finding.fix
 
 
+def test_save_from_a_compiled_model_is_an_error() -> None:
+    [finding] = runtime(save(prefixed("_orig_mod.")))
+    assert (finding.severity.value, finding.location.line) == ("error", 30)
+    assert "model._orig_mod.state_dict()" in finding.fix
+    # Loaded back into the compiled model in the same run: consistent.
+    [finding] = runtime(save(prefixed("_orig_mod.")), load(prefixed("_orig_mod.")),
+                        load_state_dict(prefixed("_orig_mod."), prefixed("_orig_mod.")))
+    assert finding.severity.value == "info"
+
+
 def test_save_from_compiled_ddp() -> None:
     [finding] = runtime(save(prefixed("module._orig_mod.")))
+    assert finding.severity.value == "error"
     assert finding.evidence["prefix"] == "module._orig_mod."
     assert "torch.compile inside DistributedDataParallel/DataParallel" in finding.message
     assert "model.module._orig_mod.state_dict()" in finding.fix
