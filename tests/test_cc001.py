@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from cc_testing import SCRIPTS, convcheck
 from static_expect import context, expected, static_findings
@@ -256,3 +258,14 @@ def test_run_that_saved_plain_keys_under_a_wrapper_clears_the_static_warning() -
     events = trainer({"ev": "model", "cls": "DistributedDataParallel", "params": [], "wrapper": True},
                      save(PLAIN, line=5))
     assert list(check.check_runtime(RunTrace(processes=[load_events(events)]), ctx)) == []
+
+
+def test_compiled_model_saved_through_the_wrapper_fails_the_default_gate(tmp_path: Path) -> None:
+    # backend="eager": the same `_orig_mod.` keys without the compiler's cost.
+    result = convcheck("run", "--steps", "5", "--select", "CC001", "--format", "json",
+                       SCRIPTS / "compiled_save.py", "--backend", "eager", cwd=tmp_path)
+    assert result.code == 1, result.stdout + result.stderr
+    (finding,) = result.findings("CC001")
+    assert (finding["severity"], finding["location"]["line"]) == ("error", 23)
+    assert finding["evidence"]["prefix"] == "_orig_mod."
+    assert not (tmp_path / "compiled.pt").exists()
