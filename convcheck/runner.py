@@ -355,7 +355,9 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
         wall_seconds=round(launched.wall_seconds, 2), processes=processes, script_argv=options.script_args,
     )
     summary.redirected_saves = _located(trace, "save", "path", only=lambda e: bool(e.get("redirected_to")))
-    summary.device_mapping = _located(trace, "device_map", "what", first_per_label=True)
+    # Mappings made inside a library (Lightning, Inductor) are not the user's to change: left out.
+    summary.device_mapping = _located(trace, "device_map", "what", first_per_label=True,
+                                      only=lambda e: not e.get("library"))
     summary.unmappable = _located(trace, "device_unmappable", "what")
     summary.loss_curve, summary.top_grad_layers = _story(trace)
     failed = [w for w in launched.workers if w.outcome.get("status") == "crashed" or w.returncode not in (0, None)]

@@ -124,3 +124,13 @@ def test_an_unmappable_class_stays_a_type(tmp_path: Path) -> None:
     run = result.report["run"]
     assert run["unmappable"] == [{"what": "torch.cuda.Stream", "file": str(script), "line": 6}]
     assert f"torch.cuda.Stream at {script}:6 has no CPU equivalent" in run["error"]
+
+
+def test_mappings_made_inside_libraries_are_not_the_users(tmp_path: Path) -> None:
+    traces = tmp_path / "t"
+    result = convcheck("run", "--format", "json", "--trace-dir", traces, SCRIPTS / "cuda_library_calls.py")
+    assert result.code == 0, result.stdout + result.stderr
+    mapped = {m["what"]: m["line"] for m in result.report["run"]["device_mapping"]}
+    assert mapped == {"Tensor.cuda()": 14, "torch.cuda.synchronize": 16}
+    library = [(e["what"], e["library"]) for e in _events(read_traces(traces), "device_map") if "library" in e]
+    assert library == [("torch.cuda.empty_cache", True)]

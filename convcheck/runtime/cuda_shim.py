@@ -34,17 +34,25 @@ class CudaShim:
         self.probe = probe
         self.torch = torch
         self.pretend_cuda = pretend_cuda
-        self.seen: set[str] = set()
+        self.seen: set[tuple[str, bool]] = set()
         self.patches: Patches = probe.patches
 
     def record(self, what: str) -> None:
-        """Record the first use of each mapping, with the user's line."""
-        if what in self.seen:
+        """Record the first use of each mapping, with the user's line.
+
+        A mapping a library made (Lightning's ``empty_cache``, Inductor's ``current_device``) is recorded
+        as the library's: the user's line that led there did not ask for CUDA.
+        """
+        from convcheck.runtime.locate import called_from_user_code
+
+        library = not called_from_user_code(2)
+        if (what, library) in self.seen:
             return
-        self.seen.add(what)
+        self.seen.add((what, library))
         from convcheck.runtime.probe import _loc
 
-        self.probe.emit("device_map", what=what, loc=_loc(4), step=self.probe.step_count)
+        extra = {"library": True} if library else {}
+        self.probe.emit("device_map", what=what, loc=_loc(4), step=self.probe.step_count, **extra)
 
     def cpu(self, device: Any, what: str) -> Any:
         """The CPU in place of a CUDA device (a device, a 'cuda:N' string or an ordinal)."""

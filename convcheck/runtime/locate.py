@@ -108,3 +108,14 @@ def called_by_library(depth: int = 2) -> bool:
 
 
 _CONVCHECK_DIR = os.path.normcase(os.path.realpath(os.path.dirname(convcheck.__file__))) + os.sep
+
+
+def called_from_user_code(depth: int = 2) -> bool:
+    """True when the first caller outside convcheck is the user's code (not torch's or another library's)."""
+    frame = sys._getframe(depth)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not os.path.normcase(os.path.realpath(filename)).startswith(_CONVCHECK_DIR):
+            return not _skipped(filename)
+        frame = frame.f_back
+    return False
