@@ -230,3 +230,13 @@ def test_every_parameter_frozen_explains_the_crash_at_backward() -> None:
     # A frozen model whose input is what trains (style transfer) crashes for no such reason: nothing said.
     events[-1] = {"ev": "step", "opt": 0, "n": 1, "backwards": 1, "lrs": [0.1], "grad": []}
     assert [f.code for f in check.check_runtime(RunTrace(processes=[load_events(events)]), _ctx())] == []
+
+
+def test_parts_run_by_the_models_own_method_are_one_model() -> None:
+    result = convcheck("run", "--steps", "4", "--select", "CC006", "--format", "json",
+                       SCRIPTS / "cc006_method_head_only.py")
+    assert result.code == 1, result.stdout + result.stderr
+    (finding,) = result.findings("CC006")
+    assert (finding["severity"], finding["location"]["line"]) == ("error", 18)
+    assert finding["message"] == ("module `backbone` computes gradients for 4 parameters, but no optimizer holds "
+                                  "them: the module never trains.")

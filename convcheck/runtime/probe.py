@@ -37,6 +37,23 @@ class StopRun(BaseException):
     """Raised at the step budget; a BaseException so ``except Exception`` cannot swallow it."""
 
 
+def _owning_module(module: Any, frames: int = 12) -> Any:
+    """The user's model whose own method called ``module`` outside any forward (Lightning's ``training_step``
+    calling ``self.backbone``), or None: the model, not each of its parts, is what trains."""
+    import torch.nn as nn
+
+    frame = sys._getframe(2)
+    for _ in range(frames):
+        if frame is None:
+            return None
+        if not is_library_file(frame.f_code.co_filename):
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, nn.Module) and owner is not module and any(m is module for m in owner.modules()):
+                return owner
+        frame = frame.f_back
+    return None
+
+
 def _loc(depth: int = 3) -> list[Any] | None:
     found = user_location(depth)
     return [found[0], found[1]] if found else None
@@ -235,6 +252,11 @@ class Probe:
 
     def forward_pre_hook(self, module: Any, args: Any) -> None:
         if self.depth == 0:
+            if id(module) not in self.known_roots:
+                owner = _owning_module(module)
+                if owner is not None:
+                    self.known_roots.add(id(module))
+                    module = owner
             self._register_root(module)
             self.forward_frame = user_frame(2)
         self.depth += 1
