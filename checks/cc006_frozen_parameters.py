@@ -561,8 +561,9 @@ def _first_freeze_line(ctx: StaticContext) -> int | None:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value is False \
                 and any(isinstance(t, ast.Attribute) and t.attr == "requires_grad" for t in node.targets):
             lines.append(node.lineno)
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "requires_grad_" \
-                and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value is False:
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "requires_grad_" and node.args \
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value is False:
             lines.append(node.lineno)
     return min(lines) if lines else None
 
