@@ -93,3 +93,15 @@ def test_the_eval_call_of_the_trained_model_is_chosen() -> None:
                                                    "step": 0, "loc": ["train.py", 40]})
     [finding] = runtime(events)
     assert finding.location.line == 33
+
+
+def test_a_teacher_inside_the_trained_module_is_not_reported() -> None:
+    # Teacher and student are parts of one model here: the teacher's dropout in eval mode is no bug.
+    fixed = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "4", "--select", "CC009",
+                      SCRIPTS / "cc009_distiller_module.py")
+    assert fixed.code == 0, fixed.stderr
+    assert fixed.findings("CC009") == []
+    buggy = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "4", "--select", "CC009",
+                      SCRIPTS / "cc009_distiller_module.py", "--bug")
+    [finding] = buggy.findings("CC009")
+    assert finding["evidence"]["modules_in_eval"] == ["student.2"]
