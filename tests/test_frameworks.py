@@ -65,7 +65,7 @@ def test_example(example: Path, run_example: Callable[[Path], tuple[Result, Path
     # Every example has more training than the budget: stopping there shows the framework kept going
     # (the HF Trainer's epochs are sized from len() of a loader shortened by --max-batches-per-epoch).
     assert run["status"] == "stopped-at-budget" and run["error"] is None
-    # The frameworks' own CUDA probing on this CPU machine is no mapping of the user's.
+    # The frameworks' own CUDA calls on this CPU machine (Lightning's empty_cache) are no mapping of the user's.
     assert run["device_mapping"] == []
     _, expected = parse_expectations(example)
     findings = result.report["findings"]

@@ -24,6 +24,6 @@ class Classifier(L.LightningModule):
 
 torch.manual_seed(0)
 data = TensorDataset(torch.randn(256, 16), torch.randint(0, 3, (256,)))
-trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, accumulate_grad_batches=2, logger=False,
-                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+trainer = L.Trainer(max_epochs=2, accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False)
 trainer.fit(Classifier(), DataLoader(data, batch_size=32, shuffle=True))
