@@ -92,6 +92,12 @@ class StateDictPrefix(Check):
     check what `load_state_dict(..., strict=False)` returns. Repair checkpoints already written with
     `convcheck fix-state-dict CKPT --output FIXED`, which strips the prefixes in place of the keys and verifies
     the result. A wrapper saved and loaded back into the same wrapper is consistent and is not reported.
+
+    Severities: a load that failed on a prefix, and a checkpoint of `torch.compile`'s wrapper
+    (`_orig_mod.` keys), are errors: whether a model is compiled is a speed setting that evaluation,
+    inference and export code rarely repeat, so such a checkpoint fails wherever it is used next. A
+    `module.` checkpoint (DDP, DataParallel) is a warning, because resuming it into the same wrapper
+    is a common, correct pattern; loaded back into the same wrapper in the run, either is info.
     """
 
     code = "CC001"
@@ -233,7 +239,10 @@ class StateDictPrefix(Check):
                     f"(taken from a {_wrapper_names(prefix)} wrapper), e.g. '{keys[0]}': it loads only into the same "
                     "wrapper, and into the plain model with missing and unexpected keys."
                 )
-                severity = Severity.INFO if consistent else Severity.WARNING
+                # A `module.` checkpoint resumed into DDP is a common, correct pattern: a warning. `_orig_mod.` keys
+                # tie the checkpoint to an optimisation flag that inference and evaluation code rarely set.
+                severity = Severity.INFO if consistent else (
+                    Severity.ERROR if "_orig_mod." in prefix else Severity.WARNING)
                 if path is not None and path in failed_loads:
                     message += " This run loaded it into a plain model and the keys did not match."
                     severity = Severity.ERROR

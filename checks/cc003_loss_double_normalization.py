@@ -33,6 +33,13 @@ _FIX_ACCUM_TWICE = (
     "Divide the loss by the number of micro-batches only: the mean-reduced loss is already averaged over "
     "each micro-batch, so dividing by the batch size as well shrinks the gradient once more."
 )
+_FIX_TRAINER = (
+    "In a Hugging Face Trainer's compute_loss, either return the micro-batch's mean loss and set "
+    "`loss_is_scaled_for_ga = False` on your Trainer subclass (the Trainer then divides by "
+    "gradient_accumulation_steps), or return `F.cross_entropy(logits, labels, reduction='sum') / "
+    "num_items_in_batch`: the Trainer passes the number of items over all accumulated micro-batches and, "
+    "for models that accept loss keyword arguments, does not divide by the accumulation count itself."
+)
 
 #: torch.nn.functional losses and the nn.Module losses that reduce by the mean by default.
 _LOSS_FUNCTIONS = frozenset({
@@ -77,7 +84,14 @@ class LossDoubleNormalization(Check):
     At run time it reads the autograd graph of the loss at each sampled `backward()` before the graph is
     freed: the loss node's reduction and batch size, and every division on the way to the value
     `backward()` was called on. It counts the `backward()` calls between optimizer steps. From the source
-    it finds `criterion(out, y) / batch_size` and `loss /= x.size(0)` after a mean-reduced loss.
+    it finds `criterion(out, y) / batch_size` and `loss /= x.size(0)` after a mean-reduced loss, also in
+    the loss a Hugging Face Trainer's `compute_loss` or a Lightning `training_step` returns.
+
+    Frameworks divide the loss themselves, and the graph shows what they did: Lightning's
+    `accumulate_grad_batches` and accelerate's `accumulate()` divide by the accumulation count; a
+    transformers 5 Trainer passes `num_items_in_batch` and, for models that take loss keyword arguments,
+    leaves the division over the accumulated batch to `compute_loss`. A mean divided by the batch size
+    again *and* not by the accumulation count is reported with the net factor (batch size / count).
 
     ## Why is this bad?
     A mean-reduced loss is already the average over the batch. Dividing it by the batch size again makes
@@ -153,7 +167,7 @@ class LossDoubleNormalization(Check):
         if verdict is not None:
             finding = self._runtime_finding(verdict, observations, ctx)
             twin = _nearest(pending, finding)
-            if twin is not None and verdict.kind in ("double", "accum-twice"):
+            if twin is not None and verdict.kind in ("double", "double-accum-missing", "accum-twice"):
                 finding = finding.model_copy(update={"location": twin.location, "source": "static+runtime"})
             findings.append(finding)
         # Static suspicions the graphs contradict (no division by the batch size was seen) are dropped.
@@ -167,7 +181,22 @@ class LossDoubleNormalization(Check):
             "divisors": obs.divisors, "backwards_per_step": obs.k, "backward_calls_seen": count,
             "loss_value": obs.loss,
         }
-        divisors = " × ".join(_fmt(d) for d in obs.divisors) or "nothing"
+        # A division by 1 (accelerate's backward without accumulation) changes nothing worth naming.
+        divisors = " × ".join(_fmt(d) for d in obs.divisors if not _close(d, 1.0)) or "nothing"
+        fix_double = _FIX_DOUBLE + (" " + _FIX_TRAINER if hf_trainer_compute_loss(ctx) else "")
+        if obs.kind == "double-accum-missing":
+            net = obs.batch / obs.k
+            evidence["gradient_scale"] = obs.k / obs.batch
+            size = f"{_fmt(round(net, 3))}× too small" if net > 1 else f"{_fmt(round(1 / net, 3))}× too large"
+            message = (
+                f"{obs.k} backward() calls accumulate into each optimizer step and the loss ({obs.node}, "
+                f"reduction='mean' over a batch of {obs.batch}) was divided by {divisors}: by the batch size a "
+                f"second time, and not by the accumulation count. Each micro-batch's gradient is {obs.batch}× too "
+                f"small and {obs.k} of them are summed, so each step's gradient is {size} "
+                f"({obs.batch}× smaller from the double mean, {obs.k}× larger from the undivided accumulation)."
+            )
+            fix = fix_double if hf_trainer_compute_loss(ctx) else f"{_FIX_DOUBLE} {_FIX_ACCUM}"
+            return self.finding(message, fix=fix, location=where, evidence=evidence, headline="divisors")
         if obs.kind == "double" and obs.count:
             evidence["averaged_over"] = {"count": obs.count, "what": obs.count_what}
             message = (
@@ -184,7 +213,7 @@ class LossDoubleNormalization(Check):
                 f"before backward(): the batch size divides it twice, so gradients are {obs.batch}× too small "
                 f"(seen in {count} of the sampled backward calls)."
             )
-            return self.finding(message, fix=_FIX_DOUBLE, location=where, evidence=evidence, headline="divisors")
+            return self.finding(message, fix=fix_double, location=where, evidence=evidence, headline="divisors")
         if obs.kind == "accum-twice":
             message = (
                 f"{obs.k} backward() calls accumulate into each optimizer step and the loss ({obs.node}, "
@@ -197,7 +226,8 @@ class LossDoubleNormalization(Check):
             f"{obs.reduction}-reduced over a batch of {obs.batch}) is divided by {divisors}: the accumulated "
             f"gradient is {obs.k}× the mean gradient, so the effective learning rate is {obs.k}× the one set."
         )
-        return self.finding(message, fix=_FIX_ACCUM, location=where, evidence=evidence, severity=Severity.WARNING,
+        fix = _FIX_TRAINER if hf_trainer_compute_loss(ctx) else _FIX_ACCUM
+        return self.finding(message, fix=fix, location=where, evidence=evidence, severity=Severity.WARNING,
                             headline="backwards_per_step")
 
 
@@ -368,6 +398,8 @@ def _judge(term: Term, k: int, event: Event) -> Observation:
                                event.get("loss"), count, term.count_what)
     if twice:
         kind = "accum-twice" if k >= 2 and _close(extra, batch * k) else "double"
+        if kind == "double" and k >= 2 and not any(_close(d, k) for d in term.divisors):
+            kind = "double-accum-missing"
     elif integral and k >= 2 and _close(extra, 1.0):
         kind = "accum-missing"
     elif integral and k >= 2 and _close(extra, k):
@@ -379,7 +411,7 @@ def _worst(observations: list[Observation]) -> Observation | None:
     """The observation to report: a double normalization first; accumulation only if every term agrees."""
     # A named loss node reads better than the internal mean of label smoothing.
     ordered = sorted(observations, key=lambda o: o.node.endswith("/len"))
-    for kind in ("double", "accum-twice"):
+    for kind in ("double-accum-missing", "double", "accum-twice"):
         hit = next((o for o in ordered if o.kind == kind), None)
         if hit is not None:
             return hit
@@ -503,12 +535,50 @@ def _unwrap_scale(node: ast.AST) -> ast.AST:
     return node
 
 
+#: Methods whose returned loss a framework calls backward() on (HF Trainer, Lightning).
+_FRAMEWORK_LOSS_METHODS = frozenset({"compute_loss", "training_step"})
+
+
 def _backward_names(ctx: StaticContext) -> set[str]:
-    """Names that ``.backward()`` is called on (directly or through ``scaler.scale(name)``)."""
+    """Names that ``.backward()`` is called on (directly, through ``scaler.scale(name)``, or by a framework)."""
     names = set()
     for call in ctx.calls():
         if isinstance(call.func, ast.Attribute) and call.func.attr == "backward":
             name = dotted_name(_unwrap_scale(call.func.value))
+            if name:
+                names.add(name)
+    for node in ast.walk(ctx.tree):
+        if isinstance(node, ast.FunctionDef) and node.name in _FRAMEWORK_LOSS_METHODS:
+            names.update(_returned_losses(node))
+    return names
+
+
+def hf_trainer_compute_loss(ctx: StaticContext) -> bool:
+    """Whether the script overrides ``compute_loss`` in a subclass of a Hugging Face ``...Trainer``."""
+    for node in ast.walk(ctx.tree):
+        if isinstance(node, ast.ClassDef) and any(
+            (last_segment(dotted_name(base)) or "").endswith("Trainer") for base in node.bases
+        ) and any(isinstance(item, ast.FunctionDef) and item.name == "compute_loss" for item in node.body):
+            return True
+    return False
+
+
+def _returned_losses(function: ast.FunctionDef) -> set[str]:
+    """The loss names a ``compute_loss``/``training_step`` returns: ``loss``, ``(loss, out)``, ``{"loss": loss}``."""
+    names = set()
+    for node in ast.walk(function):
+        if not isinstance(node, ast.Return) or node.value is None:
+            continue
+        values = [node.value]
+        if isinstance(node.value, ast.IfExp):
+            values = [node.value.body, node.value.orelse]
+        for value in values:
+            if isinstance(value, ast.Tuple) and value.elts:
+                value = value.elts[0]
+            elif isinstance(value, ast.Dict):
+                value = next((v for k, v in zip(value.keys, value.values)
+                              if isinstance(k, ast.Constant) and k.value == "loss"), None)
+            name = dotted_name(value) if value is not None else None
             if name:
                 names.add(name)
     return names

@@ -41,6 +41,10 @@ _FIX_SWAPPED = (
     "Freeze the part that should stay fixed and build the optimizer over what trains: e.g. "
     "`backbone.requires_grad_(False)` then `torch.optim.AdamW(p for p in model.parameters() if p.requires_grad)`."
 )
+_FIX_ALL_FROZEN = (
+    "Freeze only what should stay fixed (`model.backbone.requires_grad_(False)`) and keep the rest trainable; "
+    "if a library loaded the model frozen, call `requires_grad_(True)` on the part that should train."
+)
 _FIX_IDLE = (
     "Add the module's parameters to the optimizer if it should train; if it should stay frozen, freeze it "
     "with `module.requires_grad_(False)` so that no gradient is computed for it."
@@ -51,16 +55,27 @@ class FrozenParameters(Check):
     """## What it does
     Tabulates, per module, which parameters train and which cannot: frozen (`requires_grad=False`),
     trainable but held by no optimizer, held by an optimizer but never given a gradient, or given
-    gradients but never changed. It reports a parameter the script unfreezes or replaces that cannot
-    train (an error), a whole module that never trains although no line of the script freezes it (a
-    warning), and a deliberate freeze (frozen and left out of the optimizer: info). From the source and the
-    run it finds freezes that freeze nothing: `module.requires_grad = False` on an `nn.Module`, and the
-    `require_grad` typo. It names an optimizer that holds only frozen parameters while the parameters that
-    get gradients are in none (the freeze and the optimizer swapped), and layers called in `forward()`
-    but kept in a plain list, dict or tuple instead of `nn.ModuleList`/`nn.ModuleDict`: not submodules,
-    so missing from `model.parameters()`, the optimizer, `state_dict()`, `.to()` and DDP (an error when
-    their gradients are never applied, a warning when the script added them to the optimizer by hand; a
-    frozen layer kept out of the model on purpose is not reported).
+    gradients but never changed. From the source and the run it finds freezes that freeze nothing:
+    `module.requires_grad = False` on an `nn.Module`, and the `require_grad` typo. It names an optimizer
+    that holds only frozen parameters while the parameters that get gradients are in none (the freeze
+    and the optimizer swapped), and layers called in `forward()` but kept in a plain list, dict or tuple
+    instead of `nn.ModuleList`/`nn.ModuleDict`: not submodules, so missing from `model.parameters()`, the
+    optimizer, `state_dict()`, `.to()` and DDP (an error when their gradients are never applied, a
+    warning when the script added them to the optimizer by hand; a frozen layer kept out of the model on
+    purpose is not reported).
+
+    Severities follow what the run proved:
+    - error: a parameter the script unfreezes or replaces that no optimizer holds; every parameter of
+      the model frozen, so that backward() fails (frameworks build the optimizer from the trainable
+      parameters, so this shows only as that crash); a parameter that computes gradients but that no
+      optimizer holds (a Lightning `configure_optimizers` over the head only while the backbone still
+      has `requires_grad=True`). For the last one the run saw the gradient computed and never applied,
+      and the one way to say "keep this fixed" is `requires_grad=False`, which also saves the backward
+      work; where it is wanted anyway, suppress it with `# convcheck: ignore[CC006]`.
+    - warning: a whole module that never trains although no line of the script freezes it (a library
+      or a loaded checkpoint may have frozen it on purpose); a module that never receives a gradient,
+      or never changes (used only in some steps, or a learning rate of 0 during warm-up, is possible).
+    - info: a deliberate freeze (the script freezes it and leaves it out of the optimizer).
 
     ## Why is this bad?
     Fine-tuning code freezes and unfreezes parts of a model and rebuilds heads. An optimizer built from
@@ -128,6 +143,7 @@ class FrozenParameters(Check):
             return pending
         table = ParamTable.from_trace(proc)
         findings = list(self._flags(proc, table, pending, ctx))
+        findings += list(self._all_frozen(proc, table, ctx))
         findings += list(self._table_findings(table, ctx))
         return [*findings, *pending]
 
@@ -200,6 +216,28 @@ class FrozenParameters(Check):
             yield self.finding(message, fix=_FIX_UNREGISTERED, location=layers[0].get("loc") or opt_where,
                                severity=Severity.WARNING, evidence=evidence, headline="parameters"), ids
 
+    def _all_frozen(self, proc: ProcessTrace, table: ParamTable, ctx: StaticContext) -> Iterable[Finding]:
+        """Every parameter of every model frozen: backward() has nothing to differentiate and fails.
+
+        Frameworks (HF Trainer, Lightning) build the optimizer from the trainable parameters, so the
+        script crashes at its first backward with no optimizer step to look at.
+        """
+        if not table.names or not all(p in table.initially_frozen for p in table.names):
+            return
+        crash = str((proc.crash or {}).get("error") or "")
+        if "does not require grad" not in crash:
+            return  # a frozen model with a trainable input (style transfer, adversarial examples) is no bug
+        models = sorted({m.get("cls", "model") for m in proc.of("model")})
+        line = _first_freeze_line(ctx)
+        backward = proc.first("backward")
+        where = (ctx.display_path, line) if line else user_location((backward or {}).get("loc"), ctx)
+        message = (f"Every parameter of {', '.join(f'`{m}`' for m in models)} ({len(table.names)} parameters) has "
+                   f"requires_grad=False, so nothing can train: backward() failed (\"{crash}\").")
+        yield self.finding(message, fix=_FIX_ALL_FROZEN, location=where, severity=Severity.ERROR,
+                           source="static+runtime" if line else "runtime",
+                           evidence={"models": models, "frozen": len(table.names), "crash": crash,
+                                     "freeze_line": line}, headline="frozen")
+
     def _table_findings(self, table: ParamTable, ctx: StaticContext) -> Iterable[Finding]:
         if not table.optimized:
             return
@@ -253,7 +291,7 @@ class FrozenParameters(Check):
                 message = (f"{_list(modules)} {_verb(modules, 'computes', 'compute')} gradients for {len(got_grad)} "
                            "parameters, but no optimizer "
                            f"holds them: {_verb(modules, 'the module never trains', 'they never train')}.")
-                yield self.finding(message, fix=_FIX_IDLE, location=opt_where, severity=Severity.WARNING,
+                yield self.finding(message, fix=_FIX_IDLE, location=opt_where, severity=Severity.ERROR,
                                    evidence={"modules": evidence_table, "not_in_optimizer": _names(outside, table)},
                                    headline="not_in_optimizer")
         # 2. Held by an optimizer, trainable, but never given a gradient.
@@ -596,6 +634,20 @@ def _is_optimizer_call(call: ast.Call) -> bool:
     return "optim" in name.lower() or last_segment(name) in (
         "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam", "LBFGS", "Lion",
     )
+
+
+def _first_freeze_line(ctx: StaticContext) -> int | None:
+    """The first line that sets requires_grad False (an assignment or ``requires_grad_(False)``)."""
+    lines = []
+    for node in ast.walk(ctx.tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value is False \
+                and any(isinstance(t, ast.Attribute) and t.attr == "requires_grad" for t in node.targets):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "requires_grad_" and node.args \
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value is False:
+            lines.append(node.lineno)
+    return min(lines) if lines else None
 
 
 def _script_freezes(ctx: StaticContext) -> bool:

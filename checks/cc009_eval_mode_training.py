@@ -23,7 +23,8 @@ class EvalModeTraining(Check):
     trained are in eval mode, typically because `model.eval()` was called for validation and
     `model.train()` never followed. It reports where the model was last switched to eval mode and the
     first step that trained in it. Models with no dropout or batch-norm layer behave the same in both
-    modes and are not reported; neither is a frozen model (a teacher) whose parameters get no gradient.
+    modes and are not reported; neither is a frozen model (a teacher) whose parameters get no gradient,
+    also when it is a part of the trained module (a LightningModule's `self.teacher`).
 
     ## Why is this bad?
     In eval mode dropout does nothing and batch norm normalizes with its running statistics instead of
@@ -138,9 +139,23 @@ def _steps_in_eval(proc: ProcessTrace, models: list[Event]) -> tuple[list[tuple[
             if last_backward is None or not last_backward.get("eval_modules"):
                 continue
             names = _trained_eval_names(models, last_backward, trained_roots)
+            # A teacher held by the trained model (a LightningModule's `self.teacher`) gets no gradient either.
+            param_names = {p["id"]: p["name"] for r in trained_roots for p in models[r].get("params", [])}
+            names = [n for n in names if not _in_untrained_part(n, param_names, grads)]
             if names:
                 bad.append((event.get("n"), last_backward, names))
     return bad, total, trained_roots
+
+
+def _in_untrained_part(name: str, param_names: dict[int, str], grads: set[int]) -> bool:
+    """Whether a submodule above ``name`` (not the whole model) has parameters and none of them got a gradient."""
+    parts = name.split(".")
+    for depth in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:depth]) + "."
+        under = [pid for pid, pname in param_names.items() if pname.startswith(prefix)]
+        if under and not any(pid in grads for pid in under):
+            return True
+    return False
 
 
 def _eval_by_root(backward: Event) -> list[tuple[int | None, list[str]]]:

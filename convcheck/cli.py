@@ -84,7 +84,7 @@ _EXIT_CODES_HELP = "Exit codes:\n\n" + describe_exit_codes().replace("\n", "\n\n
 def run(
     ctx: typer.Context,
     script: Annotated[Path, typer.Argument(metavar="SCRIPT", show_default=False,
-                                           help="The training script, run unmodified.")],
+                                           help="The training script, run unmodified (or -m MODULE, as python -m).")],
     script_args: Annotated[
         Optional[list[str]],
         typer.Argument(metavar="SCRIPT_ARGS", show_default=False, help="The script's own arguments."),

@@ -50,8 +50,8 @@ def plain_message(message: str) -> str:
 
 def refuse_unknown_option(ctx: typer.Context, script: str) -> None:
     """A SCRIPT that looks like an option is one this command does not know (a typo like --stpes)."""
-    if not script.startswith("-") or Path(script).exists():
-        return
+    if not script.startswith("-") or script.startswith("-m") or Path(script).exists():
+        return  # -m MODULE runs a module, as python -m does
     name = script.split("=", 1)[0]
     known = [opt for param in ctx.command.params for opt in (*param.opts, *param.secondary_opts)
              if opt.startswith("-")] + list(ctx.help_option_names)

@@ -20,6 +20,8 @@ class RunOptions:
 
     script: Path
     script_args: list[str] = field(default_factory=list)
+    #: ``-m MODULE``: run this module as ``python -m`` would; ``script`` is then its source file.
+    module: str | None = None
     nproc_per_node: int | None = None
     steps: int = 20
     max_batches_per_epoch: int | None = None
@@ -56,7 +58,14 @@ MERGED_SETTINGS = ("select", "ignore", "fail_on", "steps", "nproc_per_node", "ti
 def resolve_options(script: Path, script_args: list[str], flags: dict) -> RunOptions:
     """Merge the nearest ``[tool.convcheck]`` with the flags given (None or [] = not given)."""
     from convcheck.config import ConfigError, load_config
+    from convcheck.modules import ModuleNotRunnable, module_file, split_module_target
 
+    try:
+        module, script_args = split_module_target(str(script), script_args)
+        if module is not None:
+            script = module_file(module)
+    except ModuleNotRunnable as exc:
+        raise UserError(str(exc)) from exc
     try:
         config = load_config(script.parent if script.parent.exists() else Path.cwd())
     except ConfigError as exc:
@@ -67,7 +76,7 @@ def resolve_options(script: Path, script_args: list[str], flags: dict) -> RunOpt
         value = flags.pop(key, None)
         merged[key] = value if value not in (None, []) else getattr(settings, key)
     return RunOptions(
-        script=script, script_args=script_args, per_file_ignores=dict(settings.per_file_ignores),
+        script=script, script_args=script_args, module=module, per_file_ignores=dict(settings.per_file_ignores),
         check_options=dict(settings.checks), config_source=config.source, **merged, **flags,
     )
 
@@ -283,7 +292,8 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
         def spec_for(folder: Path, nproc: int | None, steps: int, show_output: bool,
                      repeat_first_batch: bool = False) -> LaunchSpec:
             return LaunchSpec(
-                script=script.resolve(), script_args=options.script_args, run_dir=folder, steps=steps,
+                script=script.resolve(), script_args=options.script_args, module=options.module, run_dir=folder,
+                steps=steps,
                 timeout=options.timeout, nproc_per_node=nproc,
                 max_batches_per_epoch=options.max_batches_per_epoch, show_output=show_output,
                 device=options.device, pretend_cuda=options.pretend_cuda,
@@ -355,7 +365,9 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
         wall_seconds=round(launched.wall_seconds, 2), processes=processes, script_argv=options.script_args,
     )
     summary.redirected_saves = _located(trace, "save", "path", only=lambda e: bool(e.get("redirected_to")))
-    summary.device_mapping = _located(trace, "device_map", "what", first_per_label=True)
+    # Mappings made inside a library (Lightning, Inductor) are not the user's to change: left out.
+    summary.device_mapping = _located(trace, "device_map", "what", first_per_label=True,
+                                      only=lambda e: not e.get("library"))
     summary.unmappable = _located(trace, "device_unmappable", "what")
     summary.probe_errors = sorted({str(e.get("where") or "start-up") for _, e in trace.events("probe_error")})
     summary.loss_curve, summary.top_grad_layers = _story(trace)

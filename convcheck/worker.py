@@ -1,6 +1,7 @@
 """Worker mode: plug convcheck into a launch you already have (torchrun, srun, a PyTorchJob).
 
     torchrun --nnodes 2 --nproc-per-node 4 ... -m convcheck.worker --trace-dir /shared/cc train.py --lr 0.1
+    torchrun ... -m convcheck.worker --trace-dir /shared/cc -m mypkg.train --lr 0.1
 
 Each rank runs the script under the probe and writes its trace to ``--trace-dir`` (a
 folder every node can reach). Without a shared folder, the traces are gathered to rank 0
@@ -35,7 +36,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_mar
 def worker(
     ctx: typer.Context,
     script: Annotated[Path, typer.Argument(metavar="SCRIPT", show_default=False,
-                                           help="The training script, run unmodified.")],
+                                           help="The training script, run unmodified (or -m MODULE, as python -m).")],
     script_args: Annotated[
         Optional[list[str]],
         typer.Argument(metavar="SCRIPT_ARGS", show_default=False, help="The script's own arguments."),
@@ -85,6 +86,16 @@ def worker(
     from convcheck.runtime.worker import leave, run_entry
 
     refuse_unknown_option(ctx, str(script))
+
+    from convcheck.modules import ModuleNotRunnable, module_file, split_module_target
+
+    try:
+        module, script_args = split_module_target(str(script), list(script_args or []))
+        if module is not None:
+            script = module_file(module)
+    except ModuleNotRunnable as exc:
+        typer.echo(f"convcheck: {exc}", err=True)
+        raise typer.Exit(int(ExitCode.CANNOT_RUN)) from None
     if not script.is_file():
         typer.echo(f"convcheck: {script}: no such file. Give the path of a Python training script.", err=True)
         raise typer.Exit(int(ExitCode.CANNOT_RUN))
@@ -103,7 +114,7 @@ def worker(
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [site_dir(), os.environ.get("PYTHONPATH")]))
     activate()
 
-    outcome = run_entry(str(script), [str(script), *(script_args or [])])
+    outcome = run_entry(str(script), [str(script), *script_args], module=module)
     code = int(outcome["code"])
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from cc_testing import SCRIPTS, convcheck
 from static_expect import context, expected, static_findings
@@ -139,8 +141,19 @@ def test_save_from_ddp_is_a_warning() -> None:
     assert "convcheck fix-state-dict ckpt.pt --output ckpt.fixed.pt" in finding.fix
 
 
+def test_save_from_a_compiled_model_is_an_error() -> None:
+    [finding] = runtime(save(prefixed("_orig_mod.")))
+    assert (finding.severity.value, finding.location.line) == ("error", 30)
+    assert "model._orig_mod.state_dict()" in finding.fix
+    # Loaded back into the compiled model in the same run: consistent.
+    [finding] = runtime(save(prefixed("_orig_mod.")), load(prefixed("_orig_mod.")),
+                        load_state_dict(prefixed("_orig_mod."), prefixed("_orig_mod.")))
+    assert finding.severity.value == "info"
+
+
 def test_save_from_compiled_ddp() -> None:
     [finding] = runtime(save(prefixed("module._orig_mod.")))
+    assert finding.severity.value == "error"
     assert finding.evidence["prefix"] == "module._orig_mod."
     assert "torch.compile inside DistributedDataParallel/DataParallel" in finding.message
     assert "model.module._orig_mod.state_dict()" in finding.fix
@@ -256,3 +269,14 @@ def test_a_resume_that_strips_the_prefix_itself_is_told_as_it_is(tmp_path: Path)
     assert "loaded it back after removing the prefix itself before load_state_dict" in finding["message"]
     assert "same wrapper, which is consistent" not in finding["message"]
     assert not (tmp_path / "ckpt.pt").exists()  # the save went to the run's scratch folder
+
+
+def test_compiled_model_saved_through_the_wrapper_fails_the_default_gate(tmp_path: Path) -> None:
+    # backend="eager": the same `_orig_mod.` keys without the compiler's cost.
+    result = convcheck("run", "--steps", "5", "--select", "CC001", "--format", "json",
+                       SCRIPTS / "compiled_save.py", "--backend", "eager", cwd=tmp_path)
+    assert result.code == 1, result.stdout + result.stderr
+    (finding,) = result.findings("CC001")
+    assert (finding["severity"], finding["location"]["line"]) == ("error", 23)
+    assert finding["evidence"]["prefix"] == "_orig_mod."
+    assert not (tmp_path / "compiled.pt").exists()

@@ -240,3 +240,47 @@ def test_a_token_mean_divided_again_by_its_token_count() -> None:
     assert finding["evidence"]["divisors"] == [39.0]
     assert finding["message"].startswith("The loss (NllLossBackward0, reduction='mean') is already a mean over its "
                                          "39 counted targets")
+
+
+def test_double_mean_with_undivided_accumulation_states_the_net_factor() -> None:
+    # A divisor of 1 (accelerate's backward without accumulation of its own), then the batch size: no 1/4.
+    graph = [_div(1.0), _div(8.0, parent=0, depth=1), _nll(8, parent=1, depth=2)]
+    (finding,) = LossDoubleNormalization().check_runtime(_run([graph] * 8, per_step=4), CTX)
+    assert finding.severity.value == "error"
+    assert finding.message == (
+        "4 backward() calls accumulate into each optimizer step and the loss (NllLossBackward0, reduction='mean' "
+        "over a batch of 8) was divided by 8: by the batch size a second time, and not by the accumulation count. "
+        "Each micro-batch's gradient is 8× too small and 4 of them are summed, so each step's gradient is 2× too "
+        "small (8× smaller from the double mean, 4× larger from the undivided accumulation)."
+    )
+    assert finding.evidence["gradient_scale"] == 0.5
+    assert finding.fix.startswith("Remove the division by the batch size") and "accum_steps" in finding.fix
+
+
+TRAINER_SUBCLASS = '''\
+import torch
+from transformers import Trainer
+
+
+class MyTrainer(Trainer):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        logits = model(**inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        loss = loss / labels.shape[0]  # expect
+        return (loss, logits) if return_outputs else loss
+'''
+
+
+def test_a_framework_callbacks_returned_loss_is_read_statically() -> None:
+    ctx = StaticContext(path=Path("t.py"), source=TRAINER_SUBCLASS, tree=ast.parse(TRAINER_SUBCLASS))
+    (finding,) = LossDoubleNormalization().check_static(ctx)
+    assert finding.location.line == 10
+    # At run time the static site names the line, and the fix speaks of the Trainer's own normalisation.
+    check = LossDoubleNormalization()
+    check.runtime_follows = True
+    assert list(check.check_static(ctx)) == []
+    graph = [_div(8.0), _nll(8, parent=0, depth=1)]
+    (finding,) = check.check_runtime(_run([graph] * 8, per_step=4), ctx)
+    assert finding.location.line == 10 and finding.source == "static+runtime"
+    assert "num_items_in_batch" in finding.fix and "loss_is_scaled_for_ga = False" in finding.fix

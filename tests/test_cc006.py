@@ -84,9 +84,10 @@ def test_replaced_head_is_an_error() -> None:
     assert finding.evidence["orphaned_in_optimizer"] == 2
 
 
-def test_trainable_outside_every_optimizer_is_a_warning() -> None:
+def test_trainable_outside_every_optimizer_is_an_error() -> None:
+    # The gradient was computed and never applied: proved by the run, so the default gate fails on it.
     found = _run(_trace(optimized=(2, 3), grad=(2, 3), outside=(0, 1), outside_grad=(0, 1)))
-    assert [s for s, _ in found] == ["warning"]
+    assert [s for s, _ in found] == ["error"]
     assert "no optimizer holds them" in found[0][1]
 
 
@@ -242,3 +243,33 @@ def test_an_optimizer_over_frozen_parameters_is_named_as_the_cause() -> None:
                                          "requires_grad=False)")
     assert "module `0` computes gradients for 2 parameters that no optimizer holds" in finding["message"]
     assert finding["evidence"]["frozen_in_optimizer"] == ["2.weight", "2.bias"]
+
+
+    assert [s for s, _ in _run(trace, source)] == ["info"]
+
+
+def test_every_parameter_frozen_explains_the_crash_at_backward() -> None:
+    params = [{"id": i, "name": n, "requires_grad": False} for i, n in enumerate(NAMES)]
+    crash = "RuntimeError: element 0 of tensors does not require grad and does not have a grad_fn"
+    events = [{"ev": "process", "pid": 1, "role": "entry"}, {"ev": "model", "cls": "Net", "params": params},
+              {"ev": "backward", "n": 1, "step": 0, "loss": 0.7, "loc": ["train.py", 9], "graph": []},
+              {"ev": "crash", "error": crash, "step": 0}]
+    check = FrozenParameters()
+    (finding,) = check.check_runtime(RunTrace(processes=[load_events(events)]),
+                                     _ctx("model = Net()\nmodel.requires_grad_(False)\n"))
+    assert finding.severity.value == "error" and finding.location.line == 2
+    assert finding.message == ("Every parameter of `Net` (4 parameters) has requires_grad=False, so nothing can "
+                               f"train: backward() failed (\"{crash}\").")
+    # A frozen model whose input is what trains (style transfer) crashes for no such reason: nothing said.
+    events[-1] = {"ev": "step", "opt": 0, "n": 1, "backwards": 1, "lrs": [0.1], "grad": []}
+    assert [f.code for f in check.check_runtime(RunTrace(processes=[load_events(events)]), _ctx())] == []
+
+
+def test_parts_run_by_the_models_own_method_are_one_model() -> None:
+    result = convcheck("run", "--steps", "4", "--select", "CC006", "--format", "json",
+                       SCRIPTS / "cc006_method_head_only.py")
+    assert result.code == 1, result.stdout + result.stderr
+    (finding,) = result.findings("CC006")
+    assert (finding["severity"], finding["location"]["line"]) == ("error", 18)
+    assert finding["message"] == ("module `backbone` computes gradients for 4 parameters, but no optimizer holds "
+                                  "them: the module never trains.")

@@ -107,3 +107,15 @@ def test_a_frozen_backbone_in_eval_mode_on_purpose_is_quiet() -> None:
     assert finding["severity"] == "error"
     assert finding["evidence"]["modules_in_eval"] == ["backbone.1", "backbone.3"]
     assert finding["location"]["line"] == 31
+
+
+def test_a_teacher_inside_the_trained_module_is_not_reported() -> None:
+    # Teacher and student are parts of one model here: the teacher's dropout in eval mode is no bug.
+    fixed = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "4", "--select", "CC009",
+                      SCRIPTS / "cc009_distiller_module.py")
+    assert fixed.code == 0, fixed.stderr
+    assert fixed.findings("CC009") == []
+    buggy = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "4", "--select", "CC009",
+                      SCRIPTS / "cc009_distiller_module.py", "--bug")
+    [finding] = buggy.findings("CC009")
+    assert finding["evidence"]["modules_in_eval"] == ["student.2"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+
+import pytest
 
 from cc_testing import SCRIPTS, convcheck, read_traces
 
@@ -138,3 +141,46 @@ def test_dataparallel_runs_on_one_cpu_device_under_pretend_cuda() -> None:
     assert run["status"] == "completed" and run["processes"][0]["steps"] == 8
     assert {"what": "DataParallel -> one CPU device", "file": str(SCRIPTS / "cuda_dataparallel.py"), "line": 8} \
         in run["device_mapping"]
+
+
+_ML_LIBRARIES = ("transformers", "accelerate", "lightning", "pytorch_lightning", "torchvision", "torchaudio", "timm",
+                 "torchmetrics", "peft", "diffusers")
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_installed_ml_libraries_import_under_the_mapping(device: str) -> None:
+    installed = [name for name in _ML_LIBRARIES if importlib.util.find_spec(name) is not None]
+    if not installed:
+        pytest.skip("none of the supported ML libraries is installed")
+    result = convcheck("run", "--device", device, "--steps", "1", "--format", "json", "--fail-on", "never",
+                       SCRIPTS / "import_libraries.py", *installed, timeout=300)
+    assert result.code == 0, result.stdout + result.stderr
+    run = result.report["run"]
+    assert run["error"] is None and run["processes"][0]["steps"] == 1
+
+
+def test_an_unmappable_class_stays_a_type(tmp_path: Path) -> None:
+    script = tmp_path / "annotations.py"
+    script.write_text(
+        "import torch\n"
+        "Maybe = torch.cuda.CUDAGraph | None\n"
+        "assert issubclass(torch.cuda.Stream, torch._C._CudaStreamBase) and isinstance(torch.cuda.Event, type)\n"
+        "class MyStream(torch.cuda.Stream):\n"
+        "    pass\n"
+        "MyStream()\n"
+    )
+    result = convcheck("run", "--format", "json", script)
+    assert result.code == 2, result.stdout + result.stderr  # no step was taken before it
+    run = result.report["run"]
+    assert run["unmappable"] == [{"what": "torch.cuda.Stream", "file": str(script), "line": 6}]
+    assert f"torch.cuda.Stream at {script}:6 has no CPU equivalent" in run["error"]
+
+
+def test_mappings_made_inside_libraries_are_not_the_users(tmp_path: Path) -> None:
+    traces = tmp_path / "t"
+    result = convcheck("run", "--format", "json", "--trace-dir", traces, SCRIPTS / "cuda_library_calls.py")
+    assert result.code == 0, result.stdout + result.stderr
+    mapped = {m["what"]: m["line"] for m in result.report["run"]["device_mapping"]}
+    assert mapped == {"Tensor.cuda()": 14, "torch.cuda.synchronize": 16}
+    library = [(e["what"], e["library"]) for e in _events(read_traces(traces), "device_map") if "library" in e]
+    assert library == [("torch.cuda.empty_cache", True)]

@@ -372,3 +372,15 @@ def test_the_script_reads_the_terminal_convcheck_runs_in(tmp_path: Path) -> None
     os.close(primary)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "isatty True answer n" in (tmp_path / "t" / "stdout-0.txt").read_text()
+
+
+def test_max_batches_per_epoch_is_the_loaders_length(tmp_path: Path) -> None:
+    # Code that sizes epochs from len(loader) sees the shortened epoch, so epoch 2 and 3 are reached.
+    traces = tmp_path / "traces"
+    result = convcheck("run", "--steps", "12", "--max-batches-per-epoch", "3", "--format", "json",
+                       "--trace-dir", traces, SCRIPTS / "len_sized_epochs.py")
+    assert result.code == 0, result.stdout + result.stderr
+    assert result.report["run"]["status"] == "completed"
+    (events,) = _trainers(read_traces(traces))
+    assert [(e["epoch"], e["batches"]) for e in _kinds(events, "loader_epoch")] == [(1, 3), (2, 3), (3, 3)]
+    assert len(_kinds(events, "step")) == 9

@@ -3,7 +3,8 @@
 Without this, such a script crashes at its first CUDA call on a CPU-only machine — or,
 worse, runs with ``torch.cuda.amp`` silently disabled, hiding the fp16 bugs convcheck
 looks for. Every mapping is recorded (``device_map`` events, first use with the user's
-line); what cannot be mapped (streams, events) fails with a message naming the call.
+line); what cannot be mapped (streams, events, graphs) stays importable and fails with a
+message naming the call when it is used.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class CudaShim:
         self.probe = probe
         self.torch = torch
         self.pretend_cuda = pretend_cuda
-        self.seen: set[str] = set()
+        self.seen: set[tuple[str, bool]] = set()
         self.patches: Patches = probe.patches
         #: Availability questions already recorded.
         self.asked: set[str] = set()
@@ -42,13 +43,21 @@ class CudaShim:
         self.device_storages: set[int] = set()
 
     def record(self, what: str) -> None:
-        """Record the first use of each mapping, with the user's line."""
-        if what in self.seen:
+        """Record the first use of each mapping, with the user's line.
+
+        A mapping a library made (Lightning's ``empty_cache``, Inductor's ``current_device``) is recorded
+        as the library's: the user's line that led there did not ask for CUDA.
+        """
+        from convcheck.runtime.locate import called_from_user_code
+
+        library = not called_from_user_code(2)
+        if (what, library) in self.seen:
             return
-        self.seen.add(what)
+        self.seen.add((what, library))
         from convcheck.runtime.probe import _loc
 
-        self.probe.emit("device_map", what=what, loc=_loc(4), step=self.probe.step_count)
+        extra = {"library": True} if library else {}
+        self.probe.emit("device_map", what=what, loc=_loc(4), step=self.probe.step_count, **extra)
 
     def cpu(self, device: Any, what: str) -> Any:
         """The CPU in place of a CUDA device (a device, a 'cuda:N' string or an ordinal)."""
@@ -251,19 +260,31 @@ class CudaShim:
             replace("get_device_capability", "torch.cuda.get_device_capability", lambda *a, **k: (8, 0))
             replace("is_bf16_supported", "torch.cuda.is_bf16_supported", lambda *a, **k: True)
 
+        def refuse(name: str) -> UnmappableCudaCall:
+            from convcheck.runtime.probe import _loc
+
+            loc = _loc(4)
+            where = f" at {loc[0]}:{loc[1]}" if loc else ""
+            shim.probe.emit("device_unmappable", what=f"torch.cuda.{name}", loc=loc, step=shim.probe.step_count)
+            return UnmappableCudaCall(
+                f"torch.cuda.{name}{where} has no CPU equivalent, so convcheck cannot run this script on "
+                "the CPU past this point. Run on a machine with CUDA (--device cuda), or guard this call "
+                "with torch.cuda.is_available()."
+            )
+
         def unmappable(name: str) -> Any:
             def make(original: Any) -> Any:
-                def function(*args: Any, **kwargs: Any) -> Any:
-                    from convcheck.runtime.probe import _loc
+                if isinstance(original, type):
+                    # A class stays a class: libraries use these in annotations (``torch.cuda.CUDAGraph | None``),
+                    # isinstance checks and subclasses at import time; only making one fails.
+                    def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+                        raise refuse(name)
 
-                    loc = _loc(3)
-                    where = f" at {loc[0]}:{loc[1]}" if loc else ""
-                    shim.probe.emit("device_unmappable", what=f"torch.cuda.{name}", loc=loc, step=shim.probe.step_count)
-                    raise UnmappableCudaCall(
-                        f"torch.cuda.{name}{where} has no CPU equivalent, so convcheck cannot run this script on "
-                        "the CPU past this point. Run on a machine with CUDA (--device cuda), or guard this call "
-                        "with torch.cuda.is_available()."
-                    )
+                    return type(name, (original,), {"__new__": __new__, "__module__": original.__module__,
+                                                    "__qualname__": original.__qualname__, "__doc__": original.__doc__})
+
+                def function(*args: Any, **kwargs: Any) -> Any:
+                    raise refuse(name)
 
                 return function
 

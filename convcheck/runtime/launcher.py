@@ -49,6 +49,8 @@ class LaunchSpec:
     repeat_first_batch: bool = False
     #: Give the first worker convcheck's own stdin when that is a terminal (a prompt, a terminal-size query).
     terminal_stdin: bool = False
+    #: Run this module (``python -m`` style) instead of the script file; ``script`` is its source.
+    module: str | None = None
 
 
 @dataclass
@@ -168,7 +170,8 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
             stdout = None if spec.show_output else open(out_path, "wb")
             stderr = None if spec.show_output else open(err_path, "wb")
             logs.append((out_path, err_path, stdout, stderr))
-            cmd = [spec.python, "-m", "convcheck.runtime.worker", str(spec.script), *spec.script_args]
+            target = ["-m", spec.module] if spec.module else [str(spec.script)]
+            cmd = [spec.python, "-m", "convcheck.runtime.worker", *target, *spec.script_args]
             procs.append(
                 subprocess.Popen(
                     cmd, env=worker_env(spec, rank, port), stdin=None if rank == 0 and _terminal_stdin(spec)

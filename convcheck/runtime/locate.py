@@ -87,3 +87,84 @@ def user_location(depth: int = 2) -> tuple[str, int] | None:
             return filename, frame.f_lineno
         frame = frame.f_back
     return None
+
+
+def user_frame(depth: int = 2) -> tuple[str, int, int] | None:
+    """(file, line, how many frames lie below it) of the innermost caller that is the user's code.
+
+    The frame count tells a user function that a library called back (HF Trainer's ``compute_loss``,
+    Lightning's ``training_step``) from the user's line that started the library (``trainer.train()``).
+    """
+    found = None
+    frame = sys._getframe(depth)
+    below = 0
+    while frame is not None:
+        if found is None:
+            filename = frame.f_code.co_filename
+            skipped = _cache.get(filename)
+            if skipped is None:
+                skipped = _cache[filename] = _skipped(filename)
+            if not skipped:
+                found = (filename, frame.f_lineno)
+        else:
+            below += 1
+        frame = frame.f_back
+    return (found[0], found[1], below) if found else None
+
+
+def called_by_library(depth: int = 2) -> bool:
+    """True when the first caller outside torch and convcheck is another library's code, not the user's."""
+    frame = sys._getframe(depth)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not (is_torch_file(filename) or _is_convcheck_file(filename)):
+            return _skipped(filename)
+        frame = frame.f_back
+    return False
+
+
+def called_from_user_code(depth: int = 2) -> bool:
+    """True when the first caller outside convcheck and torch's public API is the user's code.
+
+    torch's public wrappers (``torch.cuda.amp.GradScaler`` calling ``torch.amp.GradScaler``, through a
+    ``@deprecated`` decorator) pass the user's call on; its private machinery (``torch._inductor``) and
+    other libraries act on their own.
+    """
+    frame = sys._getframe(depth)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        passing_on = os.path.basename(filename) in _DECORATOR_FILES and _skipped(filename)
+        if not (passing_on or _is_convcheck_file(filename) or _is_public_torch_file(filename)):
+            skipped = _cache.get(filename)
+            if skipped is None:
+                skipped = _cache[filename] = _skipped(filename)
+            return not skipped
+        frame = frame.f_back
+    return False
+
+
+_public_torch_files: dict[str, bool] = {}
+#: Where decorators that only wrap a call live (``typing_extensions.deprecated``, ``functools.wraps``).
+_DECORATOR_FILES = frozenset({"typing_extensions.py", "warnings.py", "functools.py"})
+
+
+def _is_public_torch_file(filename: str) -> bool:
+    found = _public_torch_files.get(filename)
+    if found is None:
+        found = is_torch_file(filename)
+        if found and _torch_dir:
+            inside = os.path.normcase(os.path.realpath(filename))[len(_torch_dir):]
+            found = not any(part.startswith("_") and part != "__init__.py" for part in inside.split(os.sep))
+        _public_torch_files[filename] = found
+    return found
+
+
+_CONVCHECK_DIR = os.path.normcase(os.path.realpath(os.path.dirname(convcheck.__file__))) + os.sep
+_convcheck_files: dict[str, bool] = {}
+
+
+def _is_convcheck_file(filename: str) -> bool:
+    found = _convcheck_files.get(filename)
+    if found is None:
+        found = _convcheck_files[filename] = os.path.normcase(os.path.realpath(filename)).startswith(_CONVCHECK_DIR)
+    return found

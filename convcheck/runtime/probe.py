@@ -20,7 +20,9 @@ from typing import Any
 
 from convcheck.runtime import env, stepstats
 from convcheck.runtime.graph import summarize_graph
-from convcheck.runtime.locate import caller_file, caller_frame, is_library_file, is_torch_file, user_location
+from convcheck.runtime.locate import (
+    called_by_library, caller_file, caller_frame, is_library_file, is_torch_file, user_frame, user_location,
+)
 from convcheck.runtime.patches import Patches
 from convcheck.runtime.trace import Event, TraceWriter, process_tag
 
@@ -39,6 +41,23 @@ class SelfSpawnUnderNproc(RuntimeError):
 
 class StopRun(BaseException):
     """Raised at the step budget; a BaseException so ``except Exception`` cannot swallow it."""
+
+
+def _owning_module(module: Any, frames: int = 12) -> Any:
+    """The user's model whose own method called ``module`` outside any forward (Lightning's ``training_step``
+    calling ``self.backbone``), or None: the model, not each of its parts, is what trains."""
+    import torch.nn as nn
+
+    frame = sys._getframe(2)
+    for _ in range(frames):
+        if frame is None:
+            return None
+        if not is_library_file(frame.f_code.co_filename):
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, nn.Module) and owner is not module and any(m is module for m in owner.modules()):
+                return owner
+        frame = frame.f_back
+    return None
 
 
 def _loc(depth: int = 3) -> list[Any] | None:
@@ -81,6 +100,8 @@ class Probe:
         self.checked_modules: set[int] = set()
         self.mode_modules: list[tuple[Any, list[tuple[str, Any]]]] = []
         self.depth = 0
+        #: (file, line, frames below) of the user's line that made the last outermost forward call.
+        self.forward_frame: tuple[str, int, int] | None = None
         self.fp16_autocast_depth = 0
         self.armed_nonfinite = False
         self.nonfinite_events = 0
@@ -255,7 +276,13 @@ class Probe:
 
     def forward_pre_hook(self, module: Any, args: Any) -> None:
         if self.depth == 0:
+            if id(module) not in self.known_roots:
+                owner = _owning_module(module)
+                if owner is not None:
+                    self.known_roots.add(id(module))
+                    module = owner
             self._register_root(module)
+            self.forward_frame = user_frame(2)
             self.active_root = module
             self.root_calls += 1
         elif self.root_calls <= 3 and id(module) not in self.checked_modules:
@@ -586,7 +613,22 @@ class Probe:
         if in_eval:
             sampled["eval_modules"] = in_eval[:50]
             sampled["eval_roots"] = eval_roots
-        self.emit("backward", n=self.backward_count, step=self.step_count, loss=loss, loc=_loc(4), **sampled)
+        self.emit("backward", n=self.backward_count, step=self.step_count, loss=loss, loc=self._loss_loc(), **sampled)
+
+    def _loss_loc(self) -> list[Any] | None:
+        """Where the loss was made: the backward's line, or the user's forward a framework called back.
+
+        HF Trainer and Lightning call backward() themselves, after the user's ``compute_loss`` or
+        ``training_step`` returned: the line that started the library (``trainer.train()``) says
+        nothing, the last forward inside the user's own callback says where the loss came from.
+        """
+        loc = _loc(5)
+        forward = self.forward_frame
+        if forward is not None and called_by_library(4):
+            here = user_frame(4)
+            if here is None or forward[2] > here[2]:
+                return [forward[0], forward[1]]
+        return loc
 
     def _stale_grads(self) -> dict[str, Any]:
         """Gradients the first backward after a step adds to: left over unless something cleared them."""
@@ -906,6 +948,19 @@ def _patch_data(probe: Probe, torch: Any, patches: Patches) -> None:
     patches.wrap(base_iter, "__init__", wrap_iter_init)
     patches.wrap(base_iter, "_next_index", wrap_next_index)
     patches.wrap(base_iter, "__next__", wrap_next, deliberate=(StopIteration,))
+
+    if probe.max_batches is not None:
+        cap = probe.max_batches
+
+        # Epochs end after `cap` batches (count_batch); a length that says otherwise makes code that sizes
+        # epochs from len(loader) (HF Trainer, Lightning, a scheduler's total_steps) stop or schedule early.
+        def wrap_len(original: Any) -> Any:
+            def __len__(self: Any) -> int:
+                return min(original(self), cap)
+
+            return __len__
+
+        patches.wrap(DataLoader, "__len__", wrap_len)
 
     def wrap_sampler_init(original: Any) -> Any:
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:

@@ -1,6 +1,7 @@
 """The process the launcher starts: runs the user's script as ``__main__`` under the probe.
 
-Usage (set up by the launcher): ``python -m convcheck.runtime.worker SCRIPT [ARGS...]``.
+Usage (set up by the launcher): ``python -m convcheck.runtime.worker SCRIPT [ARGS...]``, or
+``... -m MODULE [ARGS...]`` to run a module as ``python -m MODULE`` does.
 How the script ended goes to ``exit-<host>-<pid>.json`` in the trace folder, even when the
 script crashed before importing torch (and so before any probe existed).
 """
@@ -29,9 +30,14 @@ def _user_traceback(exc: BaseException) -> str:
     return "".join(lines)
 
 
-def _run(script: str) -> dict:
+def _run(script: str, module: str | None = None) -> dict:
     try:
-        runpy.run_path(script, run_name="__main__")
+        if module is not None:
+            # As ``python -m``: the module's package is imported, so its relative imports work,
+            # and sys.argv[0] becomes the module's file while it runs.
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(script, run_name="__main__")
     except probe_mod.StopRun:
         return {"status": "stopped-at-budget", "code": 0}
     except SystemExit as exc:
@@ -48,18 +54,18 @@ def _run(script: str) -> dict:
     return {"status": "completed", "code": 0}
 
 
-def run_entry(script: str, argv: list[str]) -> dict:
-    """Run the script as ``__main__`` in this process and record how it ended (exit record, crash event)."""
+def run_entry(script: str, argv: list[str], module: str | None = None) -> dict:
+    """Run the script (or ``module``, as ``python -m``) as ``__main__`` here and record how it ended."""
     script = os.path.abspath(script)
     sys.argv = [argv[0] if argv else script, *argv[1:]]
-    # Started with -m, sys.path[0] is the working folder; `python script.py` puts the script's there.
-    sys.path[0] = os.path.dirname(script)
+    # `python script.py` puts the script's folder first on sys.path; `python -m` the working folder.
+    sys.path[0] = os.getcwd() if module is not None else os.path.dirname(script)
     probe_mod.ENTRY_PID = os.getpid()
     trace_dir = os.environ.get(env.TRACE_DIR)
     if trace_dir:
         probe_mod.register_stack_dump(trace_dir)
 
-    outcome = _run(script)
+    outcome = _run(script, module)
     probe = probe_mod.active_probe()
     if probe is not None:
         outcome["steps"] = probe.step_count
@@ -102,7 +108,11 @@ def _die_with_parent() -> None:
 def main() -> None:
     """Run the script given on the command line, then leave."""
     _die_with_parent()
-    outcome = run_entry(sys.argv[1], sys.argv[1:])
+    if sys.argv[1] == "-m":
+        # sys.argv[0] is replaced by the module's file when runpy finds it.
+        outcome = run_entry(sys.argv[2], sys.argv[2:], module=sys.argv[2])
+    else:
+        outcome = run_entry(sys.argv[1], sys.argv[1:])
     leave(int(outcome["code"]))
 
 
