@@ -421,7 +421,8 @@ def _story(trace) -> tuple[list[float], list[dict]]:  # noqa: ANN001
         return [], []
     proc = trainers[0]
     # Not the forward that met the step budget: its step never ran.
-    curve = [round(loss, 6) for step, loss in proc.losses_per_step().items() if step <= max(proc.steps, 1)]
+    # With no step taken there is no curve: a loss per backward pass is not a loss per step.
+    curve = [round(loss, 6) for step, loss in proc.losses_per_step().items() if step <= proc.steps]
     names = proc.param_names()
     sampled = [e for e in proc.of("step") if "grad_norms" in e]
     top = []
@@ -438,7 +439,8 @@ def _no_step_text(launched, trace) -> str:  # noqa: ANN001
     text = ("No training step observed: the script ran to its end without calling optimizer.step() "
             "(or scaler.step()). convcheck needs at least one step to check training.")
     if backwards:
-        text += (f" It ran {backwards} backward() passes, so it may update the parameters by hand: only the "
+        passes = "pass" if backwards == 1 else "passes"
+        text += (f" It ran {backwards} backward() {passes}, so it may update the parameters by hand: only the "
                  "checks that read the loss graph could judge it.")
     asked = [e for _, e in trace.events("accelerator_query")]
     if asked:
