@@ -153,7 +153,7 @@ def test_no_training_step_exits_5() -> None:
     assert "No training step observed" in text
     assert "It ran 1 backward() pass, so it may update the parameters by hand" in text
     assert "The script's last output: evaluated only" in text
-    assert "(1 step)" not in text and "loss " not in text  # no loss curve without a step
+    assert "(1 step)" not in text and "→" not in text  # no loss curve without a step
 
 
 def test_hang_is_stopped_at_timeout_with_location() -> None:
