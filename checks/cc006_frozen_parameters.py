@@ -10,7 +10,7 @@ from typing import Any
 
 from convcheck.findings import Finding, Severity
 from convcheck.registry import Check
-from convcheck.runtime.trace import ProcessTrace, RunTrace
+from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext, dotted_name
 from convcheck.static.flow import last_segment, user_location
 

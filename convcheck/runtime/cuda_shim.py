@@ -228,6 +228,19 @@ class CudaShim:
         self.patches.wrap(torch.nn.Module, "cuda", module_cuda)
         self.patches.wrap(torch.Tensor, "pin_memory", stay("Tensor.pin_memory()"))
 
+    def replace(self, owner: Any, name: str, what: str, result: Any) -> None:
+        """``owner.name`` becomes a recorded stand-in: ``result(*args)`` if callable, else ``result`` itself."""
+        shim = self
+
+        def make(original: Any) -> Any:
+            def function(*args: Any, **kwargs: Any) -> Any:
+                shim.record(what)
+                return result(*args, **kwargs) if callable(result) else result
+
+            return function
+
+        self.patches.wrap(owner, name, make)
+
     def _patch_cuda_module(self) -> None:
         shim, torch = self, self.torch
         cuda = torch.cuda
@@ -236,14 +249,7 @@ class CudaShim:
         devices = int(os.environ.get(env.PRETEND_DEVICES) or 1)
 
         def replace(name: str, what: str, result: Any) -> None:
-            def make(original: Any) -> Any:
-                def function(*args: Any, **kwargs: Any) -> Any:
-                    shim.record(what)
-                    return result(*args, **kwargs) if callable(result) else result
-
-                return function
-
-            self.patches.wrap(cuda, name, make)
+            self.replace(cuda, name, what, result)
 
         replace("set_device", "torch.cuda.set_device", None)
         replace("synchronize", "torch.cuda.synchronize", None)
@@ -298,20 +304,13 @@ class CudaShim:
         accelerator = getattr(self.torch, "accelerator", None)
         if accelerator is None:
             return
-        shim, torch = self, self.torch
+        torch = self.torch
         from convcheck.runtime import env
 
         devices = int(os.environ.get(env.PRETEND_DEVICES) or 1)
 
         def replace(name: str, what: str, result: Any) -> None:
-            def make(original: Any) -> Any:
-                def function(*args: Any, **kwargs: Any) -> Any:
-                    shim.record(what)
-                    return result(*args, **kwargs) if callable(result) else result
-
-                return function
-
-            self.patches.wrap(accelerator, name, make)
+            self.replace(accelerator, name, what, result)
 
         for name in ("set_device_index", "set_device_idx", "synchronize", "empty_cache", "reset_peak_memory_stats"):
             replace(name, f"torch.accelerator.{name}", None)
