@@ -10,7 +10,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from convcheck.findings import Report, Severity
+from convcheck.findings import Finding, Report, Severity
 from convcheck.report.proof import proof
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.INFO: "bold cyan"}
