@@ -98,6 +98,12 @@ class StateDictPrefix(Check):
     inference and export code rarely repeat, so such a checkpoint fails wherever it is used next. A
     `module.` checkpoint (DDP, DataParallel) is a warning, because resuming it into the same wrapper
     is a common, correct pattern; loaded back into the same wrapper in the run, either is info.
+
+    ## Known limits
+    Only checkpoints written with `torch.save` (the run) or a `*.state_dict()` save in the script (the source)
+    are read: `safetensors`, `save_pretrained` and framework checkpoint callbacks are not. Prefixes other than
+    `module.` and `_orig_mod.` (a custom wrapper's own attribute name) are not recognised. A checkpoint that
+    the run never saves or loads is judged from the source alone.
     """
 
     code = "CC001"

@@ -78,6 +78,13 @@ class UnseededRng(Check):
     Seed Python, NumPy and torch once at the start of the script, before building anything; give DataLoaders
     a seeded `generator`, and reseed dataset-owned RNGs in a `worker_init_fn`. A script whose two runs match
     is not reported.
+
+    ## Known limits
+    It compares the first steps of two runs on this machine: nondeterminism that only a GPU shows (cuDNN
+    kernel choice, atomics in scatter/index_add) cannot appear on the CPU, and an unseeded RNG first used
+    after the step budget is not seen. Several processes updating shared weights without locks (Hogwild)
+    differ by design and are not judged. The line named as an RNG's first draw comes from the source and can
+    miss draws made inside libraries.
     """
 
     code = "CC002"

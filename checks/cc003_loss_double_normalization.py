@@ -122,6 +122,12 @@ class LossDoubleNormalization(Check):
     Divide a mean-reduced loss only by the number of accumulated micro-batches. If a per-sample sum is
     wanted, use `reduction='sum'` and divide once by the number of samples. A sum-reduced loss divided by
     the batch size, a division by the accumulation count, and label smoothing are not reported.
+
+    ## Known limits
+    Loss graphs are read at sampled `backward()` calls (the first five and every tenth). A division by a value
+    that is not a count the mean already averaged over (the batch size, the counted targets, the elements) is
+    taken as a weight and not reported; normalisation inside a custom `autograd.Function` or a loss computed
+    outside autograd is invisible.
     """
 
     code = "CC003"

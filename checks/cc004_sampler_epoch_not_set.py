@@ -64,6 +64,11 @@ class SamplerEpochNotSet(Check):
     Call `set_epoch(epoch)` on the sampler at the top of every epoch (`loader.sampler.set_epoch(epoch)` works
     too). A sampler built with `shuffle=False` is not reported: its order does not depend on the epoch. For
     ranks that share data, pass `sampler=DistributedSampler(dataset)` to the DataLoader.
+
+    ## Known limits
+    Only torch's `DistributedSampler` (and subclasses) is watched: a hand-written distributed sampler or an
+    `IterableDataset` that shards by rank is not. A repeated order is only seen when the run reaches a second
+    epoch: use `--max-batches-per-epoch` on long epochs.
     """
 
     code = "CC004"

@@ -143,6 +143,11 @@ class LrNotScaled(Check):
     world size) is also fine and is not reported. Single-process runs are never reported.
     The comparison run costs one more process start; `compare-run = false` under
     `[tool.convcheck.checks.CC005]` skips it and leaves the proof to the source.
+
+    ## Known limits
+    The rules are heuristics: linear scaling for SGD-family optimizers, and (only with `adaptive-optimizers =
+    true`) the square-root rule for Adam-family ones. A learning rate already tuned for the global batch by
+    hand, or scaled through a config file the run does not read, can still be reported.
     """
 
     code = "CC005"

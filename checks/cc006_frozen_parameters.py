@@ -103,6 +103,11 @@ class FrozenParameters(Check):
     ## Fix
     Build the optimizer from every parameter that will ever train (frozen ones get no gradient and are not
     updated), or add them when they are unfrozen or created. Freeze with `requires_grad_(False)`.
+
+    ## Known limits
+    Parameters are seen through the modules the run calls (module forward hooks): a model whose `forward` is
+    called directly (`model.forward(x)`) is not registered. Gradients and changes are measured on sampled
+    steps; layers held in plain containers are found only when they are called in the first forwards.
     """
 
     code = "CC006"

@@ -90,6 +90,11 @@ class Fp16Overflow(Check):
     Keep the order scale → backward → unscale_ → clip → scaler.step → update. For values beyond fp16's
     range, switch to bfloat16 autocast (no scaler needed) or keep the overflowing module in fp32.
     Occasional skipped steps that recover are normal and not reported.
+
+    ## Known limits
+    fp16 overflow is found under CPU fp16 autocast, which keeps softmax and sums in fp16 where CUDA uses fp32:
+    each overflow is recomputed in fp32 before fp16 is blamed, but a GPU may overflow in places a CPU run does
+    not. bfloat16 underflow, custom CUDA kernels and fused optimizers are not checked.
     """
 
     code = "CC007"

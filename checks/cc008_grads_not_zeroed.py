@@ -109,6 +109,11 @@ class GradsNotZeroed(Check):
     Call `optimizer.zero_grad()` once per optimizer step, after `step()` or before the forward pass.
     Gradient accumulation (several `backward()` calls per `step()`, cleared after each step) is
     intended and not reported.
+
+    ## Known limits
+    Gradients cleared by hand (`p.grad = None`) are recognised only on steps whose gradients were measured.
+    Accumulation whose micro-batches come from different source lines is not judged (SAM-style and adversarial
+    steps look the same).
     """
 
     code = "CC008"

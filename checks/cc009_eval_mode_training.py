@@ -58,6 +58,11 @@ class EvalModeTraining(Check):
     and so is a frozen part of the model put in eval mode on purpose (`model.backbone.eval()` over a
     backbone whose parameters get no gradient); a partly-eval model whose eval layers still train is a
     warning, since it may be intended.
+
+    ## Known limits
+    Only dropout, batch-norm and instance-norm layers are watched: a custom module that branches on
+    `self.training` is not. A part of the model in eval mode that gets no gradient is taken as frozen on
+    purpose.
     """
 
     code = "CC009"

@@ -195,6 +195,10 @@ class SoftmaxBeforeCrossEntropy(Check):
     Give the loss the raw scores. Keep `softmax`/`sigmoid` for metrics and inference only.
     `CrossEntropyLoss` on `log_softmax` output computes the same value (log_softmax is idempotent) and
     is reported as info only.
+
+    ## Known limits
+    Only probabilities produced by `softmax`/`sigmoid` in the loss's own autograd graph are found:
+    probabilities computed outside autograd (a detached tensor, numpy) or by a custom function are not.
     """
 
     code = "CC010"

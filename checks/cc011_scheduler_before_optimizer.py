@@ -73,6 +73,11 @@ class SchedulerBeforeOptimizer(Check):
     assume: once per epoch for settings in epochs. Schedulers meant to be stepped per batch
     (`OneCycleLR`, `CyclicLR`, a `LambdaLR` over iterations) are not reported unless the run shows the
     lr collapsing. A step skipped by a `GradScaler` (inf/NaN gradients) is not an ordering mistake.
+
+    ## Known limits
+    The per-batch stepping of an epoch scheduler is judged from the schedulers torch ships (`StepLR`,
+    `MultiStepLR`, `ExponentialLR`, `CosineAnnealingLR`); a custom or `LambdaLR` schedule cannot be told
+    per-epoch from per-step.
     """
 
     code = "CC011"

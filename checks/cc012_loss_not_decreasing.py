@@ -101,6 +101,11 @@ class LossNotDecreasing(Check):
     ## Fix
     Make the output and target shapes match, give cross-entropy one column per class, call backward() on
     the loss computed from the model, and start from near-uniform predictions.
+
+    ## Known limits
+    It judges the first steps only: a loss that stalls later, or a problem that shows after an epoch boundary
+    beyond the step budget, is not seen. Inputs and labels shuffled apart are found when two loaders are
+    zipped; other ways of pairing them wrongly are not.
     """
 
     code = "CC012"

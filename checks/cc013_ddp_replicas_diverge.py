@@ -65,6 +65,10 @@ class DdpReplicasDiverge(Check):
     Wrap the model in DDP before building the optimizer, call the wrapper, and run identical updates on
     every rank. Models sharded on purpose (FSDP, tensor parallelism) hold different parameters per rank
     and are not compared when the shapes differ or an FSDP wrapper is seen.
+
+    ## Known limits
+    Replicas are compared by parameter norms at sampled steps: a difference that keeps every norm equal (a
+    permutation of weights) is not seen. Sharded models (FSDP, tensor parallelism) are not compared.
     """
 
     code = "CC013"

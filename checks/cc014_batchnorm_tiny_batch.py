@@ -49,6 +49,10 @@ class BatchnormTinyBatch(Check):
     Use SyncBatchNorm (converted before the DDP wrapper; it runs on GPUs only), GroupNorm (also on the
     CPU), or a larger per-process batch. The
     threshold is set with `[tool.convcheck.checks.CC014] max-batch = 8`.
+
+    ## Known limits
+    The per-process batch comes from the training DataLoader or the loss's batch dimension; a model that runs
+    batch norm on a different batch (micro-batches inside the forward) is judged by the outer batch.
     """
 
     code = "CC014"

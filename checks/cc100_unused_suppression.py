@@ -31,6 +31,10 @@ class UnusedSuppression(Check):
     Remove the comment, or the codes in it that no longer fire. The suppression pass
     itself produces this finding (after every other check ran), so it can be ignored
     like any other check: `--ignore CC100`.
+
+    ## Known limits
+    It knows only the findings of this run: a suppression for a finding that shows only with other options
+    (`--select`, `--nproc-per-node`, a longer run) is reported as unused.
     """
 
     code = UNUSED_CODE

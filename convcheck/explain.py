@@ -30,7 +30,7 @@ def _console(console: Console | None) -> Console:
     return console if console.is_terminal else Console(width=120)
 
 
-REQUIRED_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead", "Fix")
+REQUIRED_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead", "Fix", "Known limits")
 
 
 def rules_markdown() -> str:
