@@ -173,7 +173,11 @@ class UnseededRng(Check):
         if other is not None:
             changing = _changing_seeds(proc, other, ctx)
             if changing:
-                causes = [*changing, *causes]
+                # A seed that changes between runs explains its RNG's draws before it too (picking the seed
+                # with `random.randint` draws from `random` itself): no second, "built before" cause for it.
+                changed = {c["kind"].split(":", 1)[1] for c in changing}
+                causes = [*changing, *(c for c in causes if not (c["kind"].startswith("late-seed:")
+                                                                and c.get("rng") in changed))]
                 where = user_location(changing[0]["loc"], ctx) or where
         seeding = [p for p in pending if p.evidence.get("kind") in ("late", "missing")]
         static = seeding[0] if seeding else None
@@ -340,10 +344,11 @@ def causes_of(proc: ProcessTrace, ctx: StaticContext) -> tuple[list[dict[str, An
             continue
         if rng not in seeded:
             line = first_draw_of(ctx, rng)
-            at = f" (first on line {line})" if line else ""
+            # The line is the source's first draw: the run records that the RNG was drawn from, not where.
+            at = f"; the script's first draw from it is on line {line}" if line else ""
             causes.append({"kind": f"unseeded:{rng}", "rng": rng,
-                           "text": f"{_RNG_LABELS.get(rng, rng)} was drawn from{at} and never seeded "
-                                   f"(add `{_SEED_HINT.get(rng, 'a seed')}`)"})
+                           "text": f"{_RNG_LABELS.get(rng, rng)} was drawn from and never seeded "
+                                   f"(add `{_SEED_HINT.get(rng, 'a seed')}`{at})"})
             if line and where is None:
                 where = (ctx.display_path, line)
     torch_seeded = "torch" in seeded

@@ -139,7 +139,7 @@ def test_unseeded_cause_points_at_the_first_draw() -> None:
     (finding,) = UnseededRng().check_runtime(run, ctx)
     assert finding.location.line == 5
     assert finding.evidence["causes"] == ["unseeded:python", "unseeded:numpy"]
-    assert "(first on line 6)" in finding.message
+    assert "the script's first draw from it is on line 6" in finding.message
 
 
 def test_cudnn_benchmark_with_determinism_is_kept_after_matching_runs() -> None:
@@ -236,3 +236,11 @@ def test_hogwild_training_is_nondeterministic_by_design_not_unseeded() -> None:
     assert finding["severity"] == "info"
     assert finding["evidence"] == {"kind": "hogwild", "processes": 2}
     assert "Hogwild" in finding["message"] and "whatever the seeds" in finding["message"]
+
+
+def test_a_seed_drawn_at_random_is_one_cause_not_also_a_late_seed() -> None:
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC002",
+                       SCRIPTS / "cc002_random_seed_value.py")
+    [finding] = result.findings("CC002")
+    assert finding["evidence"]["causes"] == ["changing-seed:python", "changing-seed:torch"]
+    assert "built before the seed" not in finding["message"]
