@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from typing import Any
 
 from convcheck.runtime.patches import Patches
@@ -39,7 +40,7 @@ class CudaShim:
         self.patches: Patches = probe.patches
         #: Availability questions already recorded.
         self.asked: set[str] = set()
-        #: data_ptr of every storage the script believes is on the GPU.
+        #: ids of the live storages the script believes are on the GPU.
         self.device_storages: set[int] = set()
 
     def record(self, what: str) -> None:
@@ -113,20 +114,26 @@ class CudaShim:
     # the GPU's copy semantics: storages the script believes are on the GPU are remembered, moves
     # onto "the GPU" copy, and moves back off it copy.
     def on_device(self, tensor: Any) -> bool:
-        """Whether the script believes ``tensor`` lives on the GPU (it came from a mapped move)."""
+        """Whether the script believes ``tensor`` lives on the GPU (its storage came from a mapped move)."""
         try:
-            ptr = tensor.untyped_storage().data_ptr()
+            return id(tensor.untyped_storage()) in self.device_storages
         except Exception:
             return False
-        return bool(ptr) and ptr in self.device_storages
 
     def mark(self, tensor: Any) -> Any:
-        """Remember ``tensor``'s storage as one on "the GPU"."""
-        if len(self.device_storages) < 1_000_000:
-            try:
-                self.device_storages.add(tensor.untyped_storage().data_ptr())
-            except Exception:
-                pass
+        """Remember ``tensor``'s storage as one on "the GPU", for as long as the storage lives.
+
+        torch keeps one Python object per storage while it lives, so its id names it exactly (an
+        address would not: a freed storage's memory is reused by CPU tensors).
+        """
+        try:
+            storage = tensor.untyped_storage()
+            key = id(storage)
+            if key not in self.device_storages:
+                self.device_storages.add(key)
+                weakref.finalize(storage, self.device_storages.discard, key)
+        except Exception:
+            pass
         return tensor
 
     def onto_device(self, tensor: Any) -> Any:

@@ -58,13 +58,10 @@ def _skipped(filename: str) -> bool:
 
 
 _cache: dict[str, bool] = {}
-_OWN_DIR = os.path.dirname(os.path.abspath(convcheck.__file__)) + os.sep
-
-
 def caller_frame() -> FrameType | None:
     """The nearest frame outside convcheck: who called a patched function."""
     frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_OWN_DIR):
+    while frame is not None and _is_convcheck_file(frame.f_code.co_filename):
         frame = frame.f_back
     return frame
 

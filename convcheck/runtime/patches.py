@@ -83,6 +83,11 @@ class Patches:
         original = getattr(owner, name, None)
         if original is None:
             return
+        if isinstance(original, type):
+            # A class must stay a class (annotations, isinstance, subclasses): its stand-in is installed as is.
+            setattr(owner, name, make_wrapper(original))
+            self._undo.append((owner, name, original))
+            return
         label = f"{getattr(owner, '__name__', type(owner).__name__)}.{name}"
         stack = self._stack
         compiling = compile_probe()
