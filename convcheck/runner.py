@@ -244,6 +244,8 @@ def _recorded(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN202
     launched = result_from_trace_dir(folder)
     summary = summarize_run(launched, trace, options)
     summary.nproc_per_node = trace.world_size
+    summary.file_changes = _file_changes([launched])
+    summary.file_protection = "python"
     findings, check_errors = run_checks(checks, ctx, trace, runtime=True)
     return summary, findings, check_errors, trace
 
@@ -299,6 +301,8 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
                 other.trace_dir, world_size=variant.nproc_per_node or 1, steps_budget=variant.steps
             )
         summary = summarize_run(launched, trace, options)
+        summary.file_changes = _file_changes([launched, *launches.values()])
+        summary.file_protection = "python"
         findings, check_errors = run_checks(checks, ctx, trace, runtime=True)
     finally:
         # Files the script saved are evidence only while the run is analysed.
@@ -308,6 +312,17 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
         if options.trace_dir is None:
             shutil.rmtree(run_dir, ignore_errors=True)
     return summary, findings, check_errors, trace
+
+
+def _file_changes(launches: list) -> list[dict]:  # noqa: ANN001
+    """What the script did to paths outside the run's folders, in every run it made (no repeats)."""
+    from convcheck.runtime.fsguard import read_journal
+
+    seen: dict[tuple, dict] = {}
+    for launched in launches:
+        for row in read_journal(launched.trace_dir):
+            seen.setdefault((row["op"], row["path"]), row)
+    return list(seen.values())
 
 
 def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: ANN001

@@ -98,7 +98,16 @@ class ReportView:
         for item in run.unmappable:
             yield Text(f"{item['what']}{_where(item, ' at {}')} has no CPU equivalent: the run stopped there.",
                        style="red")
-        if run.redirected_saves:
+        if run.file_changes:
+            from convcheck.runtime.fsguard import OP_WORDS
+
+            yield Text("The script changed these paths during the run; the changes went to the run's scratch "
+                       "folder (deleted afterwards) and yours were not touched (Python-level guard):")
+            for row in run.file_changes:
+                yield Text(f"  {OP_WORDS.get(row.get('op'), row.get('op'))}: {row.get('path')}"
+                           f"{_where(row, '  ({})')}", style="dim")
+            yield Text("")
+        elif run.redirected_saves:
             yield Text("Files the script saved during the run went to a scratch folder (yours were not touched):")
             for save in run.redirected_saves:
                 yield Text(f"  {save.get('path')}{_where(save, '  ({})')}", style="dim")

@@ -126,6 +126,8 @@ def worker_env(spec: LaunchSpec, rank: int, port: int) -> dict[str, str]:
     else:
         environ.pop(env.REPEAT_FIRST_BATCH, None)
     environ["PYTHONUNBUFFERED"] = "1"
+    # Importing the user's own modules must not leave __pycache__ folders in their project.
+    environ["PYTHONDONTWRITEBYTECODE"] = "1"
     environ["PYTHONFAULTHANDLER"] = "1"
     if spec.nproc_per_node is not None:
         world = spec.nproc_per_node
