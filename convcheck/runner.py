@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -106,7 +107,28 @@ def _terminate_as_interrupt() -> None:
 
 def execute(options: RunOptions) -> ExitCode:
     """Run the whole pipeline and return the exit code; never raises."""
+    from convcheck.runtime import reaper
+
     _terminate_as_interrupt()
+    started = None if options.static_only else _now_ticks()
+    try:
+        return _execute(options)
+    finally:
+        # Whatever the run started and is still alive now (a setsid'd child whose tagged
+        # environment was cleared) goes with it.
+        reaper.sweep_since(started)
+
+
+def _now_ticks() -> int | None:
+    """Clock ticks since boot now, on the scale of /proc/PID/stat start times."""
+    try:
+        uptime = float(open("/proc/uptime", encoding="ascii").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return int(uptime * os.sysconf("SC_CLK_TCK"))
+
+
+def _execute(options: RunOptions) -> ExitCode:
     try:
         destinations = plan_outputs(options)
         report, code, ctx = diagnose(options)
@@ -268,7 +290,11 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
             raise UserError(f"--trace-dir {options.trace_dir} is not empty: give a new or empty folder.")
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
+        from convcheck.runtime import reaper
+
+        reaper.clean_stale_runs()
         run_dir = Path(tempfile.mkdtemp(prefix="convcheck-run-"))
+        reaper.claim(run_dir)
     try:
         variants: dict[str, RunVariant] = {}
         for check in checks:
@@ -369,12 +395,21 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
     elif launched.timed_out:
         summary.status = "timeout"
         summary.error = f"The run did not finish within --timeout {options.timeout:g} s and was stopped."
+        if not getattr(launched, "script_started", True):
+            summary.error = (
+                f"The run hit --timeout {options.timeout:g} s before the script's first line ran: starting "
+                "Python and convcheck's probe took all of it (a busy or slow machine). Nothing of the script "
+                "was run; give a longer --timeout."
+            )
         summary.hung_at = _hang_locations(launched.stacks, options.script)
     elif failed:
-        # The root cause failed first; its peers fail after it (gloo: "connection closed by peer").
-        first = min(failed, key=lambda w: (w.outcome.get("time", float("inf")), w.index))
+        first = _first_failure(failed)
         summary.status = "crashed"
         summary.error = _failure_text(first, options)
+        others = [w for w in failed if w is not first]
+        if others and options.nproc_per_node is not None:
+            after = ", ".join(f"rank {w.rank}" for w in others)
+            summary.error += f"\n(rank {first.rank} failed first; {after} failed after it, when it lost its peer.)"
     elif total_steps == 0:
         summary.status = "no-training-step"
         summary.error = (
@@ -418,6 +453,23 @@ def _story(trace) -> tuple[list[float], list[dict]]:  # noqa: ANN001
         pairs = sorted(zip(last["grad"], last["grad_norms"]), key=lambda p: -p[1] if p[1] == p[1] else 0)
         top = [{"name": names.get(pid, f"param{pid}"), "norm": norm, "step": last["n"]} for pid, norm in pairs[:3]]
     return curve, top
+
+
+#: What a DDP rank says when another rank died under it: a consequence, not the cause.
+_PEER_LOSS = ("connection reset by peer", "connection closed by peer", "broken pipe", "connection refused",
+              "socket closed", "read error", "timed out", "gloo")
+
+
+def _first_failure(failed: list):  # noqa: ANN001, ANN202
+    """The worker that failed first and on its own; its peers fail after it when it drops out."""
+
+    def order(worker) -> tuple:  # noqa: ANN001
+        text = f"{worker.outcome.get('error') or ''} {worker.stderr_tail[-600:]}".lower()
+        peer_loss = bool(worker.outcome.get("error")) and any(word in text for word in _PEER_LOSS)
+        seen = worker.exited_at if worker.exited_at is not None else float("inf")
+        return (peer_loss, seen, worker.outcome.get("time", float("inf")), worker.index)
+
+    return min(failed, key=order)
 
 
 def _failure_text(worker, options: RunOptions) -> str:  # noqa: ANN001

@@ -60,6 +60,8 @@ class WorkerResult:
     outcome: dict = field(default_factory=dict)
     stderr_tail: str = ""
     stdout_tail: str = ""
+    #: Seconds after the launch when the launcher first saw this worker gone (None: it was stopped).
+    exited_at: float | None = None
 
 
 @dataclass
@@ -74,6 +76,10 @@ class LaunchResult:
     wall_seconds: float = 0.0
     stacks: dict[int, str] = field(default_factory=dict)
     first_failure: int | None = None
+    #: Worker index -> seconds after the launch when it was first seen gone.
+    exited_at: dict[int, float] = field(default_factory=dict)
+    #: Did any worker start the user's script before the launch ended?
+    script_started: bool = False
 
 
 def result_from_trace_dir(trace_dir: Path) -> LaunchResult:
@@ -145,6 +151,10 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
     scratch_dir = spec.run_dir / "scratch"
     trace_dir.mkdir(parents=True, exist_ok=True)
     scratch_dir.mkdir(parents=True, exist_ok=True)
+    from convcheck.runtime.reaper import become_subreaper
+
+    # Children that leave the worker's session (setsid, start_new_session) stay findable.
+    become_subreaper()
     port = free_port()
     count = spec.nproc_per_node or 1
     procs: list[subprocess.Popen] = []
@@ -171,7 +181,7 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
     finally:
         if result.timed_out:
             result.stacks = _dump_stacks(procs, trace_dir)
-        _kill_all(procs)
+        _kill_all(procs, trace_dir)
         result.wall_seconds = time.monotonic() - start
         for _, _, stdout, stderr in logs:
             for handle in (stdout, stderr):
@@ -182,6 +192,7 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
         worker = WorkerResult(
             index=index, pid=proc.pid, rank=index if spec.nproc_per_node is not None else None,
             returncode=proc.returncode, stderr_tail=_tail(err_path), stdout_tail=_tail(out_path),
+            exited_at=result.exited_at.get(index),
         )
         exit_file = trace_dir / f"exit-{process_tag(proc.pid)}.json"
         if exit_file.exists():
@@ -190,6 +201,7 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
             except json.JSONDecodeError:
                 pass
         result.workers.append(worker)
+    result.script_started = any(trace_dir.glob("begun-*"))
     return result
 
 
@@ -221,9 +233,12 @@ def _wait(
             result.interrupted = True
             return
         codes = [p.poll() for p in procs]
+        now = time.monotonic()
+        for index, code in enumerate(codes):
+            if code is not None:
+                result.exited_at.setdefault(index, now - start)
         if all(c is not None for c in codes):
             return
-        now = time.monotonic()
         for index, code in enumerate(codes):
             if code not in (None, 0) and result.first_failure is None:
                 result.first_failure = index
@@ -253,13 +268,11 @@ def _dump_stacks(procs: list[subprocess.Popen], trace_dir: Path) -> dict[int, st
     return stacks
 
 
-def _kill_all(procs: list[subprocess.Popen]) -> None:
-    """Kill each worker's whole process group: no orphan survives the run."""
-    for proc in procs:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+def _kill_all(procs: list[subprocess.Popen], trace_dir: Path) -> None:
+    """Kill each worker's process group and every other process of the run: no orphan survives it."""
+    from convcheck.runtime.reaper import stop_run
+
+    stop_run([proc.pid for proc in procs], trace_dir)
     for proc in procs:
         try:
             proc.wait(timeout=5)

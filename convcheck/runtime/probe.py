@@ -491,8 +491,10 @@ class Probe:
 
     def on_backward(self, tensors: Any) -> None:
         tensor = tensors[0] if isinstance(tensors, (tuple, list)) and tensors else tensors
-        if self.stopping and not self.is_entry():
-            return
+        if self.stopping:
+            # The budget was met and its StopRun swallowed (`except BaseException: pass`); a loop
+            # that goes on without optimizer.step() would otherwise run until --timeout.
+            self.hard_exit(0)
         loss = None
         sampled: dict[str, Any] = {}
         if getattr(tensor, "numel", None) is not None:

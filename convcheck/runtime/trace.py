@@ -19,6 +19,9 @@ from typing import Any
 Event = dict[str, Any]
 
 _FLUSH_INTERVAL_S = 0.25
+#: Events written to disk at once: a process killed right after (os._exit, SIGKILL, a segfault)
+#: must not take a step it was counted for, or how it ended, with it.
+DURABLE_EVENTS = frozenset({"process", "step", "stop", "crash", "end", "dist_init"})
 
 
 def process_tag(pid: int | None = None) -> str:
@@ -49,7 +52,9 @@ class TraceWriter:
     def emit(self, event: Event) -> None:
         """Queue one event; cheap enough for every step."""
         self._pending.append(event)
-        if self._thread is None and not self._closed:
+        if event.get("ev") in DURABLE_EVENTS:
+            self.flush()
+        elif self._thread is None and not self._closed:
             self._start_thread()
 
     def _start_thread(self) -> None:
