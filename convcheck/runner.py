@@ -81,7 +81,7 @@ def script_from_traces(trace_dir: Path) -> Path:
         raise UserError(f"--trace-dir {trace_dir}: no such folder.")
     for proc in read_trace_dir(trace_dir).processes:
         header = proc.header
-        if header.get("role") == "entry" and header.get("argv"):
+        if header.get("role") == "entry" and header.get("argv") and isinstance(header["argv"][0], str):
             return Path(header["argv"][0])
     raise UserError(
         f"--trace-dir {trace_dir} holds no trace of a script run by convcheck's worker: "
@@ -213,6 +213,14 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode, RenderContext]:
     except ScriptError as exc:
         raise UserError(str(exc)) from exc
     render_ctx = RenderContext(root=repo_root(script), fail_on=options.fail_on, checks=[type(c) for c in checks])
+    if options.baseline is not None:
+        # Every input is checked before anything runs: a bad baseline found after the run is too late.
+        from convcheck.baseline import BaselineError, read_baseline
+
+        try:
+            read_baseline(options.baseline)
+        except BaselineError as exc:
+            raise UserError(str(exc)) from exc
 
     trace = None
     if options.static_only:
@@ -262,6 +270,7 @@ def _recorded(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN202
 
     folder = options.from_traces
     trace = read_trace_dir(folder, steps_budget=options.steps)
+    _warn_damaged(folder, trace.damaged)
     trace.world_size = max([p.world_size for p in trace.processes] or [1])
     launched = result_from_trace_dir(folder)
     summary = summarize_run(launched, trace, options)
@@ -270,6 +279,14 @@ def _recorded(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN202
     summary.file_protection = "python"
     findings, check_errors = run_checks(checks, ctx, trace, runtime=True)
     return summary, findings, check_errors, trace
+
+
+def _warn_damaged(folder: Path, damaged: list[str], shown: int = 10) -> None:
+    """Say on stderr which parts of a damaged trace folder were left out of the analysis."""
+    for line in damaged[:shown]:
+        _error(f"warning: {folder / line}")
+    if len(damaged) > shown:
+        _error(f"warning: {len(damaged) - shown} more damaged line(s) in {folder} were left out.")
 
 
 def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN202

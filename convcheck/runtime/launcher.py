@@ -85,14 +85,19 @@ class LaunchResult:
 def result_from_trace_dir(trace_dir: Path) -> LaunchResult:
     """A LaunchResult for traces written by a launch convcheck did not make (torchrun, srun)."""
     workers = []
-    for index, path in enumerate(sorted(trace_dir.glob("exit-*.json"))):
+    for path in sorted(trace_dir.glob("exit-*.json")):
         try:
+            pid = pid_of(path.stem)
             outcome = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            outcome = {}
+        except (OSError, ValueError, IndexError):
+            continue  # damaged (or not an exit record): read_trace_dir's warnings cover the traces
+        if not isinstance(outcome, dict):
+            continue
+        rank, code = outcome.get("rank"), outcome.get("code")
         workers.append(
-            WorkerResult(index=index, pid=pid_of(path.stem), rank=outcome.get("rank"), returncode=outcome.get("code"),
-                         outcome=outcome)
+            WorkerResult(index=len(workers), pid=pid, rank=rank if isinstance(rank, int) else None,
+                         returncode=code if isinstance(code, int) else None,
+                         outcome={k: v for k, v in outcome.items() if isinstance(k, str)})
         )
     return LaunchResult(workers=workers, trace_dir=trace_dir, scratch_dir=trace_dir / "scratch")
 
