@@ -132,6 +132,8 @@ def _execute(options: RunOptions) -> ExitCode:
     try:
         destinations = plan_outputs(options)
         report, code, ctx = diagnose(options)
+        if report.run.status == "interrupted":  # side-by-side runs stop without raising
+            _error("Interrupted: every process the run started was stopped.")
         if options.write_baseline is not None:
             from convcheck.baseline import write_baseline
 
