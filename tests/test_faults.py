@@ -161,9 +161,19 @@ os.makedirs(here / "out" / "sub")
 (here / "out" / "sub" / "x.json").write_text("{}")
 os.replace(here / "notes.txt", here / "notes2.txt")
 check(not (here / "notes.txt").exists() and (here / "notes2.txt").read_text() == "Overwritten", "os.replace")
+shutil.copy(here / "log.txt", here / "log-copy.txt")
+shutil.move(here / "log-copy.txt", here / "log-moved.txt")
+check((here / "log-moved.txt").read_text().endswith("appended by the run\\n"), "shutil.copy and move")
+os.truncate(here / "log-moved.txt", 3)
+check((here / "log-moved.txt").read_text() == "the", "os.truncate")
+check(torch.equal(torch.load(here / "ckpt.pt", mmap=True)["weight"], model.weight), "torch.load(mmap=True)")
+import helper
+check(helper.VALUE == 7, "a module of the project")
 names = sorted(os.listdir(here))
-check(names == ["arr.npy", "arrs.npz", "ckpt.pt", "log.txt", "model.jit", "model.safetensors", "notes2.txt",
-                "out", "runs", "train.log", "train.py"], f"listdir: {names}")
+check(names == ["arr.npy", "arrs.npz", "ckpt.pt", "helper.py", "log-moved.txt", "log.txt", "model.jit",
+                "model.safetensors", "notes2.txt", "out", "runs", "train.log", "train.py"], f"listdir: {names}")
+globbed = sorted(p.name for p in here.glob("*.txt"))
+check(globbed == ["log-moved.txt", "log.txt", "notes2.txt"], f"scandir: {globbed}")
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
 for step in range(1000):
     loss = model(torch.randn(8, 4)).pow(2).mean()
@@ -181,6 +191,7 @@ def _user_files(project: Project) -> None:
     project.write("ckpt.pt", "the user's precious checkpoint\n")
     (project.dir / "data").mkdir()
     (project.dir / "data" / "a.bin").write_bytes(b"\x00\x01 the user's data")
+    project.write("helper.py", "VALUE = 7\n")  # imported: no __pycache__ may appear
 
 
 def test_every_python_level_write_rename_and_delete_lands_in_scratch(project: Project) -> None:
@@ -202,7 +213,8 @@ def test_every_python_level_write_rename_and_delete_lands_in_scratch(project: Pr
         ("create", "arr.npy"), ("create", "arrs.npz"), ("write", "ckpt.pt"), ("create", "model.jit"),
         ("create", "model.safetensors"), ("mkdir", "runs"), ("delete", "old.txt"), ("delete-tree", "data"),
         ("mkdir", "out"), ("mkdir", "out/sub"), ("create", "out/sub/x.json"), ("rename", "notes2.txt"),
-        ("rename-from", "notes.txt"),
+        ("rename-from", "notes.txt"), ("create", "log-copy.txt"), ("rename", "log-moved.txt"),
+        ("truncate", "log-moved.txt"),
     } <= changes
     assert all(row["to"] is None for row in run["file_changes"] if row["op"].startswith("delete"))
     assert all("/scratch/files/" in row["to"] for row in run["file_changes"] if row["op"] in ("append", "create"))
@@ -649,8 +661,9 @@ def test_fix_state_dict_output_loads_with_safetensors(project: Project) -> None:
     project.assert_clean(before)
 
 
-@pytest.mark.parametrize("mode", ["--in-place", "--output"])
-def test_fix_state_dict_killed_mid_write_leaves_nothing(project: Project, mode: str) -> None:
+@pytest.mark.parametrize("mode, signum", [("--in-place", signal.SIGTERM), ("--in-place", signal.SIGHUP),
+                                           ("--in-place", signal.SIGINT), ("--output", signal.SIGTERM)])
+def test_fix_state_dict_killed_mid_write_leaves_nothing(project: Project, mode: str, signum: int) -> None:
     source = project.dir / "big.safetensors"
     count = 400 * 1024 * 1024 // 4  # large enough to be caught mid-write; sparse, so cheap to make
     encoded = json.dumps({"module.w": {"dtype": "F32", "shape": [count], "data_offsets": [0, count * 4]}}).encode()
@@ -666,7 +679,7 @@ def test_fix_state_dict_killed_mid_write_leaves_nothing(project: Project, mode: 
     )
     wait_for(lambda: any(p.name.endswith(".partial") for p in project.dir.iterdir()), timeout=60)
 
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
 
     assert proc.returncode == ExitCode.INTERRUPTED
