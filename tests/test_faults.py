@@ -293,6 +293,11 @@ def test_files_the_run_creates_in_the_temp_folder_pass_through_but_existing_ones
         with open(path) as fh:
             assert fh.read() == "the run's own temp file"
         os.remove(path)
+        with tempfile.TemporaryFile() as fh, tempfile.NamedTemporaryFile() as named:
+            fh.write(b"unnamed")
+            named.write(b"named")
+        with tempfile.TemporaryDirectory() as folder:
+            open(os.path.join(folder, "x"), "w").close()
     """, loop=True)
     before = project.state()
 

@@ -380,7 +380,8 @@ def _open_mode_wants(mode: str) -> tuple[bool, bool, bool]:
 def _wrap_open(original: Callable[..., Any]) -> Callable[..., Any]:
     def open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:  # noqa: A001
         guard = _active()
-        if guard is None or not _is_path(file):
+        if guard is None or not _is_path(file) or kwargs.get("opener") is not None or len(args) >= 6:
+            # With an opener the path goes to it (tempfile: os.open with O_TMPFILE): os.open is guarded.
             return original(file, mode, *args, **kwargs)
         with _Busy():
             writes, keep, exclusive = _open_mode_wants(mode if isinstance(mode, str) else "r")
@@ -401,6 +402,9 @@ def _wrap_os_open(original: Callable[..., Any]) -> Callable[..., Any]:
             name = _text(path)
             if dir_fd is not None and not os.path.isabs(name):
                 name = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), name)
+            if flags & getattr(os, "O_TMPFILE", 0) == getattr(os, "O_TMPFILE", -1):
+                # An unnamed file in a folder (tempfile.TemporaryFile): no name changes anywhere.
+                return original(path, flags, mode, dir_fd=dir_fd)
             if flags & _WRITE_FLAGS:
                 keep = not flags & os.O_TRUNC and bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND))
                 exclusive = bool(flags & os.O_EXCL and flags & os.O_CREAT)
