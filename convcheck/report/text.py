@@ -103,9 +103,12 @@ class ReportView:
 
             yield Text("The script changed these paths during the run; the changes went to the run's scratch "
                        "folder (deleted afterwards) and yours were not touched (Python-level guard):")
-            for row in run.file_changes:
+            for row in run.file_changes[:_MAX_FILE_ROWS]:
                 yield Text(f"  {OP_WORDS.get(row.get('op'), row.get('op'))}: {row.get('path')}"
                            f"{_where(row, '  ({})')}", style="dim")
+            if len(run.file_changes) > _MAX_FILE_ROWS:
+                yield Text(f"  … and {len(run.file_changes) - _MAX_FILE_ROWS} more (all in --format json)",
+                           style="dim")
             yield Text("")
         elif run.redirected_saves:
             yield Text("Files the script saved during the run went to a scratch folder (yours were not touched):")
@@ -118,6 +121,8 @@ class ReportView:
 
 
 _SPARKS = "▁▂▃▄▅▆▇█"
+#: Changed paths the terminal report lists; the JSON report has them all.
+_MAX_FILE_ROWS = 20
 
 
 def sparkline(values: list[float], width: int = 40) -> str:

@@ -226,7 +226,8 @@ class Guard:
         _makedirs(os.path.dirname(upper))
         if keep and present and not _exists(upper):
             _copy_any(key, upper)
-        self.journal(op if present or op != "write" else "create", key, upper)
+        # A path that was not there before the run is the run's creation, however it was written.
+        self.journal(op if _exists(key) or op == "rename" else "create", key, upper)
         return upper
 
     def unlink_key(self, path: Any) -> str:
@@ -578,7 +579,8 @@ def _wrap_changer(original: Callable[..., Any], op: str) -> Callable[..., Any]:
             upper = guard.upper(key)
             if not _exists(upper):
                 _copy_any(key, upper)
-            guard.journal(op, key, upper)
+            if _exists(key):  # a change to a file the run created is no change to the user's
+                guard.journal(op, key, upper)
         return original(upper, *args, **kwargs)
 
     return change
