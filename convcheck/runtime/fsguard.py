@@ -128,6 +128,14 @@ class Guard:
         self.passthrough = tuple(_prefix(p) for p in passthrough if p)
         self.temp_dirs = tuple(_prefix(p) for p in temp_dirs if p)
         self.journalled: set[tuple[str, str]] = set()
+        # Reads of Python's own files (every import stats hundreds) skip the view: writes there
+        # are still guarded, but a script that rewrites a file of its Python installation reads
+        # the original back.
+        libraries = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+        libraries.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+        self.read_through = self.passthrough + tuple(
+            {os.path.join(p, "") for p in libraries if p} | {_prefix(p) for p in libraries if p})
+        self._stores_seen = False
 
     # -- classifying ---------------------------------------------------------------
 
@@ -196,8 +204,14 @@ class Guard:
 
     def read_path(self, path: Any) -> str:
         """The path to read for ``path``: the run's copy, the original, or a missing name if deleted."""
-        if not _exists(self.files) and not _exists(self.gone):
-            return os.fspath(path)  # nothing written or deleted yet: the cheap common case
+        name = os.fspath(path)
+        absolute = name if name.startswith(os.sep) else os.path.abspath(name)
+        if (absolute + os.sep).startswith(self.read_through):
+            return name
+        if not self._stores_seen:
+            if not _exists(self.files) and not _exists(self.gone):
+                return name  # nothing written or deleted yet: the cheap common case
+            self._stores_seen = True  # they stay until the run ends
         key = self.key(path)
         if (key + os.sep).startswith(self.passthrough):
             return os.fspath(path)
