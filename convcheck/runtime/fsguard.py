@@ -33,7 +33,7 @@ import shutil
 import stat as stat_mod
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 #: Environment variables the guard reads (set by the launcher for every process of a run).
