@@ -50,14 +50,23 @@ def write_baseline(findings: list[Finding], path: Path, root: Path) -> None:
         raise
 
 
-def filter_baseline(findings: list[Finding], path: Path, root: Path) -> tuple[list[Finding], int]:
-    """The findings not in the baseline, and how many were."""
+def read_baseline(path: Path) -> Baseline:
+    """Read and validate a baseline file, or raise BaselineError saying why it cannot be used."""
+    if path.exists() and not path.is_file():
+        raise BaselineError(f"--baseline {path}: not a regular file. Give a baseline written by --write-baseline.")
     try:
-        baseline = Baseline.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        return Baseline.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError as exc:
         raise BaselineError(f"--baseline {path}: no such file. Create it with --write-baseline.") from exc
+    except UnicodeDecodeError as exc:
+        raise BaselineError(f"--baseline {path}: not a convcheck baseline (not UTF-8 text: {exc.reason}).") from exc
     except (OSError, json.JSONDecodeError, ValidationError) as exc:
         raise BaselineError(f"--baseline {path}: not a convcheck baseline ({type(exc).__name__}).") from exc
+
+
+def filter_baseline(findings: list[Finding], path: Path, root: Path) -> tuple[list[Finding], int]:
+    """The findings not in the baseline, and how many were."""
+    baseline = read_baseline(path)
     known = {e.fingerprint for e in baseline.findings}
     fresh = [f for f in findings if fingerprint(f, root) not in known]
     return fresh, len(findings) - len(fresh)

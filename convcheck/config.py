@@ -18,15 +18,18 @@ class FileConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
-    select: list[str] = Field(default_factory=list)
-    ignore: list[str] = Field(default_factory=list)
+    # Strict types: TOML says what it means, so `steps = true` or `timeout = "10"` is a mistake
+    # to report, not a value to coerce (true would become 1 step, or a 1-second timeout).
+    select: list[str] = Field(default_factory=list, strict=True)
+    ignore: list[str] = Field(default_factory=list, strict=True)
     fail_on: Literal["error", "warning", "info", "never"] = Field("error", alias="fail-on")
-    steps: int = Field(20, ge=1)
-    nproc_per_node: int | None = Field(None, alias="nproc-per-node", ge=1, le=64)
-    timeout: float = Field(300.0, gt=0)
-    max_batches_per_epoch: int | None = Field(None, alias="max-batches-per-epoch", ge=1)
+    steps: int = Field(20, ge=1, strict=True)
+    nproc_per_node: int | None = Field(None, alias="nproc-per-node", ge=1, le=64, strict=True)
+    #: Seconds; an integer is a number of seconds too.
+    timeout: float = Field(300.0, ge=1, strict=True)
+    max_batches_per_epoch: int | None = Field(None, alias="max-batches-per-epoch", ge=1, strict=True)
     #: glob pattern (relative to the pyproject.toml's folder) -> codes or names to ignore there.
-    per_file_ignores: dict[str, list[str]] = Field(default_factory=dict, alias="per-file-ignores")
+    per_file_ignores: dict[str, list[str]] = Field(default_factory=dict, alias="per-file-ignores", strict=True)
     #: per-check options: ``[tool.convcheck.checks.CC005] ...`` (code or name -> table).
     checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -69,7 +72,23 @@ def load_config(start: Path) -> EffectiveConfig:
         settings = FileConfig.model_validate(table)
     except ValidationError as exc:
         raise ConfigError(f"{path}: [tool.convcheck] is invalid: {_explain(exc)}") from exc
+    unknown = _unknown_codes(settings.per_file_ignores)
+    if unknown:
+        raise ConfigError(
+            f"{path}: [tool.convcheck] is invalid: per-file-ignores names unknown check(s) "
+            f"{', '.join(map(repr, unknown))}; give codes or names that `convcheck rules` lists, or \"*\"."
+        )
     return EffectiveConfig(source=str(path), settings=settings)
+
+
+def _unknown_codes(per_file: dict[str, list[str]]) -> list[str]:
+    """The codes in per-file-ignores that name no check (a typo there would silently ignore nothing)."""
+    from convcheck.registry import find_check
+    from convcheck.suppress import ALL, UNUSED_CODE, UNUSED_NAME
+
+    allowed = {ALL, UNUSED_CODE.lower(), UNUSED_NAME}
+    return [code for codes in per_file.values() for code in codes
+            if code.strip().lower() not in allowed and find_check(code) is None]
 
 
 def _explain(exc: ValidationError) -> str:

@@ -81,6 +81,12 @@ class RunSummary(BaseModel):
     error: str | None = None
     hung_at: list[str] = Field(default_factory=list)
     redirected_saves: list[dict[str, Any]] = Field(default_factory=list)
+    #: Every path outside the run's folders the script created, wrote, appended, renamed or deleted:
+    #: ``{"op", "path", "to", "file", "line"}``; ``to`` is the run's copy (deleted after the run),
+    #: null for a deletion, which is recorded and not performed.
+    file_changes: list[dict[str, Any]] = Field(default_factory=list)
+    #: What kept the user's files untouched: "python" (a copy-on-write guard in every Python process).
+    file_protection: str | None = None
     script_argv: list[str] = Field(default_factory=list)
     #: CUDA usage that was mapped onto the CPU (first use of each kind, with the user's line).
     device_mapping: list[dict[str, Any]] = Field(default_factory=list)

@@ -101,6 +101,9 @@ def fix_state_dict(
         result = statedict.fix_checkpoint(options)
     except statedict.CheckpointError as exc:
         _fail(str(checkpoint), exc.message, exc.kind, exc.exit_code, as_json)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP while writing
+        _fail(str(checkpoint), f"Interrupted: nothing was written (the partly written file was removed) and "
+              f"{checkpoint} is unchanged.", "interrupted", ExitCode.INTERRUPTED, as_json)
     except Exception as exc:  # a bug in convcheck: still one paragraph, no traceback
         if os.environ.get("CONVCHECK_DEBUG"):
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -89,7 +90,7 @@ def script_from_traces(trace_dir: Path) -> Path:
         raise UserError(f"--trace-dir {trace_dir}: no such folder.")
     for proc in read_trace_dir(trace_dir).processes:
         header = proc.header
-        if header.get("role") == "entry" and header.get("argv"):
+        if header.get("role") == "entry" and header.get("argv") and isinstance(header["argv"][0], str):
             return Path(header["argv"][0])
     raise UserError(
         f"--trace-dir {trace_dir} holds no trace of a script run by convcheck's worker: "
@@ -115,10 +116,33 @@ def _terminate_as_interrupt() -> None:
 
 def execute(options: RunOptions) -> ExitCode:
     """Run the whole pipeline and return the exit code; never raises."""
+    from convcheck.runtime import reaper
+
     _terminate_as_interrupt()
+    started = None if options.static_only else _now_ticks()
+    try:
+        return _execute(options)
+    finally:
+        # Whatever the run started and is still alive now (a setsid'd child whose tagged
+        # environment was cleared) goes with it.
+        reaper.sweep_since(started)
+
+
+def _now_ticks() -> int | None:
+    """Clock ticks since boot now, on the scale of /proc/PID/stat start times."""
+    try:
+        uptime = float(open("/proc/uptime", encoding="ascii").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return int(uptime * os.sysconf("SC_CLK_TCK"))
+
+
+def _execute(options: RunOptions) -> ExitCode:
     try:
         destinations = plan_outputs(options)
         report, code, ctx = diagnose(options)
+        if report.run.status == "interrupted":  # side-by-side runs stop without raising
+            _error("Interrupted: every process the run started was stopped.")
         if options.write_baseline is not None:
             from convcheck.baseline import write_baseline
 
@@ -208,6 +232,14 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode, RenderContext]:
     except ScriptError as exc:
         raise UserError(str(exc)) from exc
     render_ctx = RenderContext(root=repo_root(script), fail_on=options.fail_on, checks=[type(c) for c in checks])
+    if options.baseline is not None:
+        # Every input is checked before anything runs: a bad baseline found after the run is too late.
+        from convcheck.baseline import BaselineError, read_baseline
+
+        try:
+            read_baseline(options.baseline)
+        except BaselineError as exc:
+            raise UserError(str(exc)) from exc
 
     trace = None
     if options.static_only:
@@ -257,12 +289,23 @@ def _recorded(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN202
 
     folder = options.from_traces
     trace = read_trace_dir(folder, steps_budget=options.steps)
+    _warn_damaged(folder, trace.damaged)
     trace.world_size = max([p.world_size for p in trace.processes] or [1])
     launched = result_from_trace_dir(folder)
     summary = summarize_run(launched, trace, options)
     summary.nproc_per_node = trace.world_size
+    summary.file_changes = _file_changes([launched])
+    summary.file_protection = "python"
     findings, check_errors = run_checks(checks, ctx, trace, runtime=True)
     return summary, findings, check_errors, trace
+
+
+def _warn_damaged(folder: Path, damaged: list[str], shown: int = 10) -> None:
+    """Say on stderr which parts of a damaged trace folder were left out of the analysis."""
+    for line in damaged[:shown]:
+        _error(f"warning: {folder / line}")
+    if len(damaged) > shown:
+        _error(f"warning: {len(damaged) - shown} more damaged line(s) in {folder} were left out.")
 
 
 def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN202
@@ -283,7 +326,11 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
             raise UserError(f"--trace-dir {options.trace_dir} is not empty: give a new or empty folder.")
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
+        from convcheck.runtime import reaper
+
+        reaper.clean_stale_runs()
         run_dir = Path(tempfile.mkdtemp(prefix="convcheck-run-"))
+        reaper.claim(run_dir)
     try:
         variants: dict[str, RunVariant] = {}
         for check in checks:
@@ -318,6 +365,8 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
                 other.trace_dir, world_size=variant.nproc_per_node or 1, steps_budget=variant.steps
             )
         summary = summarize_run(launched, trace, options)
+        summary.file_changes = _file_changes([launched, *launches.values()])
+        summary.file_protection = "python"
         findings, check_errors = run_checks(checks, ctx, trace, runtime=True)
     finally:
         # Files the script saved are evidence only while the run is analysed.
@@ -327,6 +376,17 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
         if options.trace_dir is None:
             shutil.rmtree(run_dir, ignore_errors=True)
     return summary, findings, check_errors, trace
+
+
+def _file_changes(launches: list) -> list[dict]:  # noqa: ANN001
+    """What the script did to paths outside the run's folders, in every run it made (no repeats)."""
+    from convcheck.runtime.fsguard import read_journal
+
+    seen: dict[tuple, dict] = {}
+    for launched in launches:
+        for row in read_journal(launched.trace_dir):
+            seen.setdefault((row["op"], row["path"]), row)
+    return list(seen.values())
 
 
 def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: ANN001
@@ -377,12 +437,21 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
     elif launched.timed_out:
         summary.status = "timeout"
         summary.error = f"The run did not finish within --timeout {options.timeout:g} s and was stopped."
+        if not getattr(launched, "script_started", True):
+            summary.error = (
+                f"The run hit --timeout {options.timeout:g} s before the script's first line ran: starting "
+                "Python and convcheck's probe took all of it (a busy or slow machine). Nothing of the script "
+                "was run; give a longer --timeout."
+            )
         summary.hung_at = _hang_locations(launched.stacks, options.script)
     elif failed:
-        # The root cause failed first; its peers fail after it (gloo: "connection closed by peer").
-        first = min(failed, key=lambda w: (w.outcome.get("time", float("inf")), w.index))
+        first = _first_failure(failed)
         summary.status = "crashed"
         summary.error = _failure_text(first, options)
+        others = [w for w in failed if w is not first]
+        if others and options.nproc_per_node is not None:
+            after = ", ".join(f"rank {w.rank}" for w in others)
+            summary.error += f"\n(rank {first.rank} failed first; {after} failed after it, when it lost its peer.)"
     elif total_steps == 0:
         summary.status = "no-training-step"
         summary.error = _no_step_text(launched, trace)
@@ -456,6 +525,23 @@ def _no_step_text(launched, trace) -> str:  # noqa: ANN001
 
 
 _SELF_EXPLAINED = ("SelfSpawnUnderNproc:",)
+
+
+#: What a DDP rank says when another rank died under it: a consequence, not the cause.
+_PEER_LOSS = ("connection reset by peer", "connection closed by peer", "broken pipe", "connection refused",
+              "socket closed", "read error", "timed out", "gloo")
+
+
+def _first_failure(failed: list):  # noqa: ANN001, ANN202
+    """The worker that failed first and on its own; its peers fail after it when it drops out."""
+
+    def order(worker) -> tuple:  # noqa: ANN001
+        text = f"{worker.outcome.get('error') or ''} {worker.stderr_tail[-600:]}".lower()
+        peer_loss = bool(worker.outcome.get("error")) and any(word in text for word in _PEER_LOSS)
+        seen = worker.exited_at if worker.exited_at is not None else float("inf")
+        return (peer_loss, seen, worker.outcome.get("time", float("inf")), worker.index)
+
+    return min(failed, key=order)
 
 
 def _failure_text(worker, options: RunOptions) -> str:  # noqa: ANN001

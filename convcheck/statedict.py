@@ -19,11 +19,13 @@ size of the pickle however large the checkpoint is.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import json
 import os
 import re
+import signal
 import stat
 import struct
 import sys
@@ -35,7 +37,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, Field
 
@@ -523,7 +525,8 @@ def fix_checkpoint(options: FixOptions) -> FixResult:
             )
     changes = any(p.report.status == "fix" for p in plans)
 
-    result.status = _decide(result, options, reader, plans, changes, mode, target, notes)
+    with _signals_interrupt():
+        result.status = _decide(result, options, reader, plans, changes, mode, target, notes)
     result.notes = [*reader.notes, *notes]
     return result
 
@@ -544,15 +547,33 @@ def _decide(result: FixResult, options: FixOptions, reader: Any, plans: Sequence
         return "nothing-to-fix"
 
     assert target is not None
+    made_backup: Path | None = None
     if mode == "in-place":
-        result.backup = str(_make_backup(source))
+        backup = source.with_name(source.name + ".bak")
+        made_backup = None if backup.exists() else backup
     result.output = str(target)
-    result.verification = reader.write(plans, Path(target), keep_mode_of=source if mode == "in-place" else None)
+    try:
+        if mode == "in-place":
+            result.backup = str(_make_backup(source))
+        result.verification = reader.write(plans, Path(target), keep_mode_of=source if mode == "in-place" else None)
+    except BaseException:
+        _drop_backup(made_backup)  # the input was not replaced: a backup of it would only mislead
+        raise
     if not result.verification.ok:
         result.output = None
+        _drop_backup(made_backup)
+        result.backup = None if made_backup is not None else result.backup
         notes.append("Nothing was written: the file read back did not match the source, so it was removed.")
         return "verification-failed"
     return "fixed" if changes else "unchanged-copy"
+
+
+def _drop_backup(backup: Path | None) -> None:
+    if backup is not None:
+        try:
+            backup.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _mixed_message(source: Path, reports: list[StateDictReport]) -> str:
@@ -691,6 +712,10 @@ class _AtomicFile:
 
         Any failure leaves no half-written output behind and the target untouched.
         """
+        with _signals_interrupt():
+            return self._write_verified(produce)
+
+    def _write_verified(self, produce: Callable[[Path], Verification]) -> Verification:
         try:
             verification = produce(self.path)
             if verification.ok:
@@ -706,6 +731,28 @@ class _AtomicFile:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             raise _write_error(self.target, exc) from exc
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP interrupt like Ctrl-C while a file is written, so the partial file is removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            number = getattr(signal, name)
+            previous[number] = signal.signal(number, interrupt)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -1363,6 +1410,10 @@ _SAFETENSORS_DTYPES = {
     "BOOL": ("bool", 1), "U16": ("uint16", 2), "U32": ("uint32", 4), "U64": ("uint64", 8),
     "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1), "C64": ("complex64", 8),
 }
+#: Every dtype the safetensors format names (sizes above only for those torch can hold).
+_SAFETENSORS_ALL_DTYPES = frozenset(_SAFETENSORS_DTYPES) | {
+    "F4", "F6_E2M3", "F6_E3M2", "F8_E8M0", "C32", "U1", "I4", "U4",
+}
 _SAFETENSORS_MAX_HEADER = 100 << 20
 
 
@@ -1396,21 +1447,62 @@ def read_safetensors_header(path: Path) -> _SafetensorsHeader:
     if not isinstance(header, dict):
         raise bad("its header is not a JSON object")
     metadata = header.pop("__metadata__", None)
+    # The same rules the safetensors library applies when it loads a file: a header it would
+    # refuse is refused here, before anything is written from it.
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise bad("its __metadata__ is not an object of strings")
     data_size = size - 8 - n
+    spans = []
     for name, entry in header.items():
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
             raise bad(f"the entry for {name!r} lacks dtype, shape or data_offsets")
-        begin, end = entry["data_offsets"]
-        if not (0 <= begin <= end <= data_size):
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in _SAFETENSORS_ALL_DTYPES:
+            raise bad(f"{name!r} has dtype {dtype!r}, which is not a safetensors dtype")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise bad(f"{name!r} has shape {shape!r}, not a list of non-negative integers")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+            raise bad(f"{name!r} has data_offsets {offsets!r}, not two non-negative integers")
+        begin, end = offsets
+        if not (begin <= end <= data_size):
             raise bad(f"the data of {name!r} lies outside the file")
-        known = _SAFETENSORS_DTYPES.get(entry["dtype"])
+        known = _SAFETENSORS_DTYPES.get(dtype)
         if known is not None:
             numel = 1
-            for dim in entry["shape"]:
-                numel *= int(dim)
+            for dim in shape:
+                numel *= dim
             if numel * known[1] != end - begin:
-                raise bad(f"{name!r} has {end - begin} bytes for shape {entry['shape']} of {entry['dtype']}")
+                raise bad(f"{name!r} has {end - begin} bytes for shape {shape} of {dtype}")
+        spans.append((begin, end, name))
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            raise bad(f"the data of {name!r} does not follow the tensor before it (safetensors needs no gaps)")
+        position = end
+    if position != data_size:
+        raise bad(f"its tensors cover {position} of the {data_size} data bytes")
     return _SafetensorsHeader(entries=header, metadata=metadata, data_start=8 + n, data_size=data_size)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _safetensors_refusal(path: Path) -> str | None:
+    """Why the safetensors library refuses to open ``path`` (None: it opens it, or is not installed)."""
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        return None
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            list(handle.keys())
+            handle.metadata()
+    except Exception as exc:  # safetensors raises its own error types
+        return f"the safetensors library refuses to load it ({_first_line(exc)})"
+    return None
 
 
 class _SafetensorsReader:
@@ -1485,6 +1577,9 @@ class _SafetensorsReader:
                 problems.append("the header read back does not list the renamed tensors")
             if written.metadata != self.header.metadata:
                 problems.append("the __metadata__ read back differs")
+            refusal = _safetensors_refusal(tmp)
+            if refusal:
+                problems.append(refusal)
             return Verification(ok=not problems, tensors=len(written.entries), storages=len(written.entries),
                                 bytes_compared=self.header.data_size if same else 0, problems=problems)
 

@@ -112,9 +112,15 @@ def worker(
         os.environ[env.MAX_BATCHES] = str(max_batches_per_epoch)
     # Children (mp.spawn, DataLoader workers with spawn) load the probe through the site folder.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [site_dir(), os.environ.get("PYTHONPATH")]))
+    (folder / "scratch").mkdir(exist_ok=True)
+    from convcheck.runtime import fsguard
+
+    fsguard.install_from_env()
     activate()
 
     outcome = run_entry(str(script), [str(script), *script_args], module=module)
+    # The report rank 0 writes is convcheck's own output, not the script's: no longer guarded.
+    fsguard.uninstall()
     code = int(outcome["code"])
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -106,7 +106,19 @@ class ReportView:
             yield Text(f"convcheck could not record at {', '.join(run.probe_errors)}: the script's calls there ran "
                        "as without convcheck, and findings that depend on them may be missing.", style="yellow")
             yield Text("")
-        if run.redirected_saves:
+        if run.file_changes:
+            from convcheck.runtime.fsguard import OP_WORDS
+
+            yield Text("The script changed these paths during the run; the changes went to the run's scratch "
+                       "folder (deleted afterwards) and yours were not touched (Python-level guard):")
+            for row in run.file_changes[:_MAX_FILE_ROWS]:
+                yield Text(f"  {OP_WORDS.get(row.get('op'), row.get('op'))}: {row.get('path')}"
+                           f"{_where(row, '  ({})')}", style="dim")
+            if len(run.file_changes) > _MAX_FILE_ROWS:
+                yield Text(f"  … and {len(run.file_changes) - _MAX_FILE_ROWS} more (all in --format json)",
+                           style="dim")
+            yield Text("")
+        elif run.redirected_saves:
             yield Text("Files the script saved during the run went to a scratch folder (yours were not touched):")
             for save in run.redirected_saves:
                 yield Text(f"  {save.get('path')}{_where(save, '  ({})')}", style="dim")
@@ -124,6 +136,8 @@ class ReportView:
 
 
 _SPARKS = "▁▂▃▄▅▆▇█"
+#: Changed paths the terminal report lists; the JSON report has them all.
+_MAX_FILE_ROWS = 20
 
 
 def sparkline(values: list[float], width: int = 40) -> str:

@@ -25,12 +25,25 @@ class _TorchImportWatcher(importlib.abc.MetaPathFinder):
 
         def exec_module(module):  # noqa: ANN001, ANN202
             original_exec(module)
-            from convcheck.runtime.probe import install_from_env
-
-            install_from_env()
+            _torch_imported(module)
 
         loader.exec_module = exec_module
         return spec
+
+
+def _torch_imported(torch) -> None:  # noqa: ANN001
+    """torch just finished importing: guard its native file writers, then install the probe."""
+    from convcheck.runtime import fsguard
+
+    try:
+        fsguard.guard_torch(torch)
+    except Exception:
+        pass
+    if not os.path.isdir(os.environ.get(env.TRACE_DIR) or ""):
+        return  # a process that outlived its run: its trace folder is gone
+    from convcheck.runtime.probe import install_from_env
+
+    install_from_env()
 
 
 def activate() -> None:
@@ -38,8 +51,6 @@ def activate() -> None:
     if not os.environ.get(env.TRACE_DIR):
         return
     if "torch" in sys.modules:
-        from convcheck.runtime.probe import install_from_env
-
-        install_from_env()
+        _torch_imported(sys.modules["torch"])
     elif not any(isinstance(f, _TorchImportWatcher) for f in sys.meta_path):
         sys.meta_path.insert(0, _TorchImportWatcher())

@@ -64,6 +64,8 @@ class WorkerResult:
     outcome: dict = field(default_factory=dict)
     stderr_tail: str = ""
     stdout_tail: str = ""
+    #: Seconds after the launch when the launcher first saw this worker gone (None: it was stopped).
+    exited_at: float | None = None
 
 
 @dataclass
@@ -78,19 +80,28 @@ class LaunchResult:
     wall_seconds: float = 0.0
     stacks: dict[int, str] = field(default_factory=dict)
     first_failure: int | None = None
+    #: Worker index -> seconds after the launch when it was first seen gone.
+    exited_at: dict[int, float] = field(default_factory=dict)
+    #: Did any worker start the user's script before the launch ended?
+    script_started: bool = False
 
 
 def result_from_trace_dir(trace_dir: Path) -> LaunchResult:
     """A LaunchResult for traces written by a launch convcheck did not make (torchrun, srun)."""
     workers = []
-    for index, path in enumerate(sorted(trace_dir.glob("exit-*.json"))):
+    for path in sorted(trace_dir.glob("exit-*.json")):
         try:
+            pid = pid_of(path.stem)
             outcome = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            outcome = {}
+        except (OSError, ValueError, IndexError):
+            continue  # damaged (or not an exit record): read_trace_dir's warnings cover the traces
+        if not isinstance(outcome, dict):
+            continue
+        rank, code = outcome.get("rank"), outcome.get("code")
         workers.append(
-            WorkerResult(index=index, pid=pid_of(path.stem), rank=outcome.get("rank"), returncode=outcome.get("code"),
-                         outcome=outcome)
+            WorkerResult(index=len(workers), pid=pid, rank=rank if isinstance(rank, int) else None,
+                         returncode=code if isinstance(code, int) else None,
+                         outcome={k: v for k, v in outcome.items() if isinstance(k, str)})
         )
     return LaunchResult(workers=workers, trace_dir=trace_dir, scratch_dir=trace_dir / "scratch")
 
@@ -130,6 +141,8 @@ def worker_env(spec: LaunchSpec, rank: int, port: int) -> dict[str, str]:
     else:
         environ.pop(env.REPEAT_FIRST_BATCH, None)
     environ["PYTHONUNBUFFERED"] = "1"
+    # Importing the user's own modules must not leave __pycache__ folders in their project.
+    environ["PYTHONDONTWRITEBYTECODE"] = "1"
     environ["PYTHONFAULTHANDLER"] = "1"
     environ.pop(env.NPROC_PER_NODE, None)
     if spec.nproc_per_node is not None:
@@ -157,6 +170,10 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
     scratch_dir = spec.run_dir / "scratch"
     trace_dir.mkdir(parents=True, exist_ok=True)
     scratch_dir.mkdir(parents=True, exist_ok=True)
+    from convcheck.runtime.reaper import become_subreaper
+
+    # Children that leave the worker's session (setsid, start_new_session) stay findable.
+    become_subreaper()
     port = free_port()
     count = spec.nproc_per_node or 1
     procs: list[subprocess.Popen] = []
@@ -185,7 +202,7 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
     finally:
         if result.timed_out:
             result.stacks = _dump_stacks(procs, trace_dir)
-        _kill_all(procs)
+        _kill_all(procs, trace_dir)
         result.wall_seconds = time.monotonic() - start
         for _, _, stdout, stderr in logs:
             for handle in (stdout, stderr):
@@ -196,6 +213,7 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
         worker = WorkerResult(
             index=index, pid=proc.pid, rank=index if spec.nproc_per_node is not None else None,
             returncode=proc.returncode, stderr_tail=_tail(err_path), stdout_tail=_tail(out_path),
+            exited_at=result.exited_at.get(index),
         )
         exit_file = trace_dir / f"exit-{process_tag(proc.pid)}.json"
         if exit_file.exists():
@@ -204,6 +222,7 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
             except json.JSONDecodeError:
                 pass
         result.workers.append(worker)
+    result.script_started = any(trace_dir.glob("begun-*"))
     return result
 
 
@@ -235,9 +254,12 @@ def _wait(
             result.interrupted = True
             return
         codes = [p.poll() for p in procs]
+        now = time.monotonic()
+        for index, code in enumerate(codes):
+            if code is not None:
+                result.exited_at.setdefault(index, now - start)
         if all(c is not None for c in codes):
             return
-        now = time.monotonic()
         for index, code in enumerate(codes):
             if code not in (None, 0) and result.first_failure is None:
                 result.first_failure = index
@@ -267,13 +289,11 @@ def _dump_stacks(procs: list[subprocess.Popen], trace_dir: Path) -> dict[int, st
     return stacks
 
 
-def _kill_all(procs: list[subprocess.Popen]) -> None:
-    """Kill each worker's whole process group: no orphan survives the run."""
-    for proc in procs:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+def _kill_all(procs: list[subprocess.Popen], trace_dir: Path) -> None:
+    """Kill each worker's process group and every other process of the run: no orphan survives it."""
+    from convcheck.runtime.reaper import stop_run
+
+    stop_run([proc.pid for proc in procs], trace_dir)
     for proc in procs:
         try:
             proc.wait(timeout=5)

@@ -18,7 +18,7 @@ import traceback
 import weakref
 from typing import Any
 
-from convcheck.runtime import env, stepstats
+from convcheck.runtime import env, fsguard, stepstats
 from convcheck.runtime.graph import summarize_graph
 from convcheck.runtime.locate import (
     called_by_library, caller_file, caller_frame, is_library_file, is_torch_file, user_frame, user_location,
@@ -580,8 +580,10 @@ class Probe:
 
     def on_backward(self, tensors: Any) -> None:
         tensor = tensors[0] if isinstance(tensors, (tuple, list)) and tensors else tensors
-        if self.stopping and not self.is_entry():
-            return
+        if self.stopping:
+            # The budget was met and its StopRun swallowed (`except BaseException: pass`); a loop
+            # that goes on without optimizer.step() would otherwise run until --timeout.
+            self.hard_exit(0)
         loss = None
         sampled: dict[str, Any] = {}
         if getattr(tensor, "numel", None) is not None:
@@ -1051,8 +1053,8 @@ def _patch_checkpoints(probe: Probe, torch: Any, patches: Patches) -> None:
             target = f
             redirected = None
             if isinstance(f, (str, os.PathLike)) and probe.scratch_dir:
-                redirected = probe.scratch_path(f)
-                target = redirected
+                redirected = fsguard.redirect_write(f) if fsguard.active() else probe.scratch_path(f)
+                target = redirected or f
             probe.emit("save", path=_path_of(f), redirected_to=redirected,
                        state_dicts=_state_dict_summaries(obj, torch), loc=_loc(3), step=probe.step_count)
             return original(obj, target, *args, **kwargs)
@@ -1064,8 +1066,8 @@ def _patch_checkpoints(probe: Probe, torch: Any, patches: Patches) -> None:
             source = f
             redirected = None
             if isinstance(f, (str, os.PathLike)) and probe.scratch_dir:
-                candidate = probe.scratch_path(f)
-                if os.path.exists(candidate):
+                candidate = fsguard.redirect_read(f) if fsguard.active() else probe.scratch_path(f)
+                if candidate and os.path.exists(candidate):
                     redirected = source = candidate
             result = original(source, *args, **kwargs)
             probe.emit("load", path=_path_of(f), redirected_from=redirected,

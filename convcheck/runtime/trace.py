@@ -20,6 +20,9 @@ from typing import Any
 Event = dict[str, Any]
 
 _FLUSH_INTERVAL_S = 0.25
+#: Events written to disk at once: a process killed right after (os._exit, SIGKILL, a segfault)
+#: must not take a step it was counted for, or how it ended, with it.
+DURABLE_EVENTS = frozenset({"process", "step", "stop", "crash", "end", "dist_init"})
 
 
 def process_tag(pid: int | None = None) -> str:
@@ -50,7 +53,9 @@ class TraceWriter:
     def emit(self, event: Event) -> None:
         """Queue one event; cheap enough for every step."""
         self._pending.append(event)
-        if self._thread is None and not self._closed:
+        if event.get("ev") in DURABLE_EVENTS:
+            self.flush()
+        elif self._thread is None and not self._closed:
             self._start_thread()
 
     def _start_thread(self) -> None:
@@ -184,6 +189,8 @@ class RunTrace:
     steps_budget: int = 0
     #: Traces of further runs that checks asked for (``Check.extra_runs``), by label.
     variants: dict[str, RunTrace] = field(default_factory=dict)
+    #: What was wrong with the trace files, one line each (file:line and why); those parts were left out.
+    damaged: list[str] = field(default_factory=list)
 
     @property
     def trainers(self) -> list[ProcessTrace]:
@@ -199,19 +206,67 @@ class RunTrace:
                     yield proc, event
 
 
+_NUMBER = (int, float)
+_NONE = type(None)
+#: The type of every field the analysis reads, whatever the event: a trace that breaks it is
+#: damaged (edited by hand, written by another version, cut short) and the event is left out.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "ev": (str,), "n": (int, _NONE), "step": (int, _NONE), "opt": (int, _NONE), "pid": (int, _NONE),
+    "rank": (int, _NONE), "world_size": (int, _NONE), "loss": (*_NUMBER, _NONE), "loc": (list, _NONE),
+    "argv": (list, _NONE), "error": (str, _NONE), "traceback": (str, _NONE), "time": (*_NUMBER, _NONE),
+}
+
+
+def event_problem(event: Any) -> str | None:
+    """Why a decoded trace line is not a usable event, or None when it is."""
+    if not isinstance(event, dict):
+        return f"not a JSON object but {type(event).__name__}"
+    if "ev" not in event:
+        return "an event without its kind ('ev')"
+    for name, value in event.items():
+        expected = FIELD_TYPES.get(name)
+        if expected is not None and not isinstance(value, expected):
+            return f"field {name!r} is {type(value).__name__}, not {' or '.join(t.__name__ for t in expected)}"
+    if event.get("argv") is not None and not all(isinstance(a, str) for a in event["argv"]):
+        return "field 'argv' holds something other than strings"
+    return None
+
+
 def read_trace_dir(trace_dir: str | Path, world_size: int = 1, steps_budget: int = 0) -> RunTrace:
-    """Read every process's trace file; a torn last line (killed mid-write) is dropped."""
+    """Read every process's trace file; damaged files and lines are left out and listed in ``damaged``.
+
+    A torn last line (a process killed mid-write) is dropped silently: that is how traces end.
+    """
     processes = []
+    damaged: list[str] = []
     for path in sorted(Path(trace_dir).glob("trace-*.jsonl")):
-        pid = pid_of(path.stem)
+        try:
+            pid = pid_of(path.stem)
+        except (ValueError, IndexError):
+            damaged.append(f"{path.name}: not named trace-<host>-<pid>.jsonl; the file was left out")
+            continue
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            damaged.append(f"{path.name}: cannot be read ({exc.strerror or exc}); left out")
+            continue
         events = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
                 continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                if number != len(lines):
+                    damaged.append(f"{path.name}:{number}: not JSON; the line was left out")
+                continue
+            problem = event_problem(event)
+            if problem is not None:
+                damaged.append(f"{path.name}:{number}: {problem}; the line was left out")
+                continue
+            events.append(event)
         processes.append(ProcessTrace(pid=pid, events=events))
-    return RunTrace(processes=processes, world_size=world_size, steps_budget=steps_budget)
+    return RunTrace(processes=processes, world_size=world_size, steps_budget=steps_budget, damaged=damaged)
 
 
 def load_events(events: list[Event], pid: int = 1) -> ProcessTrace:

@@ -64,6 +64,7 @@ def run_entry(script: str, argv: list[str], module: str | None = None) -> dict:
     trace_dir = os.environ.get(env.TRACE_DIR)
     if trace_dir:
         probe_mod.register_stack_dump(trace_dir)
+        _mark_begun(trace_dir)
 
     outcome = _run(script, module)
     probe = probe_mod.active_probe()
@@ -76,6 +77,17 @@ def run_entry(script: str, argv: list[str], module: str | None = None) -> dict:
         probe.finish(outcome["status"])
     probe_mod.write_exit_record(outcome)
     return outcome
+
+
+def _mark_begun(trace_dir: str) -> None:
+    """Tell the launcher the script's first line is about to run (a timeout before it is said so)."""
+    from convcheck.runtime.trace import process_tag
+
+    try:
+        with open(os.path.join(trace_dir, f"begun-{process_tag()}"), "w", encoding="utf-8"):
+            pass
+    except OSError:
+        pass
 
 
 def leave(code: int) -> None:

@@ -69,12 +69,25 @@ def call_name(call: ast.Call) -> str | None:
 _CODING = re.compile(rb"^[ \t\f]*#.*?coding[:=]")
 
 
+#: The largest script convcheck reads.
+MAX_SCRIPT_BYTES = 10_000_000
+
+
 def load_script(path: Path) -> StaticContext:
     """Read and parse the script, or raise ScriptError with a one-paragraph explanation."""
     if not path.exists():
         raise ScriptError(f"{path}: no such file. Give the path of a Python training script.")
     if path.is_dir():
         raise ScriptError(f"{path} is a folder. Give the path of a Python training script (a .py file).")
+    # A FIFO would block the read forever and /dev/zero would fill memory: only a regular file
+    # of a script's size is read.
+    if not path.is_file():
+        raise ScriptError(f"{path} is not a regular file (a pipe, socket or device). Give the path of a "
+                          "Python training script (a .py file).")
+    size = path.stat().st_size
+    if size > MAX_SCRIPT_BYTES:
+        raise ScriptError(f"{path} is {size / 1e6:.1f} MB: too large for a Python training script "
+                          f"(at most {MAX_SCRIPT_BYTES // 1_000_000} MB). Give the path of the script.")
     try:
         data = path.read_bytes()
     except OSError as exc:
