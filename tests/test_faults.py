@@ -551,10 +551,10 @@ def test_a_baseline_that_is_not_utf8_is_refused_before_anything_runs(project: Pr
 
 
 @pytest.mark.parametrize("setting, said", [
-    ("steps = true", "steps: Input should be a valid integer"),
-    ("timeout = true", "timeout: Input should be a valid number"),
-    ('steps = "10"', "steps: Input should be a valid integer"),
-    ("steps = 10.0", "steps: Input should be a valid integer"),
+    ("steps = true", "steps must be a whole number (got True)"),
+    ("timeout = true", "timeout must be a number (got True)"),
+    ('steps = "10"', "steps must be a whole number (got '10')"),
+    ("steps = 10.0", "steps must be a whole number (got 10.0)"),
     ('[tool.convcheck.per-file-ignores]\n"*.py" = ["CC999"]',
      "per-file-ignores names unknown check(s) 'CC999'; give codes or names that `convcheck rules` lists, or \"*\""),
 ])

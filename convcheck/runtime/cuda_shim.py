@@ -326,10 +326,26 @@ class CudaShim:
         for stat in ("memory_allocated", "max_memory_allocated", "memory_reserved", "max_memory_reserved"):
             replace(stat, f"torch.accelerator.{stat}", lambda *a, **k: 0)
         if self.pretend_cuda:
-            replace("is_available", "torch.accelerator.is_available (pretended)", lambda *a, **k: True)
-            replace("current_accelerator", "torch.accelerator.current_accelerator -> cuda (on the CPU)",
-                    lambda *a, **k: torch.device("cuda"))
-            replace("device_count", "torch.accelerator.device_count (pretended)", lambda *a, **k: devices)
+            # Pretended to the script only: torch's own code (an optimizer's graph-capture check) that is
+            # told an accelerator exists goes on to query its streams, which no mapping can provide.
+            from convcheck.runtime.locate import caller_file, is_torch_file
+
+            def pretend(name: str, what: str, answer: Any) -> None:
+                def make(original: Any) -> Any:
+                    def function(*args: Any, **kwargs: Any) -> Any:
+                        if is_torch_file(caller_file()):
+                            return original(*args, **kwargs)
+                        self.record(what)
+                        return answer()
+
+                    return function
+
+                self.patches.wrap(accelerator, name, make)
+
+            pretend("is_available", "torch.accelerator.is_available (pretended)", lambda: True)
+            pretend("current_accelerator", "torch.accelerator.current_accelerator -> cuda (on the CPU)",
+                    lambda: torch.device("cuda"))
+            pretend("device_count", "torch.accelerator.device_count (pretended)", lambda: devices)
         else:
             self._watch_availability(accelerator, "torch.accelerator.is_available")
             self._watch_availability(torch.cuda, "torch.cuda.is_available")
