@@ -678,6 +678,10 @@ class Probe:
             loader._convcheck_epochs = count
         record = {"loader": loader_id, "epoch": count, "batches": 0, "indices": [], "n_indices": 0,
                   "hash": hashlib.blake2b(digest_size=8), "step_start": self.step_count, "first_batch": None}
+        stale = self._open_epochs.pop(id(iterator), None)
+        if stale is not None:
+            # Two live iterators never share an id: this one belonged to an iterator dropped unfinished.
+            self._close_epoch(stale, complete=False)
         self._open_epochs[id(iterator)] = record
 
     def record_indices(self, iterator: Any, index: Any) -> None:
