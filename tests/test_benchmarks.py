@@ -9,6 +9,9 @@ import sys
 import pytest
 from cc_testing import REPO
 
+# Long end-to-end runs (the benchmark scripts' quick runs): `python -m pytest -m slow`, which CI runs too.
+pytestmark = pytest.mark.slow
+
 _RATIO = re.compile(r"ratio\s+(\d+\.\d+)")
 
 

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from cc_testing import convcheck, examples, parse_expectations
 
+# Long end-to-end runs (every bundled buggy example, run end to end): `python -m pytest -m slow`, which CI runs too.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("example", examples(fixed=False), ids=lambda p: p.stem)
 def test_example(example: Path) -> None:

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from cc_testing import convcheck, examples, parse_expectations
 
+# Long end-to-end runs (every fixed twin, run end to end): `python -m pytest -m slow`, which CI runs too.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("example", examples(fixed=True), ids=lambda p: p.stem)
 def test_fixed_example_is_silent(example: Path) -> None:

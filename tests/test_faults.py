@@ -28,6 +28,9 @@ from convcheck.runtime import reaper
 from convcheck.runtime.launcher import site_dir
 from convcheck.runtime.trace import event_problem
 
+# Long end-to-end runs (the fault matrix, one run per promise): `python -m pytest -m slow`, which CI runs too.
+pytestmark = pytest.mark.slow
+
 TRAIN_LOOP = """
 model = torch.nn.Linear(4, 2)
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -315,6 +318,7 @@ def test_files_the_run_creates_in_the_temp_folder_pass_through_but_existing_ones
 
 ESCAPING_CHILDREN = """
 import subprocess, sys, time, torch
+
 token = sys.argv[1]
 sleep = "import time; time.sleep(600)"
 subprocess.Popen([sys.executable, "-c", sleep, token], start_new_session=True)

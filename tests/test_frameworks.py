@@ -14,6 +14,9 @@ import pytest
 from cc_testing import EXAMPLES, SCRIPTS, Result, convcheck, read_traces
 from test_examples import parse_expectations
 
+# Long end-to-end runs (HF Trainer, Lightning and accelerate runs): `python -m pytest -m slow`, which CI runs too.
+pytestmark = pytest.mark.slow
+
 FRAMEWORKS = EXAMPLES / "frameworks"
 _IMPORTS = {"transformers": "from transformers ", "lightning": "import lightning", "accelerate": "from accelerate "}
 

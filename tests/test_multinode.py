@@ -10,6 +10,11 @@ from pathlib import Path
 from cc_testing import SCRIPTS, convcheck
 from convcheck.runtime.launcher import free_port
 
+import pytest
+
+# Long end-to-end runs (two-node torchrun jobs): `python -m pytest -m slow`, which CI runs too.
+pytestmark = pytest.mark.slow
+
 
 def _two_nodes(tmp_path: Path, worker_args: list[str], script: Path) -> list[subprocess.CompletedProcess]:
     port = free_port()
