@@ -14,6 +14,7 @@ import sys
 import weakref
 from typing import Any
 
+from convcheck.runtime.locate import called_from_user_code, caller_file, is_library_file, is_torch_file
 from convcheck.runtime.patches import Patches
 
 # Factory functions that take ``device=``: a CUDA device there becomes the CPU.
@@ -49,8 +50,6 @@ class CudaShim:
         A mapping a library made (Lightning's ``empty_cache``, Inductor's ``current_device``) is recorded
         as the library's: the user's line that led there did not ask for CUDA.
         """
-        from convcheck.runtime.locate import called_from_user_code
-
         library = not called_from_user_code(2)
         if (what, library) in self.seen:
             return
@@ -328,8 +327,6 @@ class CudaShim:
         if self.pretend_cuda:
             # Pretended to the script only: torch's own code (an optimizer's graph-capture check) that is
             # told an accelerator exists goes on to query its streams, which no mapping can provide.
-            from convcheck.runtime.locate import caller_file, is_torch_file
-
             def pretend(name: str, what: str, answer: Any) -> None:
                 def make(original: Any) -> Any:
                     def function(*args: Any, **kwargs: Any) -> Any:
@@ -357,8 +354,6 @@ class CudaShim:
         def make(original: Any) -> Any:
             def is_available(*args: Any, **kwargs: Any) -> Any:
                 answer = original(*args, **kwargs)
-                from convcheck.runtime.locate import caller_file, is_library_file
-
                 if not answer and what not in shim.asked and not is_library_file(caller_file()):
                     shim.asked.add(what)
                     from convcheck.runtime.probe import _loc

@@ -58,6 +58,8 @@ def _skipped(filename: str) -> bool:
 
 
 _cache: dict[str, bool] = {}
+
+
 def caller_frame() -> FrameType | None:
     """The nearest frame outside convcheck: who called a patched function."""
     frame = sys._getframe(1)
