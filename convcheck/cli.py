@@ -65,6 +65,12 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class ProtectFiles(str, Enum):
+    auto = "auto"
+    kernel = "kernel"
+    python = "python"
+
+
 class FailOn(str, Enum):
     error = "error"
     warning = "warning"
@@ -175,6 +181,12 @@ def run(
         typer.Option(metavar="FILE", show_default=False,
                      help="Record this run's findings as the baseline in FILE; exit 0 on findings."),
     ] = None,
+    protect_files: Annotated[
+        Optional[ProtectFiles],
+        typer.Option(metavar="LEVEL", show_default=False,
+                     help="How your files are kept untouched: auto (default: a kernel-level overlay where Linux "
+                     "allows it, else Python-level), kernel (refuse to run without it) or python."),
+    ] = None,
 ) -> None:
     """Run SCRIPT for a few steps under instrumentation and report why it may not converge.
 
@@ -190,7 +202,7 @@ def run(
         formats=[f.value for f in output_format or [OutputFormat.text]], outputs=list(output or []),
         show_output=show_output, trace_dir=trace_dir, static_only=static_only, baseline=baseline,
         write_baseline=write_baseline, device=device.value, pretend_cuda=pretend_cuda, cuda_devices=cuda_devices,
-        tensorboard=tensorboard,
+        tensorboard=tensorboard, protect_files=protect_files.value if protect_files else None,
     )
     try:
         options = resolve_options(script, list(script_args or []), flags)

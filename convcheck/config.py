@@ -28,6 +28,7 @@ class FileConfig(BaseModel):
     #: Seconds; an integer is a number of seconds too.
     timeout: float = Field(300.0, ge=1, strict=True)
     max_batches_per_epoch: int | None = Field(None, alias="max-batches-per-epoch", ge=1, strict=True)
+    protect_files: Literal["auto", "kernel", "python"] = Field("auto", alias="protect-files")
     #: glob pattern (relative to the pyproject.toml's folder) -> codes or names to ignore there.
     per_file_ignores: dict[str, list[str]] = Field(default_factory=dict, alias="per-file-ignores", strict=True)
     #: per-check options: ``[tool.convcheck.checks.CC005] ...`` (code or name -> table).

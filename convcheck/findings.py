@@ -85,8 +85,14 @@ class RunSummary(BaseModel):
     #: ``{"op", "path", "to", "file", "line"}``; ``to`` is the run's copy (deleted after the run),
     #: null for a deletion, which is recorded and not performed.
     file_changes: list[dict[str, Any]] = Field(default_factory=list)
-    #: What kept the user's files untouched: "python" (a copy-on-write guard in every Python process).
+    #: What kept the user's files untouched: "kernel" (an overlayfs mount namespace under the folders in
+    #: ``protected_folders``, with the Python-level guard everywhere) or "python" (the copy-on-write guard
+    #: in every Python process only; ``protection_note`` says why there was no kernel-level layer).
     file_protection: str | None = None
+    protected_folders: list[str] = Field(default_factory=list)
+    #: Mounts below a protected folder that the kernel-level layer passed through: ``{"path", "why"}``.
+    unprotected_mounts: list[dict[str, Any]] = Field(default_factory=list)
+    protection_note: str | None = None
     script_argv: list[str] = Field(default_factory=list)
     #: CUDA usage that was mapped onto the CPU (first use of each kind, with the user's line).
     device_mapping: list[dict[str, Any]] = Field(default_factory=list)

@@ -26,6 +26,8 @@ class RunOptions:
     nproc_per_node: int | None = None
     steps: int = 20
     max_batches_per_epoch: int | None = None
+    #: How the user's files are kept untouched: "auto", "kernel" or "python" (``runtime.sandbox.MODES``).
+    protect_files: str = "auto"
     timeout: float = 300.0
     formats: list[str] = field(default_factory=lambda: ["text"])
     outputs: list[Path] = field(default_factory=list)
@@ -53,7 +55,8 @@ class UserError(Exception):
 
 
 #: Settings that both ``[tool.convcheck]`` and the command line can give (the flag wins).
-MERGED_SETTINGS = ("select", "ignore", "fail_on", "steps", "nproc_per_node", "timeout", "max_batches_per_epoch")
+MERGED_SETTINGS = ("select", "ignore", "fail_on", "steps", "nproc_per_node", "timeout", "max_batches_per_epoch",
+                   "protect_files")
 
 
 def resolve_options(script: Path, script_args: list[str], flags: dict) -> RunOptions:
@@ -320,6 +323,13 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
     from convcheck.runtime.trace import read_trace_dir
 
     script = options.script
+    if options.protect_files == "kernel":
+        from convcheck.runtime.sandbox import probe_available
+
+        reason = probe_available()
+        if reason is not None:
+            raise UserError(f"--protect-files kernel: no kernel-level layer can be built here ({reason}). "
+                            "Run with --protect-files auto to be protected at the Python level instead.")
     if options.trace_dir is not None:
         run_dir = options.trace_dir.resolve()
         if run_dir.exists() and any(run_dir.iterdir()):
@@ -345,7 +355,7 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
                 max_batches_per_epoch=options.max_batches_per_epoch, show_output=show_output,
                 device=options.device, pretend_cuda=options.pretend_cuda,
                 cuda_devices=options.cuda_devices or nproc or 1, repeat_first_batch=repeat_first_batch,
-                terminal_stdin=folder == run_dir,
+                terminal_stdin=folder == run_dir, protect_files=options.protect_files,
             )
 
         specs = {"main": spec_for(run_dir, options.nproc_per_node, options.steps, options.show_output)}
@@ -366,7 +376,7 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
             )
         summary = summarize_run(launched, trace, options)
         summary.file_changes = _file_changes([launched, *launches.values()])
-        summary.file_protection = "python"
+        _protection(summary, launched)
         findings, check_errors = run_checks(checks, ctx, trace, runtime=True)
     finally:
         # Files the script saved are evidence only while the run is analysed.
@@ -384,9 +394,18 @@ def _file_changes(launches: list) -> list[dict]:  # noqa: ANN001
 
     seen: dict[tuple, dict] = {}
     for launched in launches:
-        for row in read_journal(launched.trace_dir):
+        for row in [*read_journal(launched.trace_dir), *launched.kernel_changes]:
             seen.setdefault((row["op"], row["path"]), row)
     return list(seen.values())
+
+
+def _protection(summary: RunSummary, launched) -> None:  # noqa: ANN001
+    """Say which level kept the user's files untouched, where, and why not more."""
+    protection = launched.protection
+    summary.file_protection = protection.get("level", "python")
+    summary.protected_folders = list(protection.get("overlaid", []))
+    summary.unprotected_mounts = list(protection.get("passed_through", []))
+    summary.protection_note = protection.get("why")
 
 
 def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: ANN001

@@ -24,12 +24,16 @@ import pytest
 
 from cc_testing import REPO, processes_running
 from convcheck.exitcodes import ExitCode
-from convcheck.runtime import reaper
+from convcheck.runtime import reaper, sandbox
 from convcheck.runtime.launcher import site_dir
 from convcheck.runtime.trace import event_problem
 
 # Long end-to-end runs (the fault matrix, one run per promise): `python -m pytest -m slow`, which CI runs too.
 pytestmark = pytest.mark.slow
+
+#: Why no kernel-level layer can be built on this machine (None: it can).
+KERNEL_LAYER = sandbox.probe_available()
+needs_kernel_layer = pytest.mark.skipif(KERNEL_LAYER is not None, reason=f"no kernel-level layer: {KERNEL_LAYER}")
 
 TRAIN_LOOP = """
 model = torch.nn.Linear(4, 2)
@@ -203,7 +207,9 @@ def test_every_python_level_write_rename_and_delete_lands_in_scratch(project: Pr
     before = project.state()
 
     # CC002 runs the script twice: both runs see their own view, and neither touches the project.
-    result = project.run("run", "--steps", "3", "--fail-on", "never", "--format", "json", "train.py")
+    # The Python-level guard alone (no kernel-level layer under it) covers every one of these writers.
+    result = project.run("run", "--steps", "3", "--fail-on", "never", "--protect-files", "python", "--format", "json",
+                         "train.py")
 
     assert result.returncode == ExitCode.OK, result.stderr
     run = json.loads(result.stdout)["run"]
@@ -238,8 +244,11 @@ def test_text_report_lists_each_change_and_where_it_went(project: Project) -> No
     result = project.run("run", "--steps", "2", "--ignore", "CC002", "train.py", COLUMNS="400")
 
     assert result.returncode == ExitCode.OK, result.stderr
+    level = ("Python-level guard" if KERNEL_LAYER is not None else
+             f"kernel-level overlay on {', '.join(sorted({str(Path.home().resolve()), str(project.dir.resolve())}))}, "
+             "Python-level guard elsewhere")
     assert ("The script changed these paths during the run; the changes went to the run's scratch folder "
-            "(deleted afterwards) and yours were not touched (Python-level guard):") in " ".join(result.stdout.split())
+            f"(deleted afterwards) and yours were not touched ({level}):") in " ".join(result.stdout.split())
     assert f"appended to: {project.dir.resolve() / 'log.txt'}  (train.py:3)" in result.stdout
     project.assert_clean(before)
 
@@ -314,6 +323,83 @@ def test_files_the_run_creates_in_the_temp_folder_pass_through_but_existing_ones
     project.assert_clean(before)
 
 
+# --------------------------------------------------------------------------- the kernel-level layer
+
+
+NATIVE_WRITERS = """
+import subprocess, torch
+# A shell is not Python: nothing it does passes through the Python-level guard.
+subprocess.run("echo native > notes.txt; echo more >> log.txt; rm old.txt; rm -r data; mkdir made; "
+               "echo x > made/y.bin", shell=True, check=True)
+if open("notes.txt").read() != "native\\n" or open("log.txt").read() != "the user's log\\nmore\\n":
+    raise SystemExit("the run's view is wrong after native writes")
+"""
+
+
+@needs_kernel_layer
+def test_writers_outside_python_are_caught_by_the_kernel_layer(project: Project) -> None:
+    _user_files(project)
+    project.write("train.py", NATIVE_WRITERS, loop=True)
+    before = project.state()
+
+    result = project.run("run", "--steps", "2", "--fail-on", "never", "--format", "json", "train.py")
+
+    assert result.returncode == ExitCode.OK, result.stderr
+    run = json.loads(result.stdout)["run"]
+    assert run["file_protection"] == "kernel"
+    assert str(project.dir) in run["protected_folders"]
+    changes = {(row["op"], Path(row["path"]).relative_to(project.dir).as_posix()) for row in run["file_changes"]
+               if row.get("level") == "kernel"}
+    assert changes == {("write", "notes.txt"), ("write", "log.txt"), ("delete", "old.txt"), ("delete", "data"),
+                       ("mkdir", "made"), ("create", "made/y.bin")}
+    project.assert_clean(before)
+
+
+@needs_kernel_layer
+def test_the_text_report_says_which_level_caught_what(project: Project) -> None:
+    _user_files(project)
+    project.write("train.py", NATIVE_WRITERS, loop=True)
+
+    result = project.run("run", "--steps", "2", "--ignore", "CC002", "train.py", COLUMNS="200")
+
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "(kernel-level overlay on " in result.stdout and f"{project.dir}" in result.stdout
+    assert "deleted: old.txt  (outside Python: caught by the kernel-level layer)" in result.stdout.replace(
+        f"{project.dir}/", "")
+
+
+def test_with_the_python_level_guard_only_a_shell_reaches_the_folder(project: Project) -> None:
+    # What the README says is not guarded without the kernel-level layer, proven.
+    _user_files(project)
+    project.write("train.py", NATIVE_WRITERS, loop=True)
+
+    result = project.run("run", "--steps", "2", "--ignore", "CC002", "--protect-files", "python", "--format",
+                         "json", "train.py")
+
+    assert result.returncode == ExitCode.OK, result.stderr
+    run = json.loads(result.stdout)["run"]
+    assert (run["file_protection"], run["protected_folders"]) == ("python", [])
+    assert (project.dir / "notes.txt").read_text() == "native\n"
+    assert not (project.dir / "old.txt").exists()
+
+
+@needs_kernel_layer
+def test_a_trace_folder_inside_the_project_is_written_and_the_rest_protected(project: Project) -> None:
+    _user_files(project)
+    project.write("train.py", NATIVE_WRITERS, loop=True)
+    before = project.state()
+
+    result = project.run("run", "--steps", "2", "--ignore", "CC002", "--trace-dir", "traces", "--format", "json",
+                         "train.py")
+
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert json.loads(result.stdout)["run"]["file_protection"] == "kernel"
+    assert list((project.dir / "traces" / "trace").glob("trace-*.jsonl"))
+    after = {k: v for k, v in project.state().items() if not k.startswith("traces")}
+    assert after == before
+    assert list(project.tmp.glob("convcheck-run-*")) == []
+
+
 # --------------------------------------------------------------------------- every process gone
 
 ESCAPING_CHILDREN = """
@@ -360,13 +446,15 @@ def test_signals_stop_every_process(project: Project, signum: int) -> None:
 
 
 def test_after_sigkill_the_next_run_cleans_up(project: Project) -> None:
-    # Found by the run's environment they kept (a process that also cleared it cannot be told apart).
-    project.write("train.py", ESCAPING_CHILDREN + TRAIN_LOOP.replace("range(1000)", "iter(int, 1)")
+    # Found by the run's environment they kept, or (with the kernel-level layer) by the run's mount
+    # namespace, which a process that cleared its environment and left the session is still in.
+    cleared = CLEARED_CHILD if KERNEL_LAYER is None else ""
+    project.write("train.py", ESCAPING_CHILDREN + cleared + TRAIN_LOOP.replace("range(1000)", "iter(int, 1)")
                   + "    time.sleep(0.01)\n")
     project.write("ok.py", "import torch\n" + TRAIN_LOOP)
     before = project.state()
     proc = project.start("run", "--steps", "1000000", "--ignore", "CC002", "train.py", project.dir)
-    wait_for(lambda: len(processes_running(f"time.sleep(600) {project.dir}")) >= 3)
+    wait_for(lambda: len(processes_running(f"time.sleep(600) {project.dir}")) >= (3 if cleared else 4))
 
     proc.kill()
     proc.communicate(timeout=30)
@@ -559,6 +647,7 @@ def test_a_baseline_that_is_not_utf8_is_refused_before_anything_runs(project: Pr
     ("timeout = true", "timeout must be a number (got True)"),
     ('steps = "10"', "steps must be a whole number (got '10')"),
     ("steps = 10.0", "steps must be a whole number (got 10.0)"),
+    ('protect-files = "yes"', "protect-files must be 'auto', 'kernel' or 'python' (got 'yes')"),
     ('[tool.convcheck.per-file-ignores]\n"*.py" = ["CC999"]',
      "per-file-ignores names unknown check(s) 'CC999'; give codes or names that `convcheck rules` lists, or \"*\""),
 ])

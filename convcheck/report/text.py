@@ -110,15 +110,21 @@ class ReportView:
             from convcheck.runtime.fsguard import OP_WORDS
 
             yield Text("The script changed these paths during the run; the changes went to the run's scratch "
-                       "folder (deleted afterwards) and yours were not touched (Python-level guard):")
+                       f"folder (deleted afterwards) and yours were not touched ({_protection_words(run)}):")
             for row in run.file_changes[:_MAX_FILE_ROWS]:
+                native = "  (outside Python: caught by the kernel-level layer)" if row.get("level") == "kernel" else ""
                 yield Text(f"  {OP_WORDS.get(row.get('op'), row.get('op'))}: {row.get('path')}"
-                           f"{_where(row, '  ({})')}", style="dim")
+                           f"{_where(row, '  ({})')}{native}", style="dim")
             if len(run.file_changes) > _MAX_FILE_ROWS:
                 yield Text(f"  … and {len(run.file_changes) - _MAX_FILE_ROWS} more (all in --format json)",
                            style="dim")
             yield Text("")
-        elif run.redirected_saves:
+        if run.unprotected_mounts:
+            yield Text("Mounts inside the protected folders that the kernel-level layer passed through "
+                       "(Python-level guard only): " + ", ".join(f"{m['path']} ({m['why']})"
+                                                                 for m in run.unprotected_mounts), style="yellow")
+            yield Text("")
+        if run.redirected_saves and not run.file_changes:
             yield Text("Files the script saved during the run went to a scratch folder (yours were not touched):")
             for save in run.redirected_saves:
                 yield Text(f"  {save.get('path')}{_where(save, '  ({})')}", style="dim")
@@ -231,3 +237,10 @@ def print_report(report: Report, console: Console | None = None) -> None:
     width = int(columns) if columns.isdigit() and int(columns) > 0 else 120
     sys.stdout.write(render(report, width=width))
     sys.stdout.flush()
+
+
+def _protection_words(run) -> str:  # noqa: ANN001
+    """Which level kept the user's files untouched, in the report's words."""
+    if run.file_protection == "kernel":
+        return "kernel-level overlay on " + ", ".join(run.protected_folders) + ", Python-level guard elsewhere"
+    return "Python-level guard" + (f"; no kernel-level layer: {run.protection_note}" if run.protection_note else "")

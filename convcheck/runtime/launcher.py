@@ -14,12 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convcheck.runtime import env
+from convcheck.runtime import env, sandbox
 from convcheck.runtime.trace import pid_of, process_tag
 
 _POLL_S = 0.05
@@ -51,6 +52,8 @@ class LaunchSpec:
     terminal_stdin: bool = False
     #: Run this module (``python -m`` style) instead of the script file; ``script`` is its source.
     module: str | None = None
+    #: "auto", "kernel" or "python": see ``convcheck.runtime.sandbox.MODES``.
+    protect_files: str = "auto"
 
 
 @dataclass
@@ -84,6 +87,10 @@ class LaunchResult:
     exited_at: dict[int, float] = field(default_factory=dict)
     #: Did any worker start the user's script before the launch ended?
     script_started: bool = False
+    #: What kept the user's files untouched: {"level", "overlaid", "passed_through", "why"}.
+    protection: dict = field(default_factory=lambda: {"level": "python"})
+    #: Changes the kernel-level layer caught under the protected folders (writers that bypass Python).
+    kernel_changes: list[dict] = field(default_factory=list)
 
 
 def result_from_trace_dir(trace_dir: Path) -> LaunchResult:
@@ -179,6 +186,8 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
     procs: list[subprocess.Popen] = []
     logs = []
     result = LaunchResult(workers=[], trace_dir=trace_dir, scratch_dir=scratch_dir)
+    layer = _protect(spec, result)
+    join = layer.join(os.getcwd()) if layer is not None else None
     start = time.monotonic()
     try:
         for rank in range(count):
@@ -193,7 +202,7 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
                 subprocess.Popen(
                     cmd, env=worker_env(spec, rank, port), stdin=None if rank == 0 and _terminal_stdin(spec)
                     else subprocess.DEVNULL,
-                    stdout=stdout, stderr=stderr, start_new_session=True,
+                    stdout=stdout, stderr=stderr, start_new_session=True, preexec_fn=join,
                 )
             )
         _wait(procs, spec, result, start, cancel)
@@ -202,8 +211,12 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
     finally:
         if result.timed_out:
             result.stacks = _dump_stacks(procs, trace_dir)
-        _kill_all(procs, trace_dir)
+        _kill_all(procs, trace_dir, layer)
         result.wall_seconds = time.monotonic() - start
+        if layer is not None:
+            layer.close()
+            result.kernel_changes = layer.changes()
+            sandbox.remove(layer.layer_dir)
         for _, _, stdout, stderr in logs:
             for handle in (stdout, stderr):
                 if handle is not None:
@@ -289,11 +302,39 @@ def _dump_stacks(procs: list[subprocess.Popen], trace_dir: Path) -> dict[int, st
     return stacks
 
 
-def _kill_all(procs: list[subprocess.Popen], trace_dir: Path) -> None:
+def _protect(spec: LaunchSpec, result: LaunchResult):  # noqa: ANN202
+    """Build the kernel-level layer when asked and possible; record which level protects the run."""
+    if spec.protect_files == "python":
+        result.protection = {"level": "python", "why": "--protect-files python"}
+        return None
+    cwd = os.getcwd()
+    candidates = [cwd, str(spec.script.parent), os.path.expanduser("~"),
+                  *sandbox.path_arguments(spec.script_args, cwd)]
+    layer_dir = spec.run_dir / sandbox.LAYER_DIR
+    if any(sandbox.inside(str(spec.run_dir.resolve()), os.path.realpath(c)) for c in candidates):
+        # The run's folder lies in a protected folder (--trace-dir ./traces): the layer lives elsewhere.
+        from convcheck.runtime import reaper
+
+        layer_dir = Path(tempfile.mkdtemp(prefix=reaper.RUN_PREFIX))
+        reaper.claim(layer_dir)
+    try:
+        layer = sandbox.build(layer_dir, candidates, passed=[str(spec.run_dir)], python=spec.python)
+    except sandbox.SandboxUnavailable as exc:
+        result.protection = {"level": "python", "why": str(exc)}
+        if layer_dir.parent != spec.run_dir:
+            sandbox.remove(layer_dir)
+        if spec.protect_files == "kernel":
+            raise
+        return None
+    result.protection = layer.describe()
+    return layer
+
+
+def _kill_all(procs: list[subprocess.Popen], trace_dir: Path, layer=None) -> None:  # noqa: ANN001
     """Kill each worker's process group and every other process of the run: no orphan survives it."""
     from convcheck.runtime.reaper import stop_run
 
-    stop_run([proc.pid for proc in procs], trace_dir)
+    stop_run([proc.pid for proc in procs], trace_dir, ns_inode=layer.ns_inode if layer is not None else None)
     for proc in procs:
         try:
             proc.wait(timeout=5)

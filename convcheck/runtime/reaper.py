@@ -22,7 +22,7 @@ from pathlib import Path
 
 _PR_SET_CHILD_SUBREAPER = 36
 _OWNER_FILE = "owner"
-_RUN_PREFIX = "convcheck-run-"
+RUN_PREFIX = "convcheck-run-"
 
 
 def become_subreaper() -> bool:
@@ -133,13 +133,18 @@ def reap(pids: list[int]) -> None:
             time.sleep(0.01)
 
 
-def stop_run(worker_pids: list[int], trace_dir: Path) -> None:
-    """Kill every process of one run: the workers, their trees, and the run's orphans re-parented here."""
+def stop_run(worker_pids: list[int], trace_dir: Path, ns_inode: int | None = None) -> None:
+    """Kill every process of one run: the workers, their trees, the run's orphans re-parented here,
+    and everything inside the run's mount namespace (``ns_inode``) when it has one."""
+    from convcheck.runtime.sandbox import members
+
     for _ in range(3):  # a tree may still be forking while it is killed: look again
         doomed = set(worker_pids)
         for pid in worker_pids:
             doomed.update(descendants(pid))
         doomed.update(tagged(trace_dir, descendants(os.getpid())))
+        if ns_inode is not None:
+            doomed.update(members(ns_inode))
         alive = [pid for pid in doomed if _stat_fields(pid) is not None and _stat_fields(pid)[0] != "Z"]
         if not alive:
             return
@@ -184,10 +189,12 @@ def _owner_alive(run_dir: Path) -> bool | None:
 def clean_stale_runs(temp_dir: str | None = None) -> list[Path]:
     """Remove run folders (and their processes) left by a convcheck that was killed; what was removed."""
     removed = []
-    for run_dir in Path(temp_dir or tempfile.gettempdir()).glob(f"{_RUN_PREFIX}*"):
+    for run_dir in Path(temp_dir or tempfile.gettempdir()).glob(f"{RUN_PREFIX}*"):
         if not run_dir.is_dir() or _owner_alive(run_dir) is not False:
             continue
-        kill(tagged(run_dir, below=True))
-        shutil.rmtree(run_dir, ignore_errors=True)
+        from convcheck.runtime.sandbox import processes_of, remove
+
+        kill(sorted(set(tagged(run_dir, below=True)) | set(processes_of(run_dir))))
+        remove(run_dir)
         removed.append(run_dir)
     return removed
