@@ -91,6 +91,7 @@ class UnseededRng(Check):
     name = "unseeded-rng"
     severity = Severity.ERROR
     summary = "Two runs of the script differ: RNGs drawn from without seeding, seeds set too late, worker RNG copies."
+    needs = frozenset({"seeding"})
 
     _pending: list[Finding]
 

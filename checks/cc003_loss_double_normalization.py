@@ -134,6 +134,7 @@ class LossDoubleNormalization(Check):
     name = "loss-double-normalization"
     severity = Severity.ERROR
     summary = "A mean-reduced loss divided again by the batch size; accumulation not divided by its count."
+    needs = frozenset({"graph"})
 
     _pending: list[Finding]
 

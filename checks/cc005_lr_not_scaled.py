@@ -154,6 +154,7 @@ class LrNotScaled(Check):
     name = "lr-not-scaled"
     severity = Severity.WARNING
     summary = "The global batch grows with the world size (or accumulation) while the learning rate does not."
+    needs = frozenset({"graph"})
 
     _pending: list[Finding]
     _facts: list[_StaticFacts]

@@ -205,6 +205,7 @@ class SoftmaxBeforeCrossEntropy(Check):
     name = "softmax-before-cross-entropy"
     severity = Severity.ERROR
     summary = "Probabilities (softmax/sigmoid outputs) fed to a loss that expects logits."
+    needs = frozenset({"graph"})
 
     _pending: list[Finding] = []
 

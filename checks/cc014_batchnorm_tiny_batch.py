@@ -59,6 +59,7 @@ class BatchnormTinyBatch(Check):
     name = "batchnorm-tiny-batch"
     severity = Severity.INFO
     summary = "BatchNorm over a per-process batch of a few samples under DDP, without SyncBatchNorm."
+    needs = frozenset({"graph"})
 
     def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
         trainers = run.trainers

@@ -43,6 +43,9 @@ class Check:
     runtime_follows: bool = False
     severity: ClassVar[Severity]
     summary: ClassVar[str]
+    #: The recorders (``convcheck.runtime.recorders``) whose evidence this check reads, beyond what the probe
+    #: always records (steps, losses, parameters and gradients, models, data loading, AMP, DDP, checkpoints).
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
         """Findings from the script's source alone."""

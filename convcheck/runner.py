@@ -346,6 +346,8 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
         for check in checks:
             variants.update(check.extra_runs(options.nproc_per_node, options.steps, ctx))
 
+        recorders = _recorders_for(checks)
+
         def spec_for(folder: Path, nproc: int | None, steps: int, show_output: bool,
                      repeat_first_batch: bool = False) -> LaunchSpec:
             return LaunchSpec(
@@ -355,7 +357,7 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
                 max_batches_per_epoch=options.max_batches_per_epoch, show_output=show_output,
                 device=options.device, pretend_cuda=options.pretend_cuda,
                 cuda_devices=options.cuda_devices or nproc or 1, repeat_first_batch=repeat_first_batch,
-                terminal_stdin=folder == run_dir, protect_files=options.protect_files,
+                terminal_stdin=folder == run_dir, protect_files=options.protect_files, recorders=recorders,
             )
 
         specs = {"main": spec_for(run_dir, options.nproc_per_node, options.steps, options.show_output)}
@@ -386,6 +388,19 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
         if options.trace_dir is None:
             shutil.rmtree(run_dir, ignore_errors=True)
     return summary, findings, check_errors, trace
+
+
+def _recorders_for(checks: list) -> list[str]:
+    """The recorders the selected checks need; a check that needs one nobody provides is bad input."""
+    from convcheck.runtime.recorders import available_recorders, needed_by
+
+    known = available_recorders()
+    for check in checks:
+        missing = sorted(set(check.needs) - set(known))
+        if missing:
+            raise UserError(f"{check.code} ({check.name}) needs the recorder(s) {', '.join(missing)}, which no "
+                            f"installed package provides; known recorders: {', '.join(sorted(known))}.")
+    return needed_by(checks)
 
 
 def _file_changes(launches: list) -> list[dict]:  # noqa: ANN001

@@ -14,3 +14,5 @@ PRETEND_DEVICES = "CONVCHECK_PRETEND_DEVICES"
 REPEAT_FIRST_BATCH = "CONVCHECK_REPEAT_FIRST_BATCH"
 #: Set when convcheck itself started the workers (--nproc-per-node): their number.
 NPROC_PER_NODE = "CONVCHECK_NPROC_PER_NODE"
+#: Comma-separated names of the recorders to install (absent: every available one).
+RECORDERS = "CONVCHECK_RECORDERS"

@@ -54,6 +54,8 @@ class LaunchSpec:
     module: str | None = None
     #: "auto", "kernel" or "python": see ``convcheck.runtime.sandbox.MODES``.
     protect_files: str = "auto"
+    #: The recorders to install besides the probe's own evidence (None: every available one).
+    recorders: list[str] | None = None
 
 
 @dataclass
@@ -147,6 +149,10 @@ def worker_env(spec: LaunchSpec, rank: int, port: int) -> dict[str, str]:
         environ[env.REPEAT_FIRST_BATCH] = "1"
     else:
         environ.pop(env.REPEAT_FIRST_BATCH, None)
+    if spec.recorders is None:
+        environ.pop(env.RECORDERS, None)
+    else:
+        environ[env.RECORDERS] = ",".join(spec.recorders)
     environ["PYTHONUNBUFFERED"] = "1"
     # Importing the user's own modules must not leave __pycache__ folders in their project.
     environ["PYTHONDONTWRITEBYTECODE"] = "1"

@@ -153,6 +153,10 @@ class Patches:
 
         return _eager(guarded_hook) if eager_under_compile else guarded_hook
 
+    def labels(self) -> list[str]:
+        """``Owner.name`` of every patch in place, oldest first."""
+        return [f"{getattr(owner, '__name__', type(owner).__name__)}.{name}" for owner, name, _ in self._undo]
+
     def undo_all(self) -> None:
         """Restore every original, newest first."""
         while self._undo:

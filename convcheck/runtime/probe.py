@@ -19,10 +19,9 @@ import weakref
 from typing import Any
 
 from convcheck.runtime import env, fsguard, stepstats
-from convcheck.runtime.graph import summarize_graph
-from convcheck.runtime.locate import (
-    called_by_library, caller_file, caller_frame, is_library_file, is_torch_file, user_frame, user_location,
-)
+from convcheck.runtime.fields import loc as _loc
+from convcheck.runtime.fields import num as _num
+from convcheck.runtime.locate import called_by_library, caller_frame, is_library_file, user_frame
 from convcheck.runtime.patches import Patches
 from convcheck.runtime.trace import Event, TraceWriter, process_tag
 
@@ -60,11 +59,6 @@ def _owning_module(module: Any, frames: int = 12) -> Any:
     return None
 
 
-def _loc(depth: int = 3) -> list[Any] | None:
-    found = user_location(depth)
-    return [found[0], found[1]] if found else None
-
-
 class Probe:
     """Per-process recorder. One instance per process; forked children reset it."""
 
@@ -76,7 +70,6 @@ class Probe:
         self.patches = Patches(on_error=self._probe_error)
         self.handles: list[Any] = []
         self.stopping = False
-        self.seeding = False
         self.warnings_recorded = 0
         self.scaled_losses: dict[int, float] = {}
         self.finished = False
@@ -116,20 +109,16 @@ class Probe:
         self.param_refs: dict[int, Any] = {}
         self.root_refs: list[Any] = []
         self.optimizer_refs: list[Any] = []
-        # Global RNG states at install or at the user's last seeding, and which RNGs were drawn
-        # from before any seeding (CC002).
-        self.rng_base: dict[str, Any] = {}
-        self.rng_seeded: set[str] = set()
-        self.rng_unseeded_draws: set[str] = set()
         self.final_recorded = False
         #: The optimizer stepped last and its parameters: whose gradients the next backward adds to.
         self.stepped: tuple[int, list[Any]] | None = None
         #: Nesting of Module.train() calls: only the outermost one is recorded.
         self.train_mode_depth = 0
-        self.scheduler_count = 0
         #: CC012's overfit run: each DataLoader's first batch, yielded again in place of every later one.
         self.repeat_first_batch = os.environ.get(env.REPEAT_FIRST_BATCH) == "1"
         self.first_batches: dict[int, Any] = {}
+        #: The recorders this run asked for (``CONVCHECK_RECORDERS``; absent: every available one), by name.
+        self.recorders: dict[str, Any] = {}
 
     # -- recording -------------------------------------------------------------
 
@@ -488,44 +477,6 @@ class Probe:
         if found:
             self.emit("module_flags", when=when, root=type(root).__name__, flags=found)
 
-    def rng_states(self, torch: Any) -> dict[str, Any]:
-        """The global RNGs' current states, compared by equality only."""
-        import random
-
-        states: dict[str, Any] = {"python": random.getstate(), "torch": torch.random.get_rng_state()}
-        numpy = sys.modules.get("numpy")
-        if numpy is not None:
-            try:
-                state = numpy.random.get_state()
-                states["numpy"] = (state[0], state[1].tobytes(), state[2], state[3], state[4])
-            except Exception:
-                pass
-        return states
-
-    def rng_drawn(self, torch: Any, rng: str) -> bool:
-        """Whether ``rng`` was drawn from since install or its last seeding."""
-        base = self.rng_base.get(rng)
-        current = self.rng_states(torch).get(rng)
-        if base is None or current is None:
-            return False
-        if rng == "torch":
-            return not torch.equal(base, current)
-        return base != current
-
-    def note_rng(self, torch: Any, rng: str, before_seed: bool) -> bool:
-        """Around a user's seeding: before it, whether the RNG was drawn from while still unseeded."""
-        if rng not in self.rng_base:
-            return False
-        drawn = False
-        if before_seed:
-            drawn = self.rng_drawn(torch, rng)
-            if drawn and rng not in self.rng_seeded:
-                self.rng_unseeded_draws.add(rng)
-        else:
-            self.rng_seeded.add(rng)
-            self.rng_base[rng] = self.rng_states(torch)[rng]
-        return drawn
-
     def record_final(self) -> None:
         """Once, at the budget or the end of a process that trained: what the run ends with (CC002, CC006)."""
         if self.final_recorded or not self.step_count:
@@ -534,11 +485,6 @@ class Probe:
         try:
             import torch
 
-            drawn = {}
-            for rng in list(self.rng_base):
-                drawn[rng] = self.rng_drawn(torch, rng)
-                if drawn[rng] and rng not in self.rng_seeded:
-                    self.rng_unseeded_draws.add(rng)
             params = []
             for ref in self.optimizer_refs:
                 optimizer = ref()
@@ -550,9 +496,7 @@ class Probe:
             cudnn = torch.backends.cudnn
             self.emit(
                 "final", steps=self.step_count, param_sum=total, param_norms=stepstats.norms(torch, params),
-                rng_drawn=drawn, rng_seeded=sorted(self.rng_seeded),
-                rng_unseeded_draws=sorted(self.rng_unseeded_draws),
-                cudnn_benchmark=bool(cudnn.benchmark), cudnn_deterministic=bool(cudnn.deterministic),
+                **self._recorded_final(), cudnn_benchmark=bool(cudnn.benchmark), cudnn_deterministic=bool(cudnn.deterministic),
                 deterministic_algorithms=bool(torch.are_deterministic_algorithms_enabled()),
             )
             for ref in self.root_refs:
@@ -561,6 +505,15 @@ class Probe:
                     self.emit_module_flags(root, "final")
         except Exception:
             pass
+
+    def _recorded_final(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        for recorder in self.recorders.values():
+            try:
+                fields.update(recorder.final_fields())
+            except Exception as exc:
+                self._probe_error(f"recorder {recorder.name} (final)", exc)
+        return fields
 
     def emit_histograms(self, params: list[Any], when: str) -> None:
         """Weight and gradient histograms of the largest parameters (first and last step)."""
@@ -596,7 +549,9 @@ class Probe:
                 self.scaled_losses.clear()
             if self.detailed(self.backward_count + 1):
                 # Only sampled backwards carry "graph" (see detailed()); the loss formula rarely changes.
-                sampled["graph"] = summarize_graph(tensor.grad_fn)
+                graph = self.recorders.get("graph")
+                if graph is not None:
+                    sampled["graph"] = graph.summarize(tensor)
                 if self.backwards_since_step == 0 and self.stepped is not None:
                     sampled["stale_grads"] = self._stale_grads()
         self.backward_count += 1
@@ -657,9 +612,28 @@ class Probe:
         self.handles.append(optim_mod.register_optimizer_step_post_hook(
             hook("optimizer_step_post_hook", self.optimizer_post_hook, eager_under_compile=True)))
         _install_patches(self, torch)
+        self._install_recorders(torch)
         from convcheck.runtime.cuda_shim import install_cuda_shim
 
         install_cuda_shim(self, torch, os.environ.get(env.DEVICE, "auto"), os.environ.get(env.PRETEND_CUDA) == "1")
+
+    def _install_recorders(self, torch: Any) -> None:
+        """Install the recorders the run's checks need; say which, and what they patched."""
+        from convcheck.runtime.recorders import available_recorders
+
+        wanted = os.environ.get(env.RECORDERS)
+        names = None if wanted is None else {n for n in wanted.split(",") if n}
+        before = len(self.patches.labels())
+        for name, cls in available_recorders().items():
+            if names is not None and name not in names:
+                continue
+            try:
+                recorder = cls(self)
+                recorder.install(torch, self.patches)
+                self.recorders[name] = recorder
+            except Exception as exc:
+                self._probe_error(f"recorder {name}", exc)
+        self.emit("recorders", names=sorted(self.recorders), patched=self.patches.labels()[before:])
 
     def uninstall(self) -> None:
         """Remove every hook and patch."""
@@ -767,6 +741,8 @@ class Probe:
         # A DataLoader worker forked from a process that trains records no end-of-run digest of its own.
         self.final_recorded = self.final_recorded or self.step_count > 0
         self._open_epochs = {}
+        for recorder in self.recorders.values():
+            recorder.after_fork()
         self.header("forked-child")
         register_stack_dump(self.writer.trace_dir)
         multiprocessing.util.Finalize(self, self.finish, args=("exited",), exitpriority=100)
@@ -817,38 +793,6 @@ def _install_patches(probe: Probe, torch: Any) -> None:
     patches.wrap(torch.optim.Optimizer, "zero_grad", wrap_zero_grad("optimizer"), eager_under_compile=True)
     patches.wrap(torch.nn.Module, "zero_grad", wrap_zero_grad("module"), eager_under_compile=True)
 
-    from torch.optim import lr_scheduler
-
-    scheduler_cls = getattr(lr_scheduler, "LRScheduler", None) or lr_scheduler._LRScheduler
-
-    # Scheduler steps have no hook; their order against optimizer steps is the evidence.
-    def wrap_scheduler_step(original: Any) -> Any:
-        def step(self: Any, *args: Any, **kwargs: Any) -> Any:
-            result = original(self, *args, **kwargs)
-            internal = is_library_file(caller_file())
-            try:
-                lrs = [_num(v) for v in self.get_last_lr()]
-            except Exception:
-                lrs = []
-            extra = {}
-            if not getattr(self, "_convcheck_seen", False):
-                # Its settings once (step_size, gamma, T_max, milestones...): what the lr will do later.
-                self._convcheck_seen = True
-                self._convcheck_index = probe.scheduler_count
-                probe.scheduler_count += 1
-                extra["settings"] = {k: _num(v) for k, v in vars(self).items()
-                                     if not k.startswith("_") and isinstance(v, (int, float))}
-                milestones = getattr(self, "milestones", None)
-                if milestones is not None:
-                    extra["settings"]["milestones"] = sorted(int(m) for m in milestones)[:50]
-            probe.emit("sched_step", cls=type(self).__name__, sched=getattr(self, "_convcheck_index", None),
-                       step=probe.step_count, internal=internal, lrs=lrs, loc=_loc(3), **extra)
-            return result
-
-        return step
-
-    patches.wrap(scheduler_cls, "step", wrap_scheduler_step)
-
     # model.train()/model.eval() have no hook; where the mode was last set locates CC009's finding.
     # Module.train recurses into every child: only the outermost call is recorded.
     def wrap_train(original: Any) -> Any:
@@ -883,7 +827,6 @@ def _install_patches(probe: Probe, torch: Any) -> None:
     patches.wrap(warnings, "showwarning", wrap_showwarning)
 
     _patch_data(probe, torch, patches)
-    _patch_seeding(probe, torch, patches)
     _patch_checkpoints(probe, torch, patches)
     _patch_distributed(probe, torch, patches)
     _patch_amp(probe, torch, patches)
@@ -999,52 +942,6 @@ def _patch_data(probe: Probe, torch: Any, patches: Patches) -> None:
     patches.wrap(DistributedSampler, "__init__", wrap_sampler_init)
     patches.wrap(DistributedSampler, "__iter__", wrap_sampler_iter)
     patches.wrap(DistributedSampler, "set_epoch", wrap_set_epoch)
-
-
-def _patch_seeding(probe: Probe, torch: Any, patches: Patches) -> None:
-    import random
-
-    # Seeding functions are plain module functions with no hook.
-    def recorder(rng: str) -> Any:
-        def make(original: Any) -> Any:
-            def seed(*args: Any, **kwargs: Any) -> Any:
-                if probe.seeding:
-                    # torch.manual_seed seeds CUDA itself: record the user's call only.
-                    return original(*args, **kwargs)
-                value = args[0] if args else kwargs.get("seed", kwargs.get("a"))
-                # torch seeds each DataLoader worker itself: such calls are marked internal. Seeding
-                # helpers of other libraries (transformers.set_seed, seed_everything) are the user's.
-                internal = is_torch_file(caller_file())
-                drawn_before = False if internal else probe.note_rng(torch, rng, before_seed=True)
-                probe.emit("seed", rng=rng, value=_num(value), loc=_loc(3), step=probe.step_count,
-                           internal=internal, drawn_before=drawn_before)
-                probe.seeding = True
-                try:
-                    return original(*args, **kwargs)
-                finally:
-                    probe.seeding = False
-                    if not internal:
-                        probe.note_rng(torch, rng, before_seed=False)
-
-            return seed
-
-        return make
-
-    patches.wrap(torch, "manual_seed", recorder("torch"))
-    patches.wrap(torch.random, "manual_seed", recorder("torch"))
-    patches.wrap(torch.cuda, "manual_seed", recorder("cuda"))
-    patches.wrap(torch.cuda, "manual_seed_all", recorder("cuda"))
-    patches.wrap(random, "seed", recorder("python"))
-    # The states the process starts with: a later difference means the RNG was drawn from.
-    try:
-        probe.rng_base.update(probe.rng_states(torch))
-    except Exception:
-        pass
-    try:
-        import numpy.random
-    except ImportError:
-        return
-    patches.wrap(numpy.random, "seed", recorder("numpy"))
 
 
 def _patch_checkpoints(probe: Probe, torch: Any, patches: Patches) -> None:
@@ -1357,15 +1254,6 @@ def _first_tensor(value: Any) -> Any:
             if found is not None:
                 return found
     return None
-
-
-def _num(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return repr(value)[:80]
 
 
 def _env_int(name: str) -> int | None:

@@ -1,0 +1,81 @@
+"""Recorders: the probe's evidence, one kind of evidence per class, installed on demand.
+
+The probe is a host: it owns the step clock, the trace writer and the reversible patch
+registry, and records what every check and the run itself depend on (steps, losses,
+parameters and gradients, models, data loading and epoch ends, AMP, DDP, checkpoints
+and file redirection). Everything else is a recorder that a check asks for by name
+(``Check.needs``): the runner installs the union for the selected checks only, so
+``--select CC004`` pays for no RNG, scheduler or loss-graph recording.
+
+A third-party package registers a recorder under the ``convcheck.recorders`` entry-point
+group, next to its check under ``convcheck.checks``; see docs/plugins.md.
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from convcheck.runtime.patches import Patches
+    from convcheck.runtime.probe import Probe
+
+ENTRY_POINT_GROUP = "convcheck.recorders"
+
+
+class Recorder:
+    """One kind of evidence: its own state, its own hooks and patches, and the event kinds it writes.
+
+    ``install`` runs once torch is imported, in every process of the run; patches made through
+    ``patches`` are undone with the probe's. Events go through ``self.probe.emit``.
+    """
+
+    #: The name checks ask for in ``Check.needs``.
+    name: ClassVar[str]
+    #: The event kinds this recorder writes (documentation and the trace schema).
+    events: ClassVar[tuple[str, ...]] = ()
+    #: Schemas (TypedDicts) of event kinds the project does not declare itself (third-party recorders).
+    schemas: ClassVar[dict[str, type]] = {}
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+
+    def install(self, torch: Any, patches: Patches) -> None:
+        """Register this recorder's hooks and patches."""
+
+    def final_fields(self) -> dict[str, Any]:
+        """Fields this recorder adds to the process's ``final`` event (what the run ends with)."""
+        return {}
+
+    def after_fork(self) -> None:
+        """Reset per-process state in a forked child (a DataLoader worker)."""
+
+
+def builtin_recorders() -> dict[str, type[Recorder]]:
+    """The recorders shipped with convcheck, by name."""
+    from convcheck.runtime.recorders.graph import LossGraphRecorder
+    from convcheck.runtime.recorders.schedulers import SchedulerRecorder
+    from convcheck.runtime.recorders.seeding import SeedingRecorder
+
+    return {cls.name: cls for cls in (SeedingRecorder, SchedulerRecorder, LossGraphRecorder)}
+
+
+def third_party_recorders() -> dict[str, type[Recorder]]:
+    """Recorders other packages register under the ``convcheck.recorders`` entry-point group."""
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        if inspect.isclass(obj) and issubclass(obj, Recorder):
+            found[obj.name] = obj
+    return found
+
+
+def available_recorders() -> dict[str, type[Recorder]]:
+    """Every recorder that can be installed, built-in first (a built-in name cannot be taken over)."""
+    return {**third_party_recorders(), **builtin_recorders()}
+
+
+def needed_by(checks: list[Any]) -> list[str]:
+    """The recorders the given checks need, sorted (the probe's own evidence is always recorded)."""
+    return sorted({name for check in checks for name in getattr(check, "needs", ())})
