@@ -3,6 +3,7 @@
     python benchmarks/overhead.py            # full: 5 rounds x 60 steps per model
     python benchmarks/overhead.py --sizes    # and three MLP widths
     python benchmarks/overhead.py --quick    # CI smoke run: prints ratios, asserts nothing
+    python benchmarks/overhead.py --select   # every check's recorders against --select CC004's
 
 Each round times the same training loop without the probe and with it (all hooks and
 patches installed, traces written to a temporary folder), alternating so that both
@@ -13,6 +14,7 @@ the MLP, <= 1.05 for the transformer and the conv net.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -21,7 +23,10 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from convcheck.registry import select_checks
+from convcheck.runtime import env
 from convcheck.runtime.probe import Probe
+from convcheck.runtime.recorders import needed_by
 
 
 def mlp_step() -> Callable[[], None]:
@@ -103,25 +108,39 @@ def time_steps(step: Callable[[], None], steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def measure(name: str, make: Callable[[], Callable[[], None]], rounds: int, steps: int) -> float:
-    """Alternate plain and instrumented rounds; print and return the ratio of medians."""
+def measure(name: str, make: Callable[[], Callable[[], None]], rounds: int, steps: int,
+            selections: dict[str, list[str] | None] | None = None) -> dict[str, float]:
+    """Alternate a plain round and one instrumented round per selection; print and return the ratios of medians.
+
+    A selection is the list of recorders installed besides the probe's own evidence (None: every one).
+    """
+    selections = selections or {"instrumented": None}
     torch.manual_seed(0)
     step = make()
-    plain, probed = [], []
+    plain: list[float] = []
+    probed: dict[str, list[float]] = {label: [] for label in selections}
     with tempfile.TemporaryDirectory() as trace_dir:
         probe = Probe(trace_dir=trace_dir, scratch_dir=None, steps=10**9, max_batches=None)
         for _ in range(rounds):
             plain.append(time_steps(step, steps))
-            probe.install()
-            try:
-                probed.append(time_steps(step, steps))
-            finally:
-                probe.uninstall()
+            for label, recorders in selections.items():
+                if recorders is None:
+                    os.environ.pop(env.RECORDERS, None)
+                else:
+                    os.environ[env.RECORDERS] = ",".join(recorders)
+                probe.install()
+                try:
+                    probed[label].append(time_steps(step, steps))
+                finally:
+                    probe.uninstall()
         probe.finish("benchmark")
-    base, inst = statistics.median(plain), statistics.median(probed)
-    ratio = inst / base
-    print(f"{name:<12} plain {base * 1e3:8.2f} ms/step   instrumented {inst * 1e3:8.2f} ms/step   ratio {ratio:.3f}")
-    return ratio
+    os.environ.pop(env.RECORDERS, None)
+    base = statistics.median(plain)
+    ratios = {label: statistics.median(times) / base for label, times in probed.items()}
+    shown = "   ".join(f"{label} {statistics.median(probed[label]) * 1e3:8.2f} ms/step ratio {ratios[label]:.3f}"
+                       for label in selections)
+    print(f"{name:<12} plain {base * 1e3:8.2f} ms/step   {shown}")
+    return ratios
 
 
 def main() -> None:
@@ -130,13 +149,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few short rounds (smoke test)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: stable timings)")
     parser.add_argument("--sizes", action="store_true", help="also three MLP widths, to show how cost grows")
+    parser.add_argument("--select", action="store_true",
+                        help="compare every check's recorders with those of --select CC004 only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rounds, steps = (2, 5) if args.quick else (5, 60)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {rounds} rounds x {steps} steps")
-    measure("mlp", mlp_step, rounds, steps)
-    measure("transformer", transformer_step, rounds, steps)
-    measure("convnet", convnet_step, rounds, steps)
+    selections = None
+    if args.select:
+        selections = {"every check": needed_by(select_checks([], [])),
+                      "--select CC004": needed_by(select_checks(["CC004"], []))}
+        print("recorders: " + "; ".join(f"{label}: {', '.join(names) or 'none'}" for label, names in selections.items()))
+    measure("mlp", mlp_step, rounds, steps, selections)
+    measure("transformer", transformer_step, rounds, steps, selections)
+    measure("convnet", convnet_step, rounds, steps, selections)
     if args.sizes:
         print("how the cost grows with model size (Adam MLP, hidden width):")
         for width in (256, 1024, 2048):

@@ -35,3 +35,14 @@ def test_time_to_verdict_quick() -> None:
     assert out.returncode == 0, out.stderr
     assert "fixed start-up cost" in out.stdout
     print(out.stdout)
+
+
+def test_overhead_compares_every_checks_recorders_with_a_single_checks() -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--quick", "--select"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "recorders: every check: graph, schedulers, seeding; --select CC004: none" in out.stdout
+    assert len(_RATIO.findall(out.stdout)) == 6  # three models, two selections each
+    print(out.stdout)

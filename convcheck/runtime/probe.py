@@ -641,6 +641,7 @@ class Probe:
             handle.remove()
         self.handles.clear()
         self.patches.undo_all()
+        self.recorders.clear()
 
     # -- data loading ------------------------------------------------------------
 
