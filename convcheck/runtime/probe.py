@@ -21,8 +21,9 @@ from typing import Any
 from convcheck.runtime import env, fsguard, stepstats
 from convcheck.runtime.graph import summarize_graph
 from convcheck.runtime.locate import (
-    called_by_library, caller_file, caller_frame, is_library_file, is_torch_file, user_frame, user_location,
+    called_by_library, caller_file, caller_frame, is_library_file, is_torch_file, user_frame,
 )
+from convcheck.runtime.locate import event_location as _loc
 from convcheck.runtime.patches import Patches
 from convcheck.runtime.trace import Event, TraceWriter, process_tag
 
@@ -58,11 +59,6 @@ def _owning_module(module: Any, frames: int = 12) -> Any:
                 return owner
         frame = frame.f_back
     return None
-
-
-def _loc(depth: int = 3) -> list[Any] | None:
-    found = user_location(depth)
-    return [found[0], found[1]] if found else None
 
 
 class Probe:
