@@ -216,7 +216,7 @@ def diagnose(options: RunOptions) -> tuple[Report, ExitCode, RenderContext]:
     """Static pass, instrumented run and analysis; the report, its exit code and render settings."""
     from convcheck.analysis import run_checks, sort_findings
     from convcheck.fingerprints import repo_root
-    from convcheck.registry import SelectionError, select_checks
+    from convcheck.catalog import SelectionError, select_checks
     from convcheck.static.context import ScriptError, load_script
     from convcheck.suppress import apply_suppressions
 
