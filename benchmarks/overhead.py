@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from convcheck.registry import select_checks
+from convcheck.catalog import select_checks
 from convcheck.runtime import env
 from convcheck.runtime.probe import Probe
 from convcheck.runtime.recorders import needed_by

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from convcheck.findings import Severity
 from convcheck.registry import Check
-from convcheck.suppress import UNUSED_CODE, UNUSED_NAME
 
 
 class UnusedSuppression(Check):
@@ -37,8 +36,8 @@ class UnusedSuppression(Check):
     (`--select`, `--nproc-per-node`, a longer run) is reported as unused.
     """
 
-    code = UNUSED_CODE
-    name = UNUSED_NAME
+    code = "CC100"
+    name = "unused-suppression"
     severity = Severity.INFO
     summary = "A suppression comment that suppressed no finding."
 

@@ -16,8 +16,6 @@ def run_checks(
     checks: list[Check], ctx: StaticContext, trace: RunTrace | None, runtime: bool = True
 ) -> tuple[list[Finding], list[str]]:
     """Findings from every check, most severe first, and the checks that failed with why."""
-    from convcheck.runner import sort_findings
-
     findings: list[Finding] = []
     errors: list[str] = []
     recorded = recorded_evidence(trace) if runtime and trace is not None else None
@@ -56,3 +54,12 @@ def _dedupe(findings: list[Finding]) -> list[Finding]:
             seen.add(key)
             unique.append(finding)
     return unique
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Most severe first, then by code and location."""
+    return sorted(
+        findings,
+        key=lambda f: (-f.severity.rank, f.code, f.location.path if f.location else "",
+                       (f.location.line or 0) if f.location else 0),
+    )

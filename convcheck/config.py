@@ -84,7 +84,7 @@ def load_config(start: Path) -> EffectiveConfig:
 
 def _unknown_codes(per_file: dict[str, list[str]]) -> list[str]:
     """The codes in per-file-ignores that name no check (a typo there would silently ignore nothing)."""
-    from convcheck.registry import find_check
+    from convcheck.catalog import find_check
     from convcheck.suppress import ALL, UNUSED_CODE, UNUSED_NAME
 
     allowed = {ALL, UNUSED_CODE.lower(), UNUSED_NAME}

@@ -11,7 +11,7 @@ from convcheck.exitcodes import ExitCode
 
 def print_rules(console: Console | None = None) -> None:
     """A table of every check."""
-    from convcheck.registry import all_checks
+    from convcheck.catalog import all_checks
 
     table = Table(title="convcheck checks", show_lines=False)
     for column in ("code", "name", "severity", "evidence"):
@@ -35,7 +35,7 @@ REQUIRED_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead
 
 def rules_markdown() -> str:
     """Every check's documentation as one markdown page (docs/rules.md is this, generated)."""
-    from convcheck.registry import all_checks
+    from convcheck.catalog import all_checks
 
     lines = [
         "# convcheck rules",
@@ -62,7 +62,7 @@ def rules_markdown() -> str:
 
 def print_explanation(code: str, console: Console | None = None) -> ExitCode:
     """The documentation of one check, or a clear error for an unknown code."""
-    from convcheck.registry import all_checks, find_check
+    from convcheck.catalog import all_checks, find_check
 
     console = _console(console)
     check = find_check(code)

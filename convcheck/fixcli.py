@@ -1,4 +1,4 @@
-"""``convcheck fix-state-dict``: the command's options and its output (the work is in statedict.py).
+"""``convcheck fix-state-dict``: the command's options and its output (the work is in the statedict package).
 
 Nothing here imports torch at module level; statedict is imported when the
 command runs.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convcheck.exitcodes import ExitCode
-from convcheck.findings import Finding, ProcessSummary, Report, RunSummary, Severity
+from convcheck.findings import ProcessSummary, Report, RunSummary, Severity
 from convcheck.report.context import RenderContext
 
 
@@ -217,9 +217,9 @@ def plan_outputs(options: RunOptions) -> list[tuple[str, Path | None]]:
 
 def diagnose(options: RunOptions) -> tuple[Report, ExitCode, RenderContext]:
     """Static pass, instrumented run and analysis; the report, its exit code and render settings."""
-    from convcheck.analysis import run_checks
+    from convcheck.analysis import run_checks, sort_findings
     from convcheck.fingerprints import repo_root
-    from convcheck.registry import SelectionError, select_checks
+    from convcheck.catalog import SelectionError, select_checks
     from convcheck.static.context import ScriptError, load_script
     from convcheck.suppress import apply_suppressions
 
@@ -639,12 +639,3 @@ def write_report(report: Report, fmt: str, path: Path | None, ctx: RenderContext
 
 def _error(message: str) -> None:
     sys.stderr.write(f"convcheck: {message}\n")
-
-
-def sort_findings(findings: list[Finding]) -> list[Finding]:
-    """Most severe first, then by code and location."""
-    return sorted(
-        findings,
-        key=lambda f: (-f.severity.rank, f.code, f.location.path if f.location else "",
-                       (f.location.line or 0) if f.location else 0),
-    )

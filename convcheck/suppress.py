@@ -12,10 +12,12 @@ import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convcheck.checks.cc100_unused_suppression import UnusedSuppression
 from convcheck.findings import Finding, Location, Severity
 
-UNUSED_CODE = "CC100"
-UNUSED_NAME = "unused-suppression"
+# The check that documents the findings this pass makes about suppressions themselves.
+UNUSED_CODE = UnusedSuppression.code
+UNUSED_NAME = UnusedSuppression.name
 _COMMENT = re.compile(r"#\s*convcheck:\s*(ignore-file|ignore)(?:\[([^\]]*)\])?", re.IGNORECASE)
 ALL = "*"
 
@@ -42,7 +44,7 @@ class FileSuppressions:
 
 
 def _normalize(token: str) -> str:
-    from convcheck.registry import find_check
+    from convcheck.catalog import find_check
 
     token = token.strip()
     match = find_check(token)

@@ -7,8 +7,8 @@ import re
 import pytest
 from cc_testing import REPO
 
+from convcheck.catalog import all_checks
 from convcheck.explain import REQUIRED_SECTIONS, rules_markdown
-from convcheck.registry import all_checks
 
 CHECKS = all_checks()
 

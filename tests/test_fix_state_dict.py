@@ -653,7 +653,7 @@ def test_disk_full_while_copying_tensors(tmp_path: Path, net: nn.Module, monkeyp
     source = tmp_path / "ddp.pt"
     torch.save({"model": nn.DataParallel(net).state_dict()}, source)
     before = snapshot(source)
-    monkeypatch.setattr(statedict, "_copy_range", _disk_full)
+    monkeypatch.setattr(statedict.torch_checkpoint, "_copy_range", _disk_full)
 
     result = fix(source, *([mode, tmp_path / "out.pt"] if mode == "--output" else [mode]))
 
@@ -688,7 +688,7 @@ def test_safetensors_disk_full(tmp_path: Path, net: nn.Module, monkeypatch: pyte
     st = pytest.importorskip("safetensors.torch")
     source = tmp_path / "m.safetensors"
     st.save_file(nn.DataParallel(net).state_dict(), str(source))
-    monkeypatch.setattr(statedict, "_copy_range", _disk_full)
+    monkeypatch.setattr(statedict.safetensors_checkpoint, "_copy_range", _disk_full)
     result = fix(source, "-o", tmp_path / "out.safetensors")
     assert result.exit_code == ExitCode.CANNOT_RUN and "disk is full" in result.stderr
     assert_no_leftovers(tmp_path, {"m.safetensors"})
@@ -698,7 +698,7 @@ def test_verification_failure_leaves_nothing(tmp_path: Path, net: nn.Module, mon
     source = tmp_path / "ddp.pt"
     torch.save(nn.DataParallel(net).state_dict(), source)
     before = snapshot(source)
-    monkeypatch.setattr(statedict, "_compare_ranges", lambda *args: (False, 0))
+    monkeypatch.setattr(statedict.torch_checkpoint, "_compare_ranges", lambda *args: (False, 0))
 
     result = fix(source, "--in-place")
 

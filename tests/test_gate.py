@@ -314,7 +314,7 @@ def _in_process(capsys: pytest.CaptureFixture, *args: str):  # noqa: ANN202
 
 
 def test_rules_lists_every_check(capsys: pytest.CaptureFixture) -> None:
-    from convcheck.registry import all_checks
+    from convcheck.catalog import all_checks
 
     result = _in_process(capsys, "rules")
     assert result.code == 0

@@ -14,7 +14,9 @@ import sys
 import weakref
 from typing import Any
 
-from convcheck.runtime.locate import called_from_user_code, caller_file, is_library_file, is_torch_file
+from convcheck.runtime.locate import (
+    called_from_user_code, caller_file, event_location, is_library_file, is_torch_file,
+)
 from convcheck.runtime.patches import Patches
 
 # Factory functions that take ``device=``: a CUDA device there becomes the CPU.
@@ -54,10 +56,8 @@ class CudaShim:
         if (what, library) in self.seen:
             return
         self.seen.add((what, library))
-        from convcheck.runtime.probe import _loc
-
         extra = {"library": True} if library else {}
-        self.probe.emit("device_map", what=what, loc=_loc(4), step=self.probe.step_count, **extra)
+        self.probe.emit("device_map", what=what, loc=event_location(4), step=self.probe.step_count, **extra)
 
     def cpu(self, device: Any, what: str) -> Any:
         """The CPU in place of a CUDA device (a device, a 'cuda:N' string or an ordinal)."""
@@ -273,9 +273,7 @@ class CudaShim:
             replace("is_bf16_supported", "torch.cuda.is_bf16_supported", lambda *a, **k: True)
 
         def refuse(name: str) -> UnmappableCudaCall:
-            from convcheck.runtime.probe import _loc
-
-            loc = _loc(4)
+            loc = event_location(4)
             where = f" at {loc[0]}:{loc[1]}" if loc else ""
             shim.probe.emit("device_unmappable", what=f"torch.cuda.{name}", loc=loc, step=shim.probe.step_count)
             return UnmappableCudaCall(
@@ -356,9 +354,7 @@ class CudaShim:
                 answer = original(*args, **kwargs)
                 if not answer and what not in shim.asked and not is_library_file(caller_file()):
                     shim.asked.add(what)
-                    from convcheck.runtime.probe import _loc
-
-                    shim.probe.emit("accelerator_query", what=what, answer=False, loc=_loc(3))
+                    shim.probe.emit("accelerator_query", what=what, answer=False, loc=event_location(3))
                 return answer
 
             return is_available

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from convcheck.runtime.locate import user_location
+from convcheck.runtime.locate import event_location
 
-
-def loc(depth: int = 3) -> list[Any] | None:
-    """``[file, line]`` of the user's code that made the current call, or None."""
-    found = user_location(depth)
-    return [found[0], found[1]] if found else None
+#: ``[file, line]`` of the user's code that made the current call, or None.
+loc = event_location
 
 
 def num(value: Any) -> Any:

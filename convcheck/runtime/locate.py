@@ -6,6 +6,7 @@ import os
 import sys
 import sysconfig
 from types import FrameType
+from typing import Any
 
 import convcheck
 
@@ -86,6 +87,12 @@ def user_location(depth: int = 2) -> tuple[str, int] | None:
             return filename, frame.f_lineno
         frame = frame.f_back
     return None
+
+
+def event_location(depth: int = 3) -> list[Any] | None:
+    """The user's [file, line] as a trace event stores it, or None (``depth`` 2 starts at the caller, 3 above it)."""
+    found = user_location(depth)
+    return [found[0], found[1]] if found else None
 
 
 def user_frame(depth: int = 2) -> tuple[str, int, int] | None:

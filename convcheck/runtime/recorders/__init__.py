@@ -15,41 +15,14 @@ from __future__ import annotations
 
 import inspect
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any
 
-if TYPE_CHECKING:
-    from convcheck.runtime.patches import Patches
-    from convcheck.runtime.probe import Probe
+from convcheck.runtime.recorders.base import Recorder
+
+__all__ = ["ENTRY_POINT_GROUP", "Recorder", "available_recorders", "builtin_recorders", "needed_by",
+           "third_party_recorders"]
 
 ENTRY_POINT_GROUP = "convcheck.recorders"
-
-
-class Recorder:
-    """One kind of evidence: its own state, its own hooks and patches, and the event kinds it writes.
-
-    ``install`` runs once torch is imported, in every process of the run; patches made through
-    ``patches`` are undone with the probe's. Events go through ``self.probe.emit``.
-    """
-
-    #: The name checks ask for in ``Check.needs``.
-    name: ClassVar[str]
-    #: The event kinds this recorder writes (documentation and the trace schema).
-    events: ClassVar[tuple[str, ...]] = ()
-    #: Schemas (TypedDicts) of event kinds the project does not declare itself (third-party recorders).
-    schemas: ClassVar[dict[str, type]] = {}
-
-    def __init__(self, probe: Probe) -> None:
-        self.probe = probe
-
-    def install(self, torch: Any, patches: Patches) -> None:
-        """Register this recorder's hooks and patches."""
-
-    def final_fields(self) -> dict[str, Any]:
-        """Fields this recorder adds to the process's ``final`` event (what the run ends with)."""
-        return {}
-
-    def after_fork(self) -> None:
-        """Reset per-process state in a forked child (a DataLoader worker)."""
 
 
 def builtin_recorders() -> dict[str, type[Recorder]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from convcheck.runtime.graph import summarize_graph
-from convcheck.runtime.recorders import Recorder
+from convcheck.runtime.recorders.base import Recorder
 
 
 class LossGraphRecorder(Recorder):

@@ -7,7 +7,7 @@ from typing import Any
 
 from convcheck.runtime.fields import loc, num
 from convcheck.runtime.locate import caller_file, is_torch_file
-from convcheck.runtime.recorders import Recorder
+from convcheck.runtime.recorders.base import Recorder
 
 
 class SeedingRecorder(Recorder):
