@@ -69,6 +69,7 @@ class EvalModeTraining(Check):
     name = "eval-mode-training"
     severity = Severity.ERROR
     summary = "backward() and optimizer steps while dropout or batch-norm modules are in eval mode."
+    needs = frozenset({"modes"})
 
     def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
         proc = next(iter(run.trainers), None)

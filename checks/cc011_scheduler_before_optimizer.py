@@ -84,7 +84,7 @@ class SchedulerBeforeOptimizer(Check):
     name = "scheduler-before-optimizer"
     severity = Severity.ERROR
     summary = "lr_scheduler.step() before optimizer.step(), or a per-epoch scheduler stepped every batch."
-    needs = frozenset({"schedulers"})
+    needs = frozenset({"schedulers", "warnings"})
 
     _pending: list[Finding] = []
 

@@ -112,7 +112,7 @@ class LossNotDecreasing(Check):
     name = "loss-not-decreasing"
     severity = Severity.ERROR
     summary = "A loss that cannot go down: broadcast targets, one-column cross-entropy, detached or constant loss."
-    needs = frozenset({"graph"})
+    needs = frozenset({"graph", "warnings"})
 
     def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
         wanted = self.options.get("overfit-steps", self.options.get("overfit_steps", 0))

@@ -70,7 +70,6 @@ class Probe:
         self.patches = Patches(on_error=self._probe_error)
         self.handles: list[Any] = []
         self.stopping = False
-        self.warnings_recorded = 0
         self.scaled_losses: dict[int, float] = {}
         self.finished = False
         # Per-optimizer step attempts (performed + skipped by a GradScaler).
@@ -112,8 +111,6 @@ class Probe:
         self.final_recorded = False
         #: The optimizer stepped last and its parameters: whose gradients the next backward adds to.
         self.stepped: tuple[int, list[Any]] | None = None
-        #: Nesting of Module.train() calls: only the outermost one is recorded.
-        self.train_mode_depth = 0
         #: CC012's overfit run: each DataLoader's first batch, yielded again in place of every later one.
         self.repeat_first_batch = os.environ.get(env.REPEAT_FIRST_BATCH) == "1"
         self.first_batches: dict[int, Any] = {}
@@ -793,39 +790,6 @@ def _install_patches(probe: Probe, torch: Any) -> None:
     # Gradients cleared inside a torch.compile'd step are still cleared (CC008): recorded eagerly.
     patches.wrap(torch.optim.Optimizer, "zero_grad", wrap_zero_grad("optimizer"), eager_under_compile=True)
     patches.wrap(torch.nn.Module, "zero_grad", wrap_zero_grad("module"), eager_under_compile=True)
-
-    # model.train()/model.eval() have no hook; where the mode was last set locates CC009's finding.
-    # Module.train recurses into every child: only the outermost call is recorded.
-    def wrap_train(original: Any) -> Any:
-        def train(self: Any, mode: bool = True) -> Any:
-            if probe.train_mode_depth == 0:
-                probe.emit("train_mode", mode=bool(mode), cls=type(self).__name__, obj=id(self),
-                           step=probe.step_count, loc=_loc(3))
-            probe.train_mode_depth += 1
-            try:
-                return original(self, mode)
-            finally:
-                probe.train_mode_depth -= 1
-
-        return train
-
-    patches.wrap(torch.nn.Module, "train", wrap_train)
-
-    import warnings
-
-    # PyTorch reports silent shape bugs (a broadcast target in mse_loss) as warnings only.
-    def wrap_showwarning(original: Any) -> Any:
-        def showwarning(message: Any, category: Any, filename: str, lineno: int, *args: Any, **kwargs: Any) -> Any:
-            if probe.warnings_recorded < 50:
-                probe.warnings_recorded += 1
-                probe.emit("warning", category=getattr(category, "__name__", str(category)),
-                           message=str(message)[:500], origin=[filename, lineno], loc=_loc(3),
-                           step=probe.step_count)
-            return original(message, category, filename, lineno, *args, **kwargs)
-
-        return showwarning
-
-    patches.wrap(warnings, "showwarning", wrap_showwarning)
 
     _patch_data(probe, torch, patches)
     _patch_checkpoints(probe, torch, patches)
