@@ -72,6 +72,8 @@ def test_a_check_with_only_its_own_recorder_still_finds_its_bug(tmp_path: Path) 
     assert result.code == 1, result.stderr
     assert [f["code"] for f in result.findings()] == ["CC002"]
     assert _installed(tmp_path / "t")["names"] == ["seeding"]
+    seeds = [e for trace in read_traces(tmp_path / "t") for e in trace if e["ev"] == "seed"]
+    assert [(s["rng"], s["value"], s["loc"][1], s["drawn_before"]) for s in seeds] == [("torch", 0, 10, True)]
 
 
 def test_a_trace_without_a_checks_evidence_is_not_read_as_a_bug(tmp_path: Path) -> None:

@@ -52,8 +52,8 @@ def test_single_process_trace_and_user_files_untouched(tmp_path: Path) -> None:
     epochs = _kinds(events, "loader_epoch")
     assert [(e["epoch"], e["batches"]) for e in epochs] == [(1, 3), (2, 3), (3, 2)]
     assert len(set(epochs[0]["indices"])) == 24
-    seeds = _kinds(events, "seed")
-    assert [(s["rng"], s["value"], s["loc"][1]) for s in seeds] == [("torch", 0, 12)]
+    # CC002 is ignored: its seeding recorder was not installed (tests/test_recorders.py covers it).
+    assert _kinds(events, "seed") == []
     model = _kinds(events, "model")[0]
     assert [p["name"] for p in model["params"]] == ["0.weight", "0.bias", "2.weight", "2.bias"]
     saves = _kinds(events, "save")
