@@ -593,25 +593,21 @@ class AcceleratorQueryEvent(TypedDict):
     loc: Loc
 
 
-_BUILTIN: tuple[type, ...] = (
-    ProcessEvent, StepEvent, BackwardEvent, ModelEvent, OptimizerEvent, ZeroGradEvent, LoaderEvent,
-    LoaderEpochEvent, SamplerEvent, SamplerIterEvent, SetEpochEvent, SeedEvent, SaveEvent, LoadEvent,
-    LoadStateDictEvent, ScalerEvent, ScalerPassthroughEvent, AutocastEvent, ClipEvent, SchedStepEvent,
-    TrainModeEvent, ModuleFlagsEvent, WarningEvent, NonfiniteEvent, HistogramsEvent, FinalEvent, DistInitEvent,
-    DdpInitEvent, DdpModuleMovedEvent, UnregisteredModuleEvent, RepeatBatchEvent, StopEvent, CrashEvent, EndEvent,
-    ProbeErrorEvent, SelfSpawnEvent, DeviceMapEvent, DeviceMapActiveEvent, DeviceUnmappableEvent,
-    AcceleratorQueryEvent,
-)
-
-
-def _kind_of(schema: type) -> str:
-    """The kind a built-in schema declares in its ``ev: Literal[...]``."""
-    (kind,) = typing.get_args(typing.get_type_hints(schema)["ev"])
-    return str(kind)
-
-
 #: Event kind -> its TypedDict. Read it freely; add to it only through ``register_event_schema``.
-SCHEMAS: dict[str, type] = {_kind_of(schema): schema for schema in _BUILTIN}
+SCHEMAS: dict[str, type] = {
+    "process": ProcessEvent, "step": StepEvent, "backward": BackwardEvent, "model": ModelEvent,
+    "optimizer": OptimizerEvent, "zero_grad": ZeroGradEvent, "loader": LoaderEvent, "loader_epoch": LoaderEpochEvent,
+    "sampler": SamplerEvent, "sampler_iter": SamplerIterEvent, "set_epoch": SetEpochEvent, "seed": SeedEvent,
+    "save": SaveEvent, "load": LoadEvent, "load_state_dict": LoadStateDictEvent, "scaler": ScalerEvent,
+    "scaler_passthrough": ScalerPassthroughEvent, "autocast": AutocastEvent, "clip": ClipEvent,
+    "sched_step": SchedStepEvent, "train_mode": TrainModeEvent, "module_flags": ModuleFlagsEvent,
+    "warning": WarningEvent, "nonfinite": NonfiniteEvent, "histograms": HistogramsEvent, "final": FinalEvent,
+    "dist_init": DistInitEvent, "ddp_init": DdpInitEvent, "ddp_module_moved": DdpModuleMovedEvent,
+    "unregistered_module": UnregisteredModuleEvent, "repeat_batch": RepeatBatchEvent, "stop": StopEvent,
+    "crash": CrashEvent, "end": EndEvent, "probe_error": ProbeErrorEvent, "self_spawn": SelfSpawnEvent,
+    "device_map": DeviceMapEvent, "device_map_active": DeviceMapActiveEvent,
+    "device_unmappable": DeviceUnmappableEvent, "accelerator_query": AcceleratorQueryEvent,
+}
 _adapters: dict[str, TypeAdapter[Any]] = {}
 
 
@@ -659,10 +655,10 @@ def _describe_error(kind: str, schema: type, event: dict[str, Any], errors: list
     wrong = [e for e in errors if e["loc"] and not (len(e["loc"]) == 1 and e["type"] == "missing")]
     error = (wrong or errors)[0]
     if not error["loc"]:
-        return f"a {kind} event that does not fit its schema ({error['msg']})"
+        return f"an event of kind {kind!r} that does not fit its schema ({error['msg']})"
     name = str(error["loc"][0])
     if error["type"] == "missing" and len(error["loc"]) == 1:
-        return f"a {kind} event without its field {name!r}"
+        return f"an event of kind {kind!r} without its field {name!r}"
     expected = _type_name(typing.get_type_hints(schema, include_extras=True).get(name, Any), top=True)
     value = event.get(name)
     path, item = _walk(value, error["loc"][1:], error["type"] == "missing")
