@@ -154,3 +154,22 @@ def test_every_line_of_the_examples_real_traces_fits_its_schema(tmp_path: Path) 
     assert {"process", "step", "backward", "sampler", "sampler_iter", "set_epoch", "dist_init", "ddp_init", "save",
             "load", "load_state_dict", "scaler", "autocast", "clip", "sched_step", "train_mode", "loader_epoch",
             "final", "end"} <= set(seen)
+
+
+def test_numpy_and_torch_integers_are_written_as_integers_and_fit_the_schema(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    import torch
+
+    from convcheck.runtime.trace import TraceWriter
+
+    writer = TraceWriter(str(tmp_path))
+    writer.emit({"ev": "sampler", "id": 0, "cls": "DistributedSampler", "shuffle": True, "num_replicas": np.int64(2),
+                 "rank": torch.tensor(1), "seed": np.int32(7), "drop_last": False, "loc": None})
+    writer.emit({"ev": "stop", "reason": "budget", "steps": 3, "x": np.float32(0.5), "t": torch.tensor([1, 2])})
+    writer.close()
+
+    trace = read_trace_dir(tmp_path)
+    assert trace.damaged == []
+    sampler, stop = trace.processes[0].events
+    assert [(sampler[k], type(sampler[k])) for k in ("num_replicas", "rank", "seed")] == [(2, int), (1, int), (7, int)]
+    assert (stop["x"], stop["t"]) == (0.5, "tensor([1, 2])")

@@ -254,7 +254,7 @@ class LoaderEpochEvent(TypedDict):
 
 
 class SamplerEvent(TypedDict):
-    """A DistributedSampler built (seed as the user gave it). ``_patch_data`` (wrap_sampler_init)."""
+    """A DistributedSampler built, with its settings as the user gave them. ``_patch_data`` (wrap_sampler_init)."""
 
     ev: Literal["sampler"]
     id: int
@@ -262,8 +262,9 @@ class SamplerEvent(TypedDict):
     shuffle: bool
     num_replicas: int | None
     rank: int | None
-    seed: int | float | None
-    drop_last: bool | None
+    seed: int | None
+    #: As the user passed it: any truthy value drops the last samples.
+    drop_last: bool | int | None
     loc: Loc
 
 
@@ -638,7 +639,9 @@ def _adapter(kind: str) -> TypeAdapter[Any] | None:
 def validate_event(event: dict[str, Any]) -> str | None:
     """Why an event breaks its kind's schema (the first field at fault), or None when it fits or has no schema."""
     kind = event.get("ev")
-    adapter = _adapter(kind) if isinstance(kind, str) else None
+    if not isinstance(kind, str):
+        return None
+    adapter = _adapter(kind)
     if adapter is None:
         return None
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 import socket
 import threading
@@ -98,6 +99,12 @@ class TraceWriter:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
+    try:
+        # An integer of numpy or torch (a batch size, a seed the user computed) stays an integer: the
+        # event's schema says int, and 32.0 would make the line damaged.
+        return operator.index(value)
+    except TypeError:
+        pass
     try:
         return float(value)
     except (TypeError, ValueError):
