@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: Any event, as read; each kind's fields are typed in ``convcheck.runtime.events`` (cast to them to type-check).
 Event = dict[str, Any]
 
 _FLUSH_INTERVAL_S = 0.25
@@ -103,7 +104,7 @@ def _jsonable(value: Any) -> Any:
         # An integer of numpy or torch (a batch size, a seed the user computed) stays an integer: the
         # event's schema says int, and 32.0 would make the line damaged.
         return operator.index(value)
-    except TypeError:
+    except Exception:  # noqa: BLE001 - a user's type may raise anything; the trace must still be written
         pass
     try:
         return float(value)
