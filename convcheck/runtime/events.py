@@ -662,7 +662,8 @@ def _describe_error(kind: str, schema: type, event: dict[str, Any], errors: list
     name = str(error["loc"][0])
     if error["type"] == "missing" and len(error["loc"]) == 1:
         return f"an event of kind {kind!r} without its field {name!r}"
-    expected = _type_name(typing.get_type_hints(schema, include_extras=True).get(name, Any), top=True)
+    declared = _declared(schema)
+    expected = _type_name(declared[name], top=True) if name in declared else "what its schema declares"
     value = event.get(name)
     path, item = _walk(value, error["loc"][1:], error["type"] == "missing")
     if not path and error["type"].endswith("_type"):
@@ -675,6 +676,14 @@ def _describe_error(kind: str, schema: type, event: dict[str, Any], errors: list
         shown = repr(item)
         said = (f"{path} is " if path else "") + (shown if len(shown) <= 60 else shown[:57] + "...")
     return f"field {name!r} is not {expected}: {said}"
+
+
+def _declared(schema: type) -> dict[str, Any]:
+    """A schema's fields and their declared types (empty when a plug-in's annotations cannot be resolved)."""
+    try:
+        return typing.get_type_hints(schema, include_extras=True)
+    except Exception:  # noqa: BLE001 - only the wording of a message depends on it
+        return {}
 
 
 def _walk(value: Any, loc: tuple[Any, ...], missing: bool) -> tuple[str, Any]:
