@@ -123,37 +123,37 @@ def test_a_kind_cannot_be_declared_twice_or_by_something_that_is_not_a_typeddict
     assert plugin_kind not in SCHEMAS
 
 
-# The examples whose runs write the most kinds between them: DDP with DataLoader and DistributedSampler over
-# two processes, a DDP checkpoint saved and loaded, AMP with GradScaler and clipping, a scheduler and modes.
-_EXAMPLES = ["cc004_sampler_epoch", "cc001_ddp_checkpoint", "cc007_clip_before_unscale",
-             "cc011_scheduler_before_optimizer", "cc009_eval_mode_training"]
+# The examples whose runs write the most kinds between them: DDP over two processes with a DataLoader and a
+# DistributedSampler (set_epoch), a DDP checkpoint saved and loaded, fp16 AMP with a GradScaler that overflows,
+# and an lr scheduler. CC002's second run writes the same kinds again: left out.
+_EXAMPLES = ["cc005_lr_not_scaled", "cc001_ddp_checkpoint", "cc007_fp16_overflow", "cc011_scheduler_before_optimizer"]
 
 
 @pytest.mark.slow
 def test_every_line_of_the_examples_real_traces_fits_its_schema(tmp_path: Path) -> None:
-    seen: dict[str, int] = {}
+    seen: set[str] = set()
     problems = []
     for name in _EXAMPLES:
         script = EXAMPLES / f"{name}.py"
         args, _ = parse_expectations(script)
         traces = tmp_path / name
-        result = convcheck("run", "--format", "json", "--fail-on", "never", "--trace-dir", traces, *args, script,
-                           cwd=script.parent)
+        result = convcheck("run", "--format", "json", "--fail-on", "never", "--ignore", "CC002", "--trace-dir", traces,
+                           *args, script, cwd=script.parent)
         assert result.code == 0, result.stderr + result.stdout
         files = sorted(traces.rglob("trace-*.jsonl"))
-        assert files, name
+        assert len(files) >= (2 if "--nproc-per-node" in args else 1), name
         for path in files:
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 event = json.loads(line)
-                seen[event["ev"]] = seen.get(event["ev"], 0) + 1
+                seen.add(event["ev"])
                 problem = validate_event(event)
                 if problem is not None:
                     problems.append(f"{path.relative_to(tmp_path)}:{number}: {problem}")
     assert problems == []
-    assert sorted(set(seen) - set(SCHEMAS)) == []
-    assert {"process", "step", "backward", "sampler", "sampler_iter", "set_epoch", "dist_init", "ddp_init", "save",
-            "load", "load_state_dict", "scaler", "autocast", "clip", "sched_step", "train_mode", "loader_epoch",
-            "final", "end"} <= set(seen)
+    assert sorted(seen - set(SCHEMAS)) == []
+    assert {"process", "step", "backward", "zero_grad", "model", "optimizer", "loader", "loader_epoch", "sampler",
+            "sampler_iter", "set_epoch", "dist_init", "ddp_init", "save", "load", "load_state_dict", "autocast",
+            "scaler", "nonfinite", "sched_step", "seed", "histograms", "final", "stop", "end"} <= seen
 
 
 def test_numpy_and_torch_integers_are_written_as_integers_and_fit_the_schema(tmp_path: Path) -> None:
