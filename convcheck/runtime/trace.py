@@ -221,16 +221,21 @@ def event_problem(event: Any) -> str | None:
     by hand, written by another version or cut short, and the event is left out. A kind with no schema
     is kept as it is.
     """
+    # Imported here: the probe writes traces in every process of a run and never validates them.
+    from convcheck.runtime.events import validate_event
+
+    return _shape_problem(event) or validate_event(event)
+
+
+def _shape_problem(event: Any) -> str | None:
+    """Why a decoded line is no event at all: not an object, or no kind."""
     if not isinstance(event, dict):
         return f"not a JSON object but {type(event).__name__}"
     if "ev" not in event:
         return "an event without its kind ('ev')"
     if not isinstance(event["ev"], str):
         return f"field 'ev' is {type(event['ev']).__name__}, not str"
-    # Imported here: the probe writes traces in every process of a run and never validates them.
-    from convcheck.runtime.events import validate_event
-
-    return validate_event(event)
+    return None
 
 
 def read_trace_dir(trace_dir: str | Path, world_size: int = 1, steps_budget: int = 0) -> RunTrace:
@@ -238,6 +243,8 @@ def read_trace_dir(trace_dir: str | Path, world_size: int = 1, steps_budget: int
 
     A torn last line (a process killed mid-write) is dropped silently: that is how traces end.
     """
+    from convcheck.runtime.events import validate_event
+
     processes = []
     damaged: list[str] = []
     for path in sorted(Path(trace_dir).glob("trace-*.jsonl")):
@@ -261,7 +268,7 @@ def read_trace_dir(trace_dir: str | Path, world_size: int = 1, steps_budget: int
                 if number != len(lines):
                     damaged.append(f"{path.name}:{number}: not JSON; the line was left out")
                 continue
-            problem = event_problem(event)
+            problem = _shape_problem(event) or validate_event(event)
             if problem is not None:
                 damaged.append(f"{path.name}:{number}: {problem}; the line was left out")
                 continue
