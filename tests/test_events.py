@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +175,11 @@ def test_numpy_and_torch_integers_are_written_as_integers_and_fit_the_schema(tmp
     sampler, stop = trace.processes[0].events
     assert [(sampler[k], type(sampler[k])) for k in ("num_replicas", "rank", "seed")] == [(2, int), (1, int), (7, int)]
     assert (stop["x"], stop["t"]) == (0.5, "tensor([1, 2])")
+
+
+def test_declaring_kinds_costs_no_pydantic_import() -> None:
+    # Recorders run in the user's training processes: the schemas must not pull the validator in there.
+    code = ("import sys, convcheck.runtime.events as e; e.register_event_schema('x', e.StopEvent); "
+            "print('pydantic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "False\n", "")

@@ -18,8 +18,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Union
 
-from pydantic import AfterValidator, TypeAdapter, ValidationError
 from typing_extensions import Annotated, Literal, NotRequired, Required, TypedDict, is_typeddict
+
+if typing.TYPE_CHECKING:
+    from pydantic import TypeAdapter
+
+# pydantic is imported only to validate: a recorder in the user's process may declare its kinds here for free.
 
 
 def _file_and_line(value: list[Any]) -> list[Any]:
@@ -30,13 +34,19 @@ def _file_and_line(value: list[Any]) -> list[Any]:
 
 @dataclass(frozen=True)
 class _Label:
-    """How a constrained type is named in a damaged line's message."""
+    """A constrained type: how a damaged line's message names it, and the check pydantic runs after the type's own."""
 
     text: str
+    check: Any
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
 
 
 #: ``[file, line]`` of the user's code (JSON has no tuples); the line is null in the rare frame that has none.
-FileLine = Annotated[list[Union[str, int, None]], AfterValidator(_file_and_line), _Label("[file, line]")]
+FileLine = Annotated[list[Union[str, int, None]], _Label("[file, line]", _file_and_line)]
 #: Where in the user's code a call was made: ``[file, line]``, or None when no user frame was on the stack.
 Loc = Union[FileLine, None]
 #: What the probe's ``_num`` writes: the value when it is a number (or bool), else a short repr; None stays None.
@@ -632,6 +642,8 @@ def _adapter(kind: str) -> TypeAdapter[Any] | None:
         schema = SCHEMAS.get(kind)
         if schema is None:
             return None
+        from pydantic import TypeAdapter
+
         adapter = _adapters[kind] = TypeAdapter(schema)
     return adapter
 
@@ -648,7 +660,11 @@ def validate_event(event: dict[str, Any]) -> str | None:
         # Strict: a string is never taken for a number (checks read the event as written, not as
         # pydantic would convert it); an int is still a float.
         adapter.validate_python(event, strict=True)
-    except ValidationError as exc:
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        if not isinstance(exc, ValidationError):
+            raise
         return _describe_error(kind, SCHEMAS[kind], event, exc.errors(include_url=False))
     return None
 
