@@ -81,7 +81,8 @@ def main() -> None:
 
         def decode() -> None:
             # Kept, as a reader keeps them: holding the events is part of what reading costs.
-            kept = [json.loads(line) for line in (folder / "trace-host-1.jsonl").read_text(encoding="utf-8").splitlines()]
+            text = (folder / "trace-host-1.jsonl").read_text(encoding="utf-8")
+            kept = [json.loads(line) for line in text.splitlines()]
             assert len(kept) == len(lines)
 
         def validated() -> None:
@@ -101,7 +102,8 @@ def main() -> None:
     print(f"trace: {len(lines)} events of {kinds} kinds, {size_mb:.1f} MB; medians of {rounds} rounds")
     print(f"json only:                      {median(plain) * 1e3:8.1f} ms")
     print(f"read_trace_dir:                 {median(checked) * 1e3:8.1f} ms")
-    print(f"validate_event alone:           {median(alone) * 1e3:8.1f} ms ({median(alone) / len(lines) * 1e6:.1f} us an event)")
+    each = median(alone) / len(lines) * 1e6
+    print(f"validate_event alone:           {median(alone) * 1e3:8.1f} ms ({each:.1f} us an event)")
     print(f"first read (builds validators): {cold * 1e3:8.1f} ms")
     print(f"ratio {median(checked) / median(plain):.2f}  (read_trace_dir / json only)")
 

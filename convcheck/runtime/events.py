@@ -158,7 +158,7 @@ class ProcessEvent(TypedDict):
 
 
 class StepEvent(TypedDict):
-    """An optimizer step (``n``: steps so far); norms and parameter states on sampled steps. ``Probe.optimizer_post_hook``."""
+    """An optimizer step (``n``: steps so far); norms, parameter states when sampled. ``Probe.optimizer_post_hook``."""
 
     ev: Literal["step"]
     opt: int
@@ -179,7 +179,7 @@ class StepEvent(TypedDict):
 
 
 class BackwardEvent(TypedDict):
-    """A backward() call: the unscaled loss when scalar; graph and stale gradients when sampled. ``Probe.on_backward``."""
+    """A backward() call: the unscaled loss; graph and stale gradients when sampled. ``Probe.on_backward``."""
 
     ev: Literal["backward"]
     n: int
@@ -248,7 +248,7 @@ class LoaderEvent(TypedDict):
 
 
 class LoaderEpochEvent(TypedDict):
-    """A DataLoader epoch closed: batches, indices and their digest, first batch's fingerprint. ``Probe._close_epoch``."""
+    """A DataLoader epoch closed: batches, indices, their digest, the first batch. ``Probe._close_epoch``."""
 
     ev: Literal["loader_epoch"]
     loader: int
@@ -436,7 +436,7 @@ class WarningEvent(TypedDict):
 
 
 class NonfiniteEvent(TypedDict):
-    """The first module whose output was inf/NaN in a step, with its input and an fp32 rerun. ``Probe._record_nonfinite``."""
+    """The first module with an inf/NaN output in a step, its input, an fp32 rerun. ``Probe._record_nonfinite``."""
 
     ev: Literal["nonfinite"]
     module: str
@@ -553,7 +553,7 @@ class EndEvent(TypedDict):
 
 
 class ProbeErrorEvent(TypedDict):
-    """convcheck's own recording failed (``where``: the hook); the user's call ran unrecorded. ``Probe._probe_error``."""
+    """convcheck's own recording failed (``where``); the user's call ran unrecorded. ``Probe._probe_error``."""
 
     ev: Literal["probe_error"]
     traceback: str
