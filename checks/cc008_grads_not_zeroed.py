@@ -5,12 +5,16 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from convcheck.findings import Finding, Severity
 from convcheck.registry import Check
-from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
+from convcheck.runtime.trace import ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext, call_name, dotted_name
+
+if TYPE_CHECKING:
+    # Types only: the events stay the dicts the trace holds, and the schemas cost nothing at run time.
+    from convcheck.runtime.events import BackwardEvent, StepEvent, ZeroGradEvent
 
 _FIX_MISSING = (
     "Clear the gradients once per optimizer step: call `optimizer.zero_grad()` right after `optimizer.step()` "
@@ -32,29 +36,32 @@ _FIX_MISPLACED = (
 class _Segment:
     """What happened between two steps of one optimizer."""
 
-    step: Event
-    backwards: list[Event] = field(default_factory=list)
+    step: StepEvent
+    backwards: list[BackwardEvent] = field(default_factory=list)
     #: (zero_grad event, backwards seen before it in this segment).
-    clears: list[tuple[Event, int]] = field(default_factory=list)
+    clears: list[tuple[ZeroGradEvent, int]] = field(default_factory=list)
 
 
 def segments(proc: ProcessTrace) -> dict[int, list[_Segment]]:
     """Per optimizer, the backwards and gradient clears leading up to each of its steps."""
     by_opt: dict[int, list[_Segment]] = {}
-    backwards: list[Event] = []
-    clears: list[tuple[Event, int, int]] = []  # event, backwards before it, optimizer (-1: any/unknown)
+    backwards: list[BackwardEvent] = []
+    clears: list[tuple[ZeroGradEvent, int, int]] = []  # event, backwards before it, optimizer (-1: any/unknown)
     starts: dict[int, tuple[int, int]] = {}  # optimizer -> (backward index, clear index) where its segment starts
     for event in proc.events:
         kind = event["ev"]
+        # The trace's schemas (convcheck.runtime.events) type each kind; .get() where recorded traces may omit a field.
         if kind == "backward":
-            backwards.append(event)
+            backwards.append(cast("BackwardEvent", event))
         elif kind == "zero_grad":
-            opt = event.get("opt") if event.get("kind") == "optimizer" else None
-            clears.append((event, len(backwards), -1 if opt is None else int(opt)))
+            clear = cast("ZeroGradEvent", event)
+            opt = clear.get("opt") if clear.get("kind") == "optimizer" else None
+            clears.append((clear, len(backwards), -1 if opt is None else int(opt)))
         elif kind == "step":
-            opt = int(event.get("opt") or 0)
+            step = cast("StepEvent", event)
+            opt = int(step.get("opt") or 0)
             b0, c0 = starts.get(opt, (0, 0))
-            segment = _Segment(step=event, backwards=backwards[b0:])
+            segment = _Segment(step=step, backwards=backwards[b0:])
             for clear, at, target in clears[c0:]:
                 if target in (-1, opt):
                     segment.clears.append((clear, at - b0))

@@ -673,7 +673,8 @@ def test_a_damaged_trace_folder_is_analysed_without_the_damaged_parts(project: P
     good_lines = len(trace.read_text().splitlines())
     with trace.open("a") as fh:
         fh.write('42\n[1, 2]\n{"n": 3}\n{"ev": "step", "n": "x"}\n{"ev": "backward", "n": 9, "loss": "abc"}\n')
-        fh.write('{"ev": "note"}\n')
+        fh.write('{"ev": "note"}\n{"ev": "set_epoch", "id": 0, "epoch": 1, "loc": ["train.py", "7"]}\n')
+        fh.write('{"ev": "end", "status": "exited", "steps": 3}\n')
     (folder / "trace-host-notapid.jsonl").write_text('{"ev": "step"}\n')
     (folder / "trace-host-77.jsonl").mkdir()
     (folder / "exit-host-12.json").write_text("[1]")
@@ -689,8 +690,12 @@ def test_a_damaged_trace_folder_is_analysed_without_the_damaged_parts(project: P
         f"convcheck: warning: {folder}/{trace.name}:{n + 1}: not a JSON object but int; the line was left out",
         f"convcheck: warning: {folder}/{trace.name}:{n + 2}: not a JSON object but list; the line was left out",
         f"convcheck: warning: {folder}/{trace.name}:{n + 3}: an event without its kind ('ev'); the line was left out",
-        f"convcheck: warning: {folder}/{trace.name}:{n + 4}: field 'n' is str, not int or NoneType; the line was left out",
-        f"convcheck: warning: {folder}/{trace.name}:{n + 5}: field 'loss' is str, not int or float or NoneType; "
+        f"convcheck: warning: {folder}/{trace.name}:{n + 4}: field 'n' is str, not int; the line was left out",
+        f"convcheck: warning: {folder}/{trace.name}:{n + 5}: field 'loss' is str, not float or None; "
+        "the line was left out",
+        f"convcheck: warning: {folder}/{trace.name}:{n + 7}: field 'loc' is not [file, line] or None: "
+        "['train.py', '7']; the line was left out",
+        f"convcheck: warning: {folder}/{trace.name}:{n + 8}: an event of kind 'end' without its field 'backwards'; "
         "the line was left out",
     ]
     assert json.loads(result.stdout)["run"]["status"] == "stopped-at-budget"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 import socket
 import threading
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: Any event, as read; each kind's fields are typed in ``convcheck.runtime.events`` (cast to them to type-check).
 Event = dict[str, Any]
 
 _FLUSH_INTERVAL_S = 0.25
@@ -98,6 +100,12 @@ class TraceWriter:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
+    try:
+        # An integer of numpy or torch (a batch size, a seed the user computed) stays an integer: the
+        # event's schema says int, and 32.0 would make the line damaged.
+        return operator.index(value)
+    except Exception:  # noqa: BLE001 - a user's type may raise anything; the trace must still be written
+        pass
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -206,29 +214,27 @@ class RunTrace:
                     yield proc, event
 
 
-_NUMBER = (int, float)
-_NONE = type(None)
-#: The type of every field the analysis reads, whatever the event: a trace that breaks it is
-#: damaged (edited by hand, written by another version, cut short) and the event is left out.
-FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "ev": (str,), "n": (int, _NONE), "step": (int, _NONE), "opt": (int, _NONE), "pid": (int, _NONE),
-    "rank": (int, _NONE), "world_size": (int, _NONE), "loss": (*_NUMBER, _NONE), "loc": (list, _NONE),
-    "argv": (list, _NONE), "error": (str, _NONE), "traceback": (str, _NONE), "time": (*_NUMBER, _NONE),
-}
-
-
 def event_problem(event: Any) -> str | None:
-    """Why a decoded trace line is not a usable event, or None when it is."""
+    """Why a decoded trace line is not a usable event, or None when it is.
+
+    A known kind must fit its schema (``convcheck.runtime.events``): a trace that breaks it was edited
+    by hand, written by another version or cut short, and the event is left out. A kind with no schema
+    is kept as it is.
+    """
+    # Imported here: the probe writes traces in every process of a run and never validates them.
+    from convcheck.runtime.events import validate_event
+
+    return _shape_problem(event) or validate_event(event)
+
+
+def _shape_problem(event: Any) -> str | None:
+    """Why a decoded line is no event at all: not an object, or no kind."""
     if not isinstance(event, dict):
         return f"not a JSON object but {type(event).__name__}"
     if "ev" not in event:
         return "an event without its kind ('ev')"
-    for name, value in event.items():
-        expected = FIELD_TYPES.get(name)
-        if expected is not None and not isinstance(value, expected):
-            return f"field {name!r} is {type(value).__name__}, not {' or '.join(t.__name__ for t in expected)}"
-    if event.get("argv") is not None and not all(isinstance(a, str) for a in event["argv"]):
-        return "field 'argv' holds something other than strings"
+    if not isinstance(event["ev"], str):
+        return f"field 'ev' is {type(event['ev']).__name__}, not str"
     return None
 
 
@@ -237,6 +243,8 @@ def read_trace_dir(trace_dir: str | Path, world_size: int = 1, steps_budget: int
 
     A torn last line (a process killed mid-write) is dropped silently: that is how traces end.
     """
+    from convcheck.runtime.events import validate_event
+
     processes = []
     damaged: list[str] = []
     for path in sorted(Path(trace_dir).glob("trace-*.jsonl")):
@@ -260,7 +268,7 @@ def read_trace_dir(trace_dir: str | Path, world_size: int = 1, steps_budget: int
                 if number != len(lines):
                     damaged.append(f"{path.name}:{number}: not JSON; the line was left out")
                 continue
-            problem = event_problem(event)
+            problem = _shape_problem(event) or validate_event(event)
             if problem is not None:
                 damaged.append(f"{path.name}:{number}: {problem}; the line was left out")
                 continue
