@@ -291,6 +291,9 @@ def _recorded(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN202
     from convcheck.runtime.trace import read_trace_dir
 
     folder = options.from_traces
+    from convcheck.runtime.recorders import register_schemas
+
+    register_schemas()
     trace = read_trace_dir(folder, steps_budget=options.steps)
     _warn_damaged(folder, trace.damaged)
     trace.world_size = max([p.world_size for p in trace.processes] or [1])
@@ -392,9 +395,10 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
 
 def _recorders_for(checks: list) -> list[str]:
     """The recorders the selected checks need; a check that needs one nobody provides is bad input."""
-    from convcheck.runtime.recorders import available_recorders, needed_by
+    from convcheck.runtime.recorders import available_recorders, needed_by, register_schemas
 
     known = available_recorders()
+    register_schemas(known)
     for check in checks:
         missing = sorted(set(check.needs) - set(known))
         if missing:

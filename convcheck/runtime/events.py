@@ -299,7 +299,7 @@ class SetEpochEvent(TypedDict):
 
 
 class SeedEvent(TypedDict):
-    """A seeding call (torch, cuda, python, numpy); ``internal`` when torch made it. ``_patch_seeding``."""
+    """A seeding call (torch, cuda, python, numpy); ``internal`` when torch made it. The ``seeding`` recorder."""
 
     ev: Literal["seed"]
     rng: str
@@ -392,7 +392,7 @@ class ClipEvent(TypedDict):
 
 
 class SchedStepEvent(TypedDict):
-    """An lr scheduler's step: the lrs after it; its settings on its first step. ``_install_patches``."""
+    """An lr scheduler's step: the lrs after it; its settings on its first step. The ``schedulers`` recorder."""
 
     ev: Literal["sched_step"]
     cls: str
@@ -405,7 +405,7 @@ class SchedStepEvent(TypedDict):
 
 
 class TrainModeEvent(TypedDict):
-    """The outermost Module.train()/eval() call: the mode set and on which module. ``_install_patches`` (wrap_train)."""
+    """The outermost Module.train()/eval() call: the mode set and on which module. The ``modes`` recorder."""
 
     ev: Literal["train_mode"]
     mode: bool
@@ -425,7 +425,7 @@ class ModuleFlagsEvent(TypedDict):
 
 
 class WarningEvent(TypedDict):
-    """A Python warning shown (the first 50): category, message, where it was raised. ``_install_patches``."""
+    """A Python warning shown (the first 50): category, message, where it was raised. The ``warnings`` recorder."""
 
     ev: Literal["warning"]
     category: str
@@ -461,15 +461,16 @@ class HistogramsEvent(TypedDict):
 
 
 class FinalEvent(TypedDict):
-    """What a process that trained ends with: a parameter digest, RNG use, determinism flags. ``Probe.record_final``."""
+    """What a process that trained ends with: a parameter digest, determinism flags, and what the recorders add
+    (RNG use from ``seeding``). ``Probe.record_final``."""
 
     ev: Literal["final"]
     steps: int
     param_sum: float | None
     param_norms: list[float]
-    rng_drawn: dict[str, bool]
-    rng_seeded: list[str]
-    rng_unseeded_draws: list[str]
+    rng_drawn: NotRequired[dict[str, bool]]
+    rng_seeded: NotRequired[list[str]]
+    rng_unseeded_draws: NotRequired[list[str]]
     cudnn_benchmark: bool
     cudnn_deterministic: bool
     deterministic_algorithms: bool
@@ -552,6 +553,14 @@ class EndEvent(TypedDict):
     backwards: int
 
 
+class RecordersEvent(TypedDict):
+    """The recorders installed in this process and the patches they made. ``Probe._install_recorders``."""
+
+    ev: Literal["recorders"]
+    names: list[str]
+    patched: list[str]
+
+
 class ProbeErrorEvent(TypedDict):
     """convcheck's own recording failed (``where``); the user's call ran unrecorded. ``Probe._probe_error``."""
 
@@ -615,7 +624,7 @@ SCHEMAS: dict[str, type] = {
     "warning": WarningEvent, "nonfinite": NonfiniteEvent, "histograms": HistogramsEvent, "final": FinalEvent,
     "dist_init": DistInitEvent, "ddp_init": DdpInitEvent, "ddp_module_moved": DdpModuleMovedEvent,
     "unregistered_module": UnregisteredModuleEvent, "repeat_batch": RepeatBatchEvent, "stop": StopEvent,
-    "crash": CrashEvent, "end": EndEvent, "probe_error": ProbeErrorEvent, "self_spawn": SelfSpawnEvent,
+    "crash": CrashEvent, "end": EndEvent, "probe_error": ProbeErrorEvent, "recorders": RecordersEvent, "self_spawn": SelfSpawnEvent,
     "device_map": DeviceMapEvent, "device_map_active": DeviceMapActiveEvent,
     "device_unmappable": DeviceUnmappableEvent, "accelerator_query": AcceleratorQueryEvent,
 }

@@ -52,6 +52,16 @@ def available_recorders() -> dict[str, type[Recorder]]:
     return {**third_party_recorders(), **builtin_recorders()}
 
 
+def register_schemas(recorders: dict[str, type[Recorder]] | None = None) -> None:
+    """Declare the event kinds third-party recorders write, so that their events are validated as typed."""
+    from convcheck.runtime.events import SCHEMAS, register_event_schema
+
+    for cls in (recorders or available_recorders()).values():
+        for kind, schema in cls.schemas.items():
+            if SCHEMAS.get(kind) is not schema:
+                register_event_schema(kind, schema)
+
+
 def needed_by(checks: list[Any]) -> list[str]:
     """The recorders the given checks need, sorted (the probe's own evidence is always recorded)."""
     return sorted({name for check in checks for name in getattr(check, "needs", ())})
