@@ -653,7 +653,12 @@ def _adapter(kind: str) -> TypeAdapter[Any] | None:
             return None
         from pydantic import TypeAdapter
 
-        adapter = _adapters[kind] = TypeAdapter(schema)
+        try:
+            adapter = _adapters[kind] = TypeAdapter(schema)
+        except Exception:
+            # A plug-in's schema pydantic cannot use: its events are read unvalidated, never fatal.
+            SCHEMAS.pop(kind, None)
+            return None
     return adapter
 
 

@@ -8,7 +8,9 @@ the batch teaches nothing.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any
+
+from typing_extensions import TypedDict  # pydantic validates it on Python < 3.12
 
 from convcheck.findings import Severity
 from convcheck.registry import Check
