@@ -7,11 +7,13 @@ import shutil
 import sys
 import tempfile
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from convcheck.exitcodes import ExitCode
-from convcheck.findings import Finding, ProcessSummary, Report, RunSummary, Severity
+from convcheck.findings import EpochCap, Finding, ProcessSummary, Report, RunSummary, Severity
 from convcheck.report.context import RenderContext
 
 
@@ -352,11 +354,12 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
         for label, variant in variants.items():
             specs[label] = spec_for(run_dir / "variants" / label, variant.nproc_per_node, variant.steps, False,
                                     variant.repeat_first_batch)
-        if binds_fixed_port(ctx):
-            # Runs side by side would fight over the port the script chose: one after the other.
-            launches = {label: launch_many({label: spec})[label] for label, spec in specs.items()}
-        else:
-            launches = launch_many(specs)
+        with _epoch_steps_in_env(auto_epoch_steps(options)):
+            if binds_fixed_port(ctx):
+                # Runs side by side would fight over the port the script chose: one after the other.
+                launches = {label: launch_many({label: spec})[label] for label, spec in specs.items()}
+            else:
+                launches = launch_many(specs)
         launched = launches.pop("main")
         trace = read_trace_dir(launched.trace_dir, world_size=options.nproc_per_node or 1, steps_budget=options.steps)
         for label, other in launches.items():
@@ -376,6 +379,49 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
         if options.trace_dir is None:
             shutil.rmtree(run_dir, ignore_errors=True)
     return summary, findings, check_errors, trace
+
+
+def auto_epoch_steps(options: RunOptions) -> int | None:
+    """Optimizer steps a training loop's epoch lasts when the user chose no epoch length; None otherwise.
+
+    Taken from the main run's budget for every run, so that CC002's shorter repeat cuts its epochs where
+    the main run does.
+    """
+    from convcheck.runtime.epochcap import steps_per_epoch
+
+    return steps_per_epoch(options.steps) if options.max_batches_per_epoch is None else None
+
+
+@contextmanager
+def _epoch_steps_in_env(epoch_steps: int | None) -> Iterator[None]:
+    """Hand the automatic epoch length to the workers through the environment they inherit, for this launch."""
+    from convcheck.runtime import env
+
+    before = os.environ.pop(env.EPOCH_STEPS, None)
+    if epoch_steps:
+        os.environ[env.EPOCH_STEPS] = str(epoch_steps)
+    try:
+        yield
+    finally:
+        os.environ.pop(env.EPOCH_STEPS, None)
+        if before is not None:
+            os.environ[env.EPOCH_STEPS] = before
+
+
+def epoch_summary(trace, options: RunOptions) -> EpochCap:  # noqa: ANN001
+    """How the run's epochs were shortened, from the options and the epochs the probes ended early."""
+    if options.max_batches_per_epoch:
+        return EpochCap(mode="fixed", batches=options.max_batches_per_epoch)
+    if options.max_batches_per_epoch == 0:
+        return EpochCap(mode="off")
+    rows: dict[tuple, dict] = {}
+    for _, event in trace.events("epoch_cap"):
+        file, line = (event.get("loc") or [None, None])[:2]
+        rows.setdefault((event.get("loader"), file, line), {
+            "loader": event.get("loader"), "batches": event.get("batches"), "full_batches": event.get("full_batches"),
+            "file": file, "line": line,
+        })
+    return EpochCap(mode="auto", steps_per_epoch=auto_epoch_steps(options), loaders=list(rows.values()))
 
 
 def _file_changes(launches: list) -> list[dict]:  # noqa: ANN001
@@ -424,6 +470,7 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
         steps_budget=options.steps, nproc_per_node=options.nproc_per_node or 1,
         wall_seconds=round(launched.wall_seconds, 2), processes=processes, script_argv=options.script_args,
     )
+    summary.epochs = epoch_summary(trace, options)
     summary.redirected_saves = _located(trace, "save", "path", only=lambda e: bool(e.get("redirected_to")))
     # Mappings made inside a library (Lightning, Inductor) are not the user's to change: left out.
     summary.device_mapping = _located(trace, "device_map", "what", first_per_label=True,
