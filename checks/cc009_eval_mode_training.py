@@ -8,7 +8,9 @@ from typing import Any
 from convcheck.findings import Finding, Severity
 from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
+from convcheck.static.calls import Calls
 from convcheck.static.context import StaticContext
+from convcheck.static.flow import same_file
 
 _FIX = (
     "Call `model.train()` before the training loop and again after every evaluation (`model.eval()` stays "
@@ -101,7 +103,9 @@ class EvalModeTraining(Check):
         trained_before = list(range(1, first_step))
         where = ""
         if switch:
-            where = f" `{switch.get('cls', 'model')}.eval()` at {_short(switch.get('loc'))} (step {switch.get('step')})"
+            helper = _helper_text(switch.get("loc"), ctx)
+            where = (f" `{switch.get('cls', 'model')}.eval()` at {_short(switch.get('loc'))} "
+                     f"(step {switch.get('step')}){helper}")
             where = f" It was switched to eval mode by{where} and not back to train mode."
         message = (
             f"{len(steps)} of {total} optimizer steps (from step {first_step}) trained with {listed} "
@@ -240,6 +244,17 @@ def _last_eval_call(proc: ProcessTrace, backward: Event, objs: set[int]) -> Even
             if event.get("obj") in objs:
                 own = event if not event.get("mode") else None
     return own or found
+
+
+def _helper_text(loc: Any, ctx: StaticContext | None) -> str:
+    """`` in `evaluate()`, called at line 40`` when the eval() call sits in one of the script's helpers."""
+    if ctx is None or not loc or len(loc) < 2 or not same_file(str(loc[0]), ctx):
+        return ""
+    places = [place for place in Calls(ctx).at_line(int(loc[1])) if place.calls]
+    if not places:
+        return ""
+    name, call = places[0].calls[-1]
+    return f" in `{name}()`, called at line {call},"
 
 
 def _short(loc: Any) -> str:

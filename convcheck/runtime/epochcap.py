@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import dis
 import inspect
+from dataclasses import dataclass
 from types import FrameType
 
 from convcheck.runtime.locate import _is_convcheck_file, is_library_file, is_torch_file
@@ -27,6 +28,8 @@ _FOR_ITER = dis.opmap["FOR_ITER"]
 _CALLER_DEPTH = 3
 #: Library generator frames (tqdm, a prefetcher) allowed between the loader and the user's ``for``.
 _WRAPPER_DEPTH = 4
+#: Passes over a loader that end early: three epoch boundaries within the budget, then full epochs.
+SHORTENED_PASSES = 3
 _trees: dict[str, ast.AST | None] = {}
 
 
@@ -35,9 +38,27 @@ def steps_per_epoch(budget: int) -> int:
     return max(1, budget // 3)
 
 
-def repeating_for_loop(frame: FrameType | None) -> tuple[str, int] | None:
-    """(file, line) of the user's ``for`` statement pulling the loader from ``frame`` on, when a loop around it
-    runs it again; None when the loader is pulled another way or its loop runs once."""
+@dataclass(frozen=True)
+class LoopSite:
+    """The user's ``for`` statement that pulls a loader, inside a loop that runs it again."""
+
+    file: str
+    line: int
+    #: How many times the enclosing loop runs, where the source says (``range(4)``); None when unknown.
+    passes: int | None
+
+
+def shortened(site: LoopSite | None, epoch: int) -> bool:
+    """Whether this pass (1-based) over the loader ends early: the first three, never the last known one.
+
+    Later epochs run in full, so a script with few epochs still reaches the step budget.
+    """
+    return site is not None and epoch <= SHORTENED_PASSES and (site.passes is None or epoch < site.passes)
+
+
+def repeating_for_loop(frame: FrameType | None) -> LoopSite | None:
+    """The user's ``for`` statement pulling the loader from ``frame`` on, when a loop around it runs it again;
+    None when the loader is pulled another way or its loop runs once."""
     frame = _skip_convcheck_and_torch(frame)
     for _ in range(_WRAPPER_DEPTH):
         if frame is None or not is_library_file(frame.f_code.co_filename):
@@ -52,8 +73,9 @@ def repeating_for_loop(frame: FrameType | None) -> tuple[str, int] | None:
     statement = _for_header_at(frame)
     if statement is None:
         return None
-    if _inside_loop(frame, statement):
-        return found
+    loop = _enclosing_loop(frame, statement)
+    if loop is not None:
+        return LoopSite(*found, _passes(loop))
     # The loop runs once in its function: a caller may run the function once per epoch.
     caller = frame.f_back
     for _ in range(_CALLER_DEPTH):
@@ -62,8 +84,9 @@ def repeating_for_loop(frame: FrameType | None) -> tuple[str, int] | None:
         statement = _statement_at(caller)
         if statement is None:
             return None
-        if _inside_loop(caller, statement):
-            return found
+        loop = _enclosing_loop(caller, statement)
+        if loop is not None:
+            return LoopSite(*found, _passes(loop))
         caller = caller.f_back
     return None
 
@@ -108,20 +131,34 @@ def _statement_at(frame: FrameType) -> ast.AST | None:
     return min(found, key=lambda n: ((n.end_lineno or n.lineno) - n.lineno, -n.lineno), default=None)
 
 
-def _inside_loop(frame: FrameType, statement: ast.AST) -> bool:
-    """Whether ``statement`` lies in a for/while loop of the frame's own function (not in a nested def)."""
+def _enclosing_loop(frame: FrameType, statement: ast.AST) -> ast.AST | None:
+    """The nearest for/while loop of the frame's own function (not a nested def) that holds ``statement`` and
+    runs more than once."""
     tree = _tree(frame.f_code.co_filename)
     if tree is None:
-        return False
+        return None
     parents = _parents(tree)
     node = parents.get(statement)
     while node is not None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            return False
-        if isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
-            return True
+            return None
+        if isinstance(node, (ast.For, ast.AsyncFor, ast.While)) and _passes(node) != 1:
+            return node
         node = parents.get(node)
-    return False
+    return None
+
+
+def _passes(loop: ast.AST) -> int | None:
+    """How many times ``for _ in range(...)`` runs when its bounds are literal numbers; None otherwise."""
+    call = getattr(loop, "iter", None)
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "range"):
+        return None
+    if call.keywords or not 1 <= len(call.args) <= 2:
+        return None
+    if not all(isinstance(a, ast.Constant) and type(a.value) is int for a in call.args):
+        return None
+    bounds = [a.value for a in call.args]
+    return max(0, bounds[-1] - (bounds[0] if len(bounds) == 2 else 0))
 
 
 _parent_maps: dict[int, dict[ast.AST, ast.AST]] = {}

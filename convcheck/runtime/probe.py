@@ -75,7 +75,9 @@ class Probe:
         self.steps_budget = steps
         self.max_batches = max_batches
         #: Optimizer steps after which a training loop's epoch ends when no max_batches was given (epochcap.py).
-        self.epoch_steps = epoch_steps if max_batches is None else None
+        #: Not in CC012's overfit run: it repeats one batch, and its epochs would only cut its steps short.
+        overfit = os.environ.get(env.REPEAT_FIRST_BATCH) == "1"
+        self.epoch_steps = epoch_steps if max_batches is None and not overfit else None
         self.patches = Patches(on_error=self._probe_error)
         self.handles: list[Any] = []
         self.stopping = False
@@ -762,14 +764,17 @@ class Probe:
         if cap is None:
             if self.step_count == record["step_start"]:
                 return False  # no step yet in this pass: a validation pass, or still accumulating
-            where = epochcap.repeating_for_loop(sys._getframe(2))
+            site = epochcap.repeating_for_loop(sys._getframe(2))
             loader = getattr(iterator, "_convcheck_loader", None)
-            cap = record["auto_cap"] = record["batches"] * self.epoch_steps if where and loader is not None else 0
-            if cap:
+            cut = loader is not None and epochcap.shortened(site, record["epoch"])
+            cap = record["auto_cap"] = record["batches"] * self.epoch_steps if cut else 0
+            if loader is not None:
+                loader._convcheck_auto_cap = 0
                 full = _safe_len(loader)
-                loader._convcheck_auto_cap = cap  # len(loader) answers the shortened epoch from now on
-                if full is None or full > cap:
-                    record["auto_cut"] = {"full": full, "loc": list(where)}
+                # len(loader) answers the shortened epoch while it is shortened, the full one after.
+                loader._convcheck_auto_cap = cap
+                if cap and (full is None or full > cap):
+                    record["auto_cut"] = {"full": full, "loc": [site.file, site.line]}
         if not cap or record["batches"] < cap:
             return False
         cut = record.pop("auto_cut", None)
