@@ -109,6 +109,11 @@ class FrozenParameters(Check):
     Parameters are seen through the modules the run calls (module forward hooks): a model whose `forward` is
     called directly (`model.forward(x)`) is not registered. Gradients and changes are measured on sampled
     steps; layers held in plain containers are found only when they are called in the first forwards.
+    An unfreeze after a filtered optimizer was built is seen in the run when the run reaches it (a training
+    loop's long epochs are shortened for that), otherwise from the source: a statement inside one of the
+    script's own functions counts where the function is called (up to three calls out; a method by its
+    name when one class of the script defines it). Functions of other modules are not followed, and an
+    optimizer built from a list filtered on an earlier line is not recognised as filtered.
     """
 
     code = "CC006"

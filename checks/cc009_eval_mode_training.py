@@ -64,7 +64,11 @@ class EvalModeTraining(Check):
     ## Known limits
     Only dropout, batch-norm and instance-norm layers are watched: a custom module that branches on
     `self.training` is not. A part of the model in eval mode that gets no gradient is taken as frozen on
-    purpose.
+    purpose. The switch is seen only when the run reaches it: a training loop's long epochs are shortened
+    so that the first validation falls within the step budget, but validation every few epochs, or a loop
+    that is not shortened (pulled with `next()`, a framework's loop), needs `--max-batches-per-epoch` and
+    enough `--steps`. An `eval()` inside one of the script's own functions is reported at its line, with
+    the line that calls the function; functions of other modules are not followed.
     """
 
     code = "CC009"
