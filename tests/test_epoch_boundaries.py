@@ -45,10 +45,36 @@ def test_eval_helper_beyond_the_first_epoch_is_an_error_at_the_helper_line() -> 
     assert "14 of 20 optimizer steps (from step 7)" in finding["message"]
 
 
-def test_eval_helper_with_train_at_each_epoch_is_quiet() -> None:
-    report = _run("tests/scripts/cc009_eval_helper_fixed.py")
+@pytest.mark.parametrize("mode", ["auto", "full", "static"])
+def test_eval_helper_with_train_at_each_epoch_is_quiet(mode: str) -> None:
+    args = {"auto": [], "full": ["--max-batches-per-epoch", "0"], "static": ["--static-only"]}[mode]
+    report = _run(*args, "tests/scripts/cc009_eval_helper_fixed.py")
     assert report["findings"] == []
-    assert report["run"]["steps_budget"] == 20 and report["run"]["processes"][0]["steps"] == 20
+    if mode == "auto":
+        assert report["run"]["steps_budget"] == 20 and report["run"]["processes"][0]["steps"] == 20
+
+
+@pytest.mark.parametrize("mode", ["full", "static"])
+def test_eval_helper_the_run_does_not_reach_is_found_in_the_source(mode: str) -> None:
+    # With full epochs the first validation lies beyond 20 steps: the source shows it, through both helpers.
+    args = ["--max-batches-per-epoch", "0"] if mode == "full" else ["--static-only"]
+    report = _run(*args, "tests/scripts/cc009_eval_helper.py")
+    [finding] = report["findings"]
+    eval_line = _line("cc009_eval_helper.py", "model.eval()")
+    call_line = _line("cc009_eval_helper.py", "evaluate(model, val)")
+    train_line = _line("cc009_eval_helper.py", "train_one_epoch(model, train, opt)")
+    backward_line = _line("cc009_eval_helper.py", ".backward()")
+    assert (finding["code"], finding["location"]["line"]) == ("CC009", eval_line)
+    assert finding["message"].startswith(
+        f"`model.eval()` (line {eval_line} in `evaluate()`, called at line {call_line}) runs in the loop at line "
+        f"{train_line - 1} that also trains (`backward()` at line {backward_line} in `train_one_epoch()`, called at "
+        f"line {train_line}), and nothing in that loop switches back with `train()`")
+    if mode == "full":
+        assert finding["severity"] == "warning"
+        assert finding["message"].endswith("The model has BatchNorm1d, Dropout layers; the run ended after 20 "
+                                           "optimizer steps, before this line ran.")
+    else:
+        assert finding["severity"] == "info"
 
 
 # -- shape (b): a helper unfreezes the backbone after a filtered optimizer was built -------------
@@ -100,9 +126,9 @@ def test_report_says_epochs_were_shortened(tmp_path: Path) -> None:
 
 
 def test_opt_out_runs_full_epochs(tmp_path: Path) -> None:
-    report = _run("--max-batches-per-epoch", "0", "--trace-dir", tmp_path / "t", SCRIPTS / "cc009_eval_helper.py")
+    report = _run("--max-batches-per-epoch", "0", "--trace-dir", tmp_path / "t", SCRIPTS / "epoch_shapes.py",
+                  "epochs")
     assert report["run"]["epochs"] == {"mode": "off", "steps_per_epoch": None, "batches": None, "loaders": []}
-    assert report["findings"] == []  # the first validation lies beyond 20 steps of a 50-batch epoch
     assert _epochs(tmp_path / "t") == [(0, 1, 21, False)]
 
 

@@ -62,6 +62,7 @@ class Calls:
                         methods.setdefault(item.name, []).append(item)
         self.functions = dict(module_functions)
         self.callers = {}
+        self.targets: dict[ast.Call, ast.AST] = {}
         for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
             target = None
             if isinstance(call.func, ast.Name):
@@ -70,6 +71,7 @@ class Calls:
                 target = methods[call.func.attr][0]
             if target is not None and not self._inside(call, target):
                 self.callers.setdefault(target, []).append(call)
+                self.targets[call] = target
         for found in self.callers.values():
             found.sort(key=lambda call: (call.lineno, call.col_offset))
 
@@ -102,6 +104,22 @@ class Calls:
             for outer in self._places(call, call.lineno, depth - 1, seen | {function}):
                 found.append(Where(line, (*outer.calls, (function.name, outer.line))))
         return found
+
+    def reached(self, statements: list[ast.stmt], depth: int = MAX_DEPTH - 1) -> list[tuple[ast.Call, Where]]:
+        """Every call that runs when ``statements`` run: their own, and those inside the script's functions
+        they call, up to ``depth`` functions in; each with its place (the chain of calls into it)."""
+        found: list[tuple[ast.Call, Where]] = []
+        self._reach(statements, (), depth, set(), found)
+        return found
+
+    def _reach(self, nodes: list[ast.AST], chain: tuple, depth: int, seen: set, found: list) -> None:
+        for root in nodes:
+            for call in (n for n in ast.walk(root) if isinstance(n, ast.Call)):
+                found.append((call, Where(call.lineno, chain)))
+                target = self.targets.get(call)
+                if target is not None and depth > 0 and target not in seen:
+                    seen.add(target)
+                    self._reach(target.body, (*chain, (target.name, call.lineno)), depth - 1, seen, found)
 
     def at_line(self, line: int) -> list[Where]:
         """The places of the statement on ``line`` (a location a run recorded), top level included."""
