@@ -45,13 +45,11 @@ def test_eval_helper_beyond_the_first_epoch_is_an_error_at_the_helper_line() -> 
     assert "14 of 20 optimizer steps (from step 7)" in finding["message"]
 
 
-@pytest.mark.parametrize("mode", ["auto", "full", "static"])
-def test_eval_helper_with_train_at_each_epoch_is_quiet(mode: str) -> None:
-    args = {"auto": [], "full": ["--max-batches-per-epoch", "0"], "static": ["--static-only"]}[mode]
-    report = _run(*args, "tests/scripts/cc009_eval_helper_fixed.py")
+def test_eval_helper_with_train_at_each_epoch_is_quiet_past_the_epoch_boundaries() -> None:
+    report = _run("tests/scripts/cc009_eval_helper_fixed.py")
     assert report["findings"] == []
-    if mode == "auto":
-        assert report["run"]["steps_budget"] == 20 and report["run"]["processes"][0]["steps"] == 20
+    assert report["run"]["processes"][0]["steps"] == 20
+    assert [row["batches"] for row in report["run"]["epochs"]["loaders"]] == [6]
 
 
 @pytest.mark.parametrize("mode", ["full", "static"])
@@ -75,6 +73,8 @@ def test_eval_helper_the_run_does_not_reach_is_found_in_the_source(mode: str) ->
                                            "optimizer steps, before this line ran.")
     else:
         assert finding["severity"] == "info"
+    # The twin whose training helper calls model.train() first is quiet the same way.
+    assert _run(*args, "tests/scripts/cc009_eval_helper_fixed.py")["findings"] == []
 
 
 # -- shape (b): a helper unfreezes the backbone after a filtered optimizer was built -------------
@@ -101,7 +101,11 @@ def test_unfreeze_helper_after_filtered_optimizer_is_an_error_naming_the_helper_
 @pytest.mark.parametrize("epochs", ["auto", "full"])
 def test_unfreeze_helper_that_adds_the_parameter_group_is_quiet(epochs: str) -> None:
     args = ["--max-batches-per-epoch", "0"] if epochs == "full" else []
-    assert _run(*args, SCRIPTS / "cc006_unfreeze_helper_fixed.py")["findings"] == []
+    report = _run(*args, SCRIPTS / "cc006_unfreeze_helper_fixed.py")
+    assert report["findings"] == []
+    # Quiet after the run went through the unfreeze at epoch 2 (auto), or with full epochs.
+    assert report["run"]["epochs"]["mode"] == ("off" if epochs == "full" else "auto")
+    assert [row["batches"] for row in report["run"]["epochs"]["loaders"]] == ([] if epochs == "full" else [6])
 
 
 # -- the report, and the opt-out ---------------------------------------------------------------
