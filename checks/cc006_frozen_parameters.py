@@ -345,8 +345,8 @@ class FrozenParameters(Check):
                 # Frozen and filtered out of the optimizer, and the script unfreezes later (after this short run):
                 # from then on they get gradients that no optimizer applies.
                 message = (f"{_list(modules)} {_verb(modules, 'is', 'are')} frozen and left out of the optimizer "
-                           f"built from a requires_grad filter, and {later.describe()}, unfreezes parameters "
-                           f"later: {len(excluded)} parameters will get gradients that this optimizer never "
+                           f"built from a requires_grad filter, and {later.describe()}{',' if later.calls else ''} "
+                           f"unfreezes parameters later: {len(excluded)} parameters will get gradients that this optimizer never "
                            "applies.")
                 yield self.finding(message, fix=_FIX_OUTSIDE, location=opt_where, severity=Severity.ERROR,
                                    source="static+runtime",

@@ -198,3 +198,14 @@ def test_a_statement_in_a_helper_happens_at_each_call_two_levels_out(tmp_path: P
     assert places[0].order == (10, 9, 5, 2)
     assert calls.places(_node(tree, "main()")) == [Where(10)]
     assert calls.at_line(2) == places
+
+
+def test_the_repeat_run_of_cc002_cuts_its_epochs_where_the_main_run_does(tmp_path: Path) -> None:
+    # 6 steps: epochs of 2 steps in the main run and in CC002's 5-step repeat alike (not 1 step, from its own
+    # budget), so both runs draw the same shuffles and compare equal.
+    report = _run("--steps", "6", "--trace-dir", tmp_path / "t", SCRIPTS / "cc009_eval_helper_fixed.py")
+    assert report["findings"] == []
+    assert report["run"]["epochs"]["steps_per_epoch"] == 2
+    main = [e[:3] for e in _epochs(tmp_path / "t") if e[0] == 0]
+    repeat = [e[:3] for e in _epochs(tmp_path / "t" / "variants" / "repeat") if e[0] == 0]
+    assert main[:2] == repeat[:2] == [(0, 1, 2), (0, 2, 2)]
