@@ -4,6 +4,9 @@ asked, and what the script's own helpers do counts where they are called."""
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -209,3 +212,16 @@ def test_the_repeat_run_of_cc002_cuts_its_epochs_where_the_main_run_does(tmp_pat
     main = [e[:3] for e in _epochs(tmp_path / "t") if e[0] == 0]
     repeat = [e[:3] for e in _epochs(tmp_path / "t" / "variants" / "repeat") if e[0] == 0]
     assert main[:2] == repeat[:2] == [(0, 1, 2), (0, 2, 2)]
+
+
+def test_worker_mode_shortens_epochs_the_same_way(tmp_path: Path) -> None:
+    # `python -m convcheck.worker` (one rank per torchrun process) with no --max-batches-per-epoch.
+    proc = subprocess.run(
+        [sys.executable, "-m", "convcheck.worker", "--trace-dir", str(tmp_path / "t"), "--format", "json",
+         "--fail-on", "never", str(SCRIPTS / "epoch_shapes.py"), "epochs"],
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout[proc.stdout.index("\n{") + 1:])
+    assert [(r["batches"], r["full_batches"]) for r in report["run"]["epochs"]["loaders"]] == [(6, 50)]
+    assert "epoch 2 batches 6" in proc.stdout
