@@ -158,6 +158,14 @@ def test_loaders_without_length_and_wrapped_loops_are_shortened(shape: str, tmp_
     assert [e[:3] for e in _epochs(tmp_path / "t") if e[0] == 0] == [(0, 1, 6), (0, 2, 6), (0, 3, 6), (0, 4, 3)]
 
 
+def test_accumulation_ends_a_shortened_epoch_on_a_step(tmp_path: Path) -> None:
+    # Two batches per step: 6 steps are 12 batches, and no micro-batch is carried into the next epoch.
+    report = _run("--trace-dir", tmp_path / "t", SCRIPTS / "epoch_shapes.py", "accumulate")
+    assert [(r["batches"], r["full_batches"]) for r in report["run"]["epochs"]["loaders"]] == [(12, 50)]
+    assert [e[:3] for e in _epochs(tmp_path / "t")][:3] == [(0, 1, 12), (0, 2, 12), (0, 3, 12)]
+    assert not [f for f in report["findings"] if f["code"] in ("CC003", "CC008")]
+
+
 def test_few_epochs_keep_their_last_epoch_whole(tmp_path: Path) -> None:
     # range(2): only the first epoch ends early, so the run still reaches its 20 steps.
     script = tmp_path / "two_epochs.py"
