@@ -68,7 +68,9 @@ class SamplerEpochNotSet(Check):
     ## Known limits
     Only torch's `DistributedSampler` (and subclasses) is watched: a hand-written distributed sampler or an
     `IterableDataset` that shards by rank is not. A repeated order is only seen when the run reaches a second
-    epoch: use `--max-batches-per-epoch` on long epochs.
+    epoch: a training loop's long epochs are shortened for that without being asked, but a loader pulled
+    with `next()`, by a framework's loop, or by a loop with no epoch loop around it is not, and needs
+    `--max-batches-per-epoch`.
     """
 
     code = "CC004"

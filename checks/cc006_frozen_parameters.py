@@ -11,6 +11,7 @@ from typing import Any
 from convcheck.findings import Finding, Severity
 from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
+from convcheck.static.calls import Calls, Where
 from convcheck.static.context import StaticContext, dotted_name
 from convcheck.static.flow import last_segment, user_location
 
@@ -108,6 +109,11 @@ class FrozenParameters(Check):
     Parameters are seen through the modules the run calls (module forward hooks): a model whose `forward` is
     called directly (`model.forward(x)`) is not registered. Gradients and changes are measured on sampled
     steps; layers held in plain containers are found only when they are called in the first forwards.
+    An unfreeze after a filtered optimizer was built is seen in the run when the run reaches it (a training
+    loop's long epochs are shortened for that), otherwise from the source: a statement inside one of the
+    script's own functions counts where the function is called (up to three calls out; a method by its
+    name when one class of the script defines it). Functions of other modules are not followed, and an
+    optimizer built from a list filtered on an earlier line is not recognised as filtered.
     """
 
     code = "CC006"
@@ -285,6 +291,9 @@ class FrozenParameters(Check):
                 else:
                     cause = ("they were frozen when the optimizer was built (a filter on requires_grad) and "
                              "unfrozen later")
+                    place = _unfreezes_later(ctx)
+                    if place is not None:
+                        cause += f", at {place.describe()}"
                 message = (f"{len(outside)} trainable parameters of {_list(modules)} are in no optimizer: {cause}. "
                            f"{'They receive gradients that are never applied' if got_grad else 'They never train'}.")
                 yield self.finding(message, fix=_FIX_OUTSIDE, location=opt_where, severity=Severity.ERROR,
@@ -336,12 +345,15 @@ class FrozenParameters(Check):
                 # Frozen and filtered out of the optimizer, and the script unfreezes later (after this short run):
                 # from then on they get gradients that no optimizer applies.
                 message = (f"{_list(modules)} {_verb(modules, 'is', 'are')} frozen and left out of the optimizer "
-                           f"built from a requires_grad filter, and line {later} unfreezes parameters later: "
-                           f"{len(excluded)} parameters will get gradients that this optimizer never applies.")
+                           f"built from a requires_grad filter, and {later.describe()}{',' if later.calls else ''} "
+                           f"unfreezes parameters later: {len(excluded)} parameters will get gradients that this optimizer never "
+                           "applies.")
                 yield self.finding(message, fix=_FIX_OUTSIDE, location=opt_where, severity=Severity.ERROR,
                                    source="static+runtime",
                                    evidence={"modules": evidence_table, "frozen": _names(excluded, table),
-                                             "unfreeze_line": later}, headline="frozen")
+                                             "unfreeze_line": later.line, "unfreeze_calls": [
+                                                 {"helper": name, "line": line} for name, line in later.calls]},
+                                   headline="frozen")
             elif freezes_in_script:
                 # The script freezes them itself: that is the intent, and nothing is worth saying.
                 pass
@@ -614,24 +626,31 @@ def _parameter_variables(tree: ast.AST) -> set[str]:
     return names
 
 
-def _unfreezes_later(ctx: StaticContext) -> int | None:
-    """The first line that unfreezes parameters, in a script whose optimizer is built from a requires_grad filter
-    and that never adds parameter groups; None otherwise."""
-    built = [call.lineno for call in ctx.calls() if "requires_grad" in ast.unparse(call) and _is_optimizer_call(call)]
-    if not built or any(isinstance(c.func, ast.Attribute) and c.func.attr == "add_param_group" for c in ctx.calls()):
+def _unfreezes_later(ctx: StaticContext) -> Where | None:
+    """Where the script first unfreezes parameters after building its optimizer from a requires_grad filter, in
+    a script that never adds parameter groups; None otherwise.
+
+    A statement inside one of the script's helpers (``def unfreeze(model): ...``) counts where the helper is
+    called: the ``def`` usually sits above the optimizer, the call in the epoch loop below it.
+    """
+    built_calls = [call for call in ctx.calls() if "requires_grad" in ast.unparse(call) and _is_optimizer_call(call)]
+    if not built_calls or any(isinstance(c.func, ast.Attribute) and c.func.attr == "add_param_group"
+                              for c in ctx.calls()):
         return None
-    lines = []
+    calls = Calls(ctx)
+    built = min(place.order for call in built_calls for place in calls.places(call))
+    found = []
     for node in ast.walk(ctx.tree):
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value is True:
             if any(isinstance(t, ast.Attribute) and t.attr == "requires_grad" for t in node.targets):
-                lines.append(node.lineno)
+                found += calls.places(node)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "requires_grad_":
             arg = node.args[0] if node.args else None
             if arg is None or (isinstance(arg, ast.Constant) and arg.value is True):
-                lines.append(node.lineno)
+                found += calls.places(node)
     # Unfreezing the head before building the filtered optimizer is the usual, correct recipe.
-    lines = [line for line in lines if line > min(built)]
-    return min(lines) if lines else None
+    later = [place for place in found if place.order > built]
+    return min(later, key=lambda place: place.order) if later else None
 
 
 def _is_optimizer_call(call: ast.Call) -> bool:

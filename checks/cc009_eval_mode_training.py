@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from convcheck.findings import Finding, Severity
 from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
-from convcheck.static.context import StaticContext
+from convcheck.static.calls import Calls, Where
+from convcheck.static.context import StaticContext, dotted_name
+from convcheck.static.flow import same_file
 
 _FIX = (
     "Call `model.train()` before the training loop and again after every evaluation (`model.eval()` stays "
@@ -25,6 +29,14 @@ class EvalModeTraining(Check):
     first step that trained in it. Models with no dropout or batch-norm layer behave the same in both
     modes and are not reported; neither is a frozen model (a teacher) whose parameters get no gradient,
     also when it is a part of the trained module (a LightningModule's `self.teacher`).
+
+    From the source it finds a loop that trains (`backward()`) and calls `x.eval()` but nothing in it
+    calls `train()`, following calls into the script's own functions (`evaluate(model, loader)`): the
+    `eval()` line inside the function is reported, with the line that calls it. When the run proved it,
+    the run's finding stands alone; when the run ended before that line ran, on a model with dropout or
+    batch norm, it is a warning; with `--static-only` it is info (the model's layers are not known).
+    Parts frozen with `requires_grad_(False)` and parts named like a teacher, an EMA or a target network
+    are taken as kept in eval mode on purpose.
 
     ## Why is this bad?
     In eval mode dropout does nothing and batch norm normalizes with its running statistics instead of
@@ -62,7 +74,11 @@ class EvalModeTraining(Check):
     ## Known limits
     Only dropout, batch-norm and instance-norm layers are watched: a custom module that branches on
     `self.training` is not. A part of the model in eval mode that gets no gradient is taken as frozen on
-    purpose.
+    purpose. The switch is seen only when the run reaches it: a training loop's long epochs are shortened
+    so that the first validation falls within the step budget, but validation every few epochs, or a loop
+    that is not shortened (pulled with `next()`, a framework's loop), needs `--max-batches-per-epoch` and
+    enough `--steps`. An `eval()` inside one of the script's own functions is reported at its line, with
+    the line that calls the function; functions of other modules are not followed.
     """
 
     code = "CC009"
@@ -71,8 +87,55 @@ class EvalModeTraining(Check):
     summary = "backward() and optimizer steps while dropout or batch-norm modules are in eval mode."
     needs = frozenset({"modes"})
 
+    _pending: list[Finding]
+
+    # -- static ------------------------------------------------------------------------------
+
+    def check_static(self, ctx: StaticContext) -> Iterable[Finding]:
+        found = []
+        for site in static_eval_never_undone(ctx):
+            message = (f"`{site.call}` ({site.eval.describe()}) runs in the loop at line {site.loop} that also "
+                       f"trains (`backward()` at {site.backward.describe()}), and nothing in that loop switches back "
+                       "with `train()`: from its second pass on, dropout and batch-norm layers (if the model has "
+                       "any) train in eval mode.")
+            found.append(self.finding(message, fix=_FIX, location=(ctx.display_path, site.eval.line),
+                                      severity=Severity.INFO, source="static",
+                                      evidence={"eval_line": site.eval.line, "loop_line": site.loop,
+                                                "eval_calls": [{"helper": n, "line": line}
+                                                               for n, line in site.eval.calls]}))
+        return self.defer_static(found)
+
+    def _unreached(self, proc: ProcessTrace | None, ctx: StaticContext) -> list[Finding]:
+        """Static findings whose eval() the run never reached, on a model with dropout or batch norm: a warning."""
+        pending, self._pending = list(getattr(self, "_pending", [])), []
+        if proc is None or not pending:
+            return []
+        kinds = sorted({m["cls"] for model in proc.of("model") for m in model.get("mode_modules", [])})
+        if not kinds:
+            return []  # the run's model behaves the same in both modes
+        reached = {e.get("loc")[1] for e in proc.of("train_mode")
+                   if not e.get("mode") and e.get("loc") and same_file(str(e["loc"][0]), ctx)}
+        steps = len(proc.of("step"))
+        found = []
+        for finding in pending:
+            if finding.evidence["eval_line"] in reached:
+                continue  # the run went past it and saw no step in eval mode
+            message = (f"{finding.message} The model has {', '.join(kinds)} layers; the run ended after {steps} "
+                       "optimizer steps, before this line ran.")
+            found.append(self.finding(message, fix=_FIX, location=finding.location, severity=Severity.WARNING,
+                                      source="static+runtime", evidence={**finding.evidence, "module_classes": kinds,
+                                                                         "steps_total": steps}))
+        return found
+
+    # -- runtime -----------------------------------------------------------------------------
+
     def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
         proc = next(iter(run.trainers), None)
+        found = list(self._runtime(proc, ctx))
+        unreached = self._unreached(proc, ctx)
+        return found or unreached
+
+    def _runtime(self, proc: ProcessTrace | None, ctx: StaticContext) -> Iterable[Finding]:
         if proc is None:
             return []
         models = proc.of("model")
@@ -102,7 +165,9 @@ class EvalModeTraining(Check):
         trained_before = list(range(1, first_step))
         where = ""
         if switch:
-            where = f" `{switch.get('cls', 'model')}.eval()` at {_short(switch.get('loc'))} (step {switch.get('step')})"
+            helper = _helper_text(switch.get("loc"), ctx)
+            where = (f" `{switch.get('cls', 'model')}.eval()` at {_short(switch.get('loc'))} "
+                     f"(step {switch.get('step')}){helper}")
             where = f" It was switched to eval mode by{where} and not back to train mode."
         message = (
             f"{len(steps)} of {total} optimizer steps (from step {first_step}) trained with {listed} "
@@ -124,6 +189,65 @@ class EvalModeTraining(Check):
         }
         return [self.finding(message, fix=_FIX, location=location, severity=severity, evidence=evidence,
                              headline="modules_in_eval")]
+
+
+@dataclass(frozen=True)
+class EvalSite:
+    """An ``eval()`` in a loop that trains, with no ``train()`` anywhere in that loop."""
+
+    call: str
+    eval: Where
+    backward: Where
+    loop: int
+
+
+def static_eval_never_undone(ctx: StaticContext) -> list[EvalSite]:
+    """Loops whose body (and the script's functions it calls) runs ``backward()`` and ``x.eval()`` but never
+    ``x.train()``; the innermost such loop for each eval() call."""
+    calls = Calls(ctx)
+    frozen = _frozen_names(ctx)
+    found: dict[tuple[int, tuple], EvalSite] = {}
+    for loop in ast.walk(ctx.tree):
+        if not isinstance(loop, (ast.For, ast.AsyncFor, ast.While)):
+            continue
+        reached = calls.reached(loop.body)
+        backward = next((w for c, w in reached if _method(c) == "backward"), None)
+        evals = [(c, w) for c, w in reached if _method(c) == "eval" and not c.args and not c.keywords
+                 and _receiver(c) not in frozen and not any(word in _receiver(c) for word in _DELIBERATE_WORDS)]
+        if backward is None or not evals or any(_switches_to_train(c) for c, _ in reached):
+            continue
+        for call, where in evals:
+            # ast.walk goes outside in: an inner loop that matches replaces its outer loop.
+            found[(where.line, where.calls)] = EvalSite(ast.unparse(call), where, backward, loop.lineno)
+    return list(found.values())
+
+
+#: Parts of a model kept in eval mode on purpose, by the names scripts give them.
+_DELIBERATE_WORDS = ("teacher", "ema", "frozen", "target", "reference", "ref_")
+
+
+def _receiver(call: ast.Call) -> str:
+    """The last name of what a method is called on: ``teacher`` for ``self.teacher.eval()``."""
+    value = call.func.value if isinstance(call.func, ast.Attribute) else call.func
+    return (dotted_name(value) or "").rsplit(".", 1)[-1].lower()
+
+
+def _frozen_names(ctx: StaticContext) -> set[str]:
+    """Last names of what the script freezes with ``x.requires_grad_(False)``: eval mode there is deliberate."""
+    return {_receiver(c) for c in ctx.calls() if _method(c) == "requires_grad_" and c.args
+            and isinstance(c.args[0], ast.Constant) and c.args[0].value is False}
+
+
+def _method(call: ast.Call) -> str | None:
+    return call.func.attr if isinstance(call.func, ast.Attribute) else None
+
+
+def _switches_to_train(call: ast.Call) -> bool:
+    """``x.train()``, ``x.train(True)``, ``x.train(mode=flag)``: anything but ``train(False)``."""
+    if _method(call) != "train":
+        return False
+    arg = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "mode"), None)
+    return not (isinstance(arg, ast.Constant) and arg.value is False)
 
 
 def _steps_in_eval(proc: ProcessTrace, models: list[Event]) -> tuple[list[tuple[int, Event, list[str]]], int, set[int]]:
@@ -241,6 +365,17 @@ def _last_eval_call(proc: ProcessTrace, backward: Event, objs: set[int]) -> Even
             if event.get("obj") in objs:
                 own = event if not event.get("mode") else None
     return own or found
+
+
+def _helper_text(loc: Any, ctx: StaticContext | None) -> str:
+    """`` in `evaluate()`, called at line 40`` when the eval() call sits in one of the script's helpers."""
+    if ctx is None or not loc or len(loc) < 2 or not same_file(str(loc[0]), ctx):
+        return ""
+    places = [place for place in Calls(ctx).at_line(int(loc[1])) if place.calls]
+    if not places:
+        return ""
+    name, call = places[0].calls[-1]
+    return f" in `{name}()`, called at line {call},"
 
 
 def _short(loc: Any) -> str:

@@ -106,8 +106,10 @@ def run(
     ] = None,
     max_batches_per_epoch: Annotated[
         Optional[int],
-        typer.Option(metavar="K", callback=between(1),
-                     help="End each DataLoader epoch after K batches so epochs 2 and 3 fit the budget."),
+        typer.Option(metavar="K", callback=between(0),
+                     help="End each DataLoader epoch after K batches so epochs 2 and 3 fit the budget. Without "
+                     "it, a training loop's epochs that would not fit three times are ended after steps/3 "
+                     "optimizer steps; 0 runs full epochs."),
     ] = None,
     timeout: Annotated[
         Optional[float],

@@ -27,7 +27,8 @@ class FileConfig(BaseModel):
     nproc_per_node: int | None = Field(None, alias="nproc-per-node", ge=1, le=64, strict=True)
     #: Seconds; an integer is a number of seconds too.
     timeout: float = Field(300.0, ge=1, strict=True)
-    max_batches_per_epoch: int | None = Field(None, alias="max-batches-per-epoch", ge=1, strict=True)
+    #: None: training loops' epochs shortened automatically (runtime/epochcap.py); 0: full epochs.
+    max_batches_per_epoch: int | None = Field(None, alias="max-batches-per-epoch", ge=0, strict=True)
     protect_files: Literal["auto", "kernel", "python"] = Field("auto", alias="protect-files")
     #: glob pattern (relative to the pyproject.toml's folder) -> codes or names to ignore there.
     per_file_ignores: dict[str, list[str]] = Field(default_factory=dict, alias="per-file-ignores", strict=True)

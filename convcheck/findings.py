@@ -67,6 +67,19 @@ class ProcessSummary(BaseModel):
     error: str | None = None
 
 
+class EpochCap(BaseModel):
+    """How epochs were shortened so that the step budget reaches the script's own epoch boundaries."""
+
+    #: auto: a training loop's long epochs end after ``steps_per_epoch`` optimizer steps;
+    #: fixed: every loader's epochs end after ``batches`` batches; off: full epochs.
+    mode: Literal["auto", "fixed", "off"]
+    steps_per_epoch: int | None = None
+    batches: int | None = None
+    #: auto: each loader whose epochs were ended early: ``{"loader", "batches", "full_batches", "file", "line"}``
+    #: (``full_batches`` null for a loader without a length); the ``for`` statement that pulled it.
+    loaders: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class RunSummary(BaseModel):
     """How the run went: its outcome and what each process did."""
 
@@ -108,6 +121,8 @@ class RunSummary(BaseModel):
     tensorboard_dir: str | None = None
     #: Findings left out because the --baseline file already lists them.
     baseline_suppressed: int = 0
+    #: Shortened epochs (None: not known, e.g. a static-only run).
+    epochs: EpochCap | None = None
 
 
 class Report(BaseModel):

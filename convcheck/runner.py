@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convcheck.exitcodes import ExitCode
-from convcheck.findings import ProcessSummary, Report, RunSummary, Severity
+from convcheck.findings import EpochCap, ProcessSummary, Report, RunSummary, Severity
 from convcheck.report.context import RenderContext
 
 
@@ -361,6 +361,7 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
                 device=options.device, pretend_cuda=options.pretend_cuda,
                 cuda_devices=options.cuda_devices or nproc or 1, repeat_first_batch=repeat_first_batch,
                 terminal_stdin=folder == run_dir, protect_files=options.protect_files, recorders=recorders,
+                epoch_steps=auto_epoch_steps(options),
             )
 
         specs = {"main": spec_for(run_dir, options.nproc_per_node, options.steps, options.show_output)}
@@ -405,6 +406,33 @@ def _recorders_for(checks: list) -> list[str]:
             raise UserError(f"{check.code} ({check.name}) needs the recorder(s) {', '.join(missing)}, which no "
                             f"installed package provides; known recorders: {', '.join(sorted(known))}.")
     return needed_by(checks)
+
+
+def auto_epoch_steps(options: RunOptions) -> int | None:
+    """Optimizer steps a training loop's epoch lasts when the user chose no epoch length; None otherwise.
+
+    Taken from the main run's budget for every run, so that CC002's shorter repeat cuts its epochs where
+    the main run does.
+    """
+    from convcheck.runtime.epochcap import steps_per_epoch
+
+    return steps_per_epoch(options.steps) if options.max_batches_per_epoch is None else None
+
+
+def epoch_summary(trace, options: RunOptions) -> EpochCap:  # noqa: ANN001
+    """How the run's epochs were shortened, from the options and the epochs the probes ended early."""
+    if options.max_batches_per_epoch:
+        return EpochCap(mode="fixed", batches=options.max_batches_per_epoch)
+    if options.max_batches_per_epoch == 0:
+        return EpochCap(mode="off")
+    rows: dict[tuple, dict] = {}
+    for _, event in trace.events("epoch_cap"):
+        file, line = (event.get("loc") or [None, None])[:2]
+        rows.setdefault((event.get("loader"), file, line), {
+            "loader": event.get("loader"), "batches": event.get("batches"), "full_batches": event.get("full_batches"),
+            "file": file, "line": line,
+        })
+    return EpochCap(mode="auto", steps_per_epoch=auto_epoch_steps(options), loaders=list(rows.values()))
 
 
 def _file_changes(launches: list) -> list[dict]:  # noqa: ANN001
@@ -462,6 +490,7 @@ def summarize_run(launched, trace, options: RunOptions) -> RunSummary:  # noqa: 
         steps_budget=options.steps, nproc_per_node=options.nproc_per_node or 1,
         wall_seconds=round(launched.wall_seconds, 2), processes=processes, script_argv=options.script_args,
     )
+    summary.epochs = epoch_summary(trace, options)
     summary.redirected_saves = _located(trace, "save", "path", only=lambda e: bool(e.get("redirected_to")))
     # Mappings made inside a library (Lightning, Inductor) are not the user's to change: left out.
     summary.device_mapping = _located(trace, "device_map", "what", first_per_label=True,

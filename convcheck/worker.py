@@ -51,7 +51,10 @@ def worker(
                      help="Optimizer steps observed per process (default: 20)."),
     ] = 20,
     max_batches_per_epoch: Annotated[
-        Optional[int], typer.Option(metavar="K", callback=between(1), help="End each epoch after K batches.")
+        Optional[int],
+        typer.Option(metavar="K", callback=between(0),
+                     help="End each epoch after K batches (default: a training loop's long epochs end after "
+                     "steps/3 optimizer steps; 0: full epochs)."),
     ] = None,
     device: Annotated[
         Device,
@@ -110,6 +113,10 @@ def worker(
     os.environ[env.DEVICE] = device.value
     if max_batches_per_epoch:
         os.environ[env.MAX_BATCHES] = str(max_batches_per_epoch)
+    elif max_batches_per_epoch is None:
+        from convcheck.runtime.epochcap import steps_per_epoch
+
+        os.environ[env.EPOCH_STEPS] = str(steps_per_epoch(steps))
     # Children (mp.spawn, DataLoader workers with spawn) load the probe through the site folder.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [site_dir(), os.environ.get("PYTHONPATH")]))
     (folder / "scratch").mkdir(exist_ok=True)

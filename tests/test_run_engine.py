@@ -255,8 +255,10 @@ def loader_workers_run(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """One run of a script with two DataLoader workers, shared by the tests that look at it."""
     traces = tmp_path_factory.mktemp("loader-workers") / "traces"
     script = SCRIPTS / "loader_workers.py"
-    # CC002 stays selected: its seeding recorder is what sees torch seed each worker.
-    result = convcheck("run", "--steps", "5", "--format", "json", "--trace-dir", traces, script)
+    # CC002 stays selected (its seeding recorder is what sees torch seed each worker); full epochs: one
+    # epoch's two workers (each shortened epoch would start two more).
+    result = convcheck("run", "--steps", "5", "--max-batches-per-epoch", "0", "--format", "json", "--trace-dir", traces,
+                       script)
     return result, read_traces(traces), processes_running(str(script))
 
 
@@ -342,7 +344,8 @@ def test_steps_a_gradscaler_skipped_still_count_as_training() -> None:
 def test_spawned_dataloader_workers_are_probed_and_stopped(tmp_path: Path) -> None:
     script = SCRIPTS / "loader_spawn_workers.py"
     traces = tmp_path / "traces"
-    result = convcheck("run", "--steps", "3", "--ignore", "CC002", "--format", "json", "--trace-dir", traces, script)
+    result = convcheck("run", "--steps", "3", "--max-batches-per-epoch", "0", "--ignore", "CC002", "--format", "json",
+                       "--trace-dir", traces, script)
     assert result.code == 0, result.stderr
     assert result.report["run"]["status"] == "stopped-at-budget"
     roles = sorted(t[0]["role"] for t in read_traces(traces))

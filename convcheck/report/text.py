@@ -10,7 +10,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from convcheck.findings import Finding, Report, Severity
+from convcheck.findings import Finding, Report, RunSummary, Severity
 from convcheck.report.proof import proof
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.INFO: "bold cyan"}
@@ -79,6 +79,9 @@ class ReportView:
                 f"{' each' if count > 1 else ''}{skipped} · {_STATUS[run.status]} · {run.wall_seconds:.1f} s"
             )
         yield header
+        note = epochs_note(run)
+        if note:
+            yield Text(note, style="dim")
         yield Text("")
         if run.error:
             style = "red" if run.status in ("crashed", "timeout") else "yellow"
@@ -185,6 +188,19 @@ def _glance(report: Report) -> Group | None:
         if shown:
             grid.add_row(finding.code, shown)
     return Group(Text("At a glance", style="bold"), Padding(grid, (0, 0, 1, 2)))
+
+
+def epochs_note(run: RunSummary) -> str | None:
+    """What the run did to the script's epochs when it shortened them without being asked."""
+    cap = run.epochs
+    if cap is None or cap.mode != "auto" or not cap.loaders:
+        return None
+    cuts = []
+    for row in cap.loaders:
+        full = f" of {row['full_batches']}" if row.get("full_batches") else ""
+        cuts.append(f"{row.get('batches')}{full} batches{_where(row, ' (loop at {})')}")
+    return (f"Epochs shortened to {', '.join(cuts)} to reach epoch boundaries within {run.steps_budget} steps; "
+            "`--max-batches-per-epoch 0` runs full epochs.")
 
 
 def _summary_line(report: Report) -> str:

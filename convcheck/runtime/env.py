@@ -4,6 +4,8 @@ TRACE_DIR = "CONVCHECK_TRACE_DIR"
 SCRATCH_DIR = "CONVCHECK_SCRATCH_DIR"
 STEPS = "CONVCHECK_STEPS"
 MAX_BATCHES = "CONVCHECK_MAX_BATCHES_PER_EPOCH"
+#: Without MAX_BATCHES: a training loop's epoch ends after this many optimizer steps (see runtime/epochcap.py).
+EPOCH_STEPS = "CONVCHECK_AUTO_EPOCH_STEPS"
 #: auto | cpu | cuda: whether CUDA usage is mapped onto the CPU.
 DEVICE = "CONVCHECK_DEVICE"
 #: "1": torch.cuda.is_available() answers True (and device_count() the local world size).

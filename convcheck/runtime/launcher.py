@@ -56,6 +56,8 @@ class LaunchSpec:
     protect_files: str = "auto"
     #: The recorders to install besides the probe's own evidence (None: every available one).
     recorders: list[str] | None = None
+    #: Optimizer steps a training loop's epoch lasts when no epoch length was chosen (None: not shortened).
+    epoch_steps: int | None = None
 
 
 @dataclass
@@ -149,6 +151,10 @@ def worker_env(spec: LaunchSpec, rank: int, port: int) -> dict[str, str]:
         environ[env.REPEAT_FIRST_BATCH] = "1"
     else:
         environ.pop(env.REPEAT_FIRST_BATCH, None)
+    if spec.epoch_steps:
+        environ[env.EPOCH_STEPS] = str(spec.epoch_steps)
+    else:
+        environ.pop(env.EPOCH_STEPS, None)
     if spec.recorders is None:
         environ.pop(env.RECORDERS, None)
     else:

@@ -62,11 +62,16 @@ def _owning_module(module: Any, frames: int = 12) -> Any:
 class Probe:
     """Per-process recorder. One instance per process; forked children reset it."""
 
-    def __init__(self, trace_dir: str, scratch_dir: str | None, steps: int, max_batches: int | None) -> None:
+    def __init__(self, trace_dir: str, scratch_dir: str | None, steps: int, max_batches: int | None,
+                 epoch_steps: int | None = None) -> None:
         self.writer = TraceWriter(trace_dir)
         self.scratch_dir = scratch_dir
         self.steps_budget = steps
         self.max_batches = max_batches
+        #: Optimizer steps after which a training loop's epoch ends when no max_batches was given (epochcap.py).
+        #: Not in CC012's overfit run: it repeats one batch, and its epochs would only cut its steps short.
+        overfit = os.environ.get(env.REPEAT_FIRST_BATCH) == "1"
+        self.epoch_steps = epoch_steps if max_batches is None and not overfit else None
         self.patches = Patches(on_error=self._probe_error)
         self.handles: list[Any] = []
         self.stopping = False
@@ -716,7 +721,40 @@ class Probe:
             self._close_epoch(record, complete=False)
             self._open_epochs.pop(id(iterator), None)
             return False
+        if self.epoch_steps and self._auto_cap_reached(iterator, record):
+            self._close_epoch(record, complete=False)
+            self._open_epochs.pop(id(iterator), None)
+            return False
         record["batches"] += 1
+        return True
+
+    def _auto_cap_reached(self, iterator: Any, record: Event) -> bool:
+        """Whether a training loop's pass has had its share of steps (decided at the first batch after a step)."""
+        from convcheck.runtime import epochcap
+
+        cap = record.get("auto_cap")
+        if cap is None:
+            if self.step_count == record["step_start"]:
+                return False  # no step yet in this pass: a validation pass, or still accumulating
+            site = epochcap.repeating_for_loop(sys._getframe(2))
+            loader = getattr(iterator, "_convcheck_loader", None)
+            cut = loader is not None and epochcap.shortened(site, record["epoch"])
+            cap = record["auto_cap"] = record["batches"] * self.epoch_steps if cut else 0
+            if loader is not None:
+                loader._convcheck_auto_cap = 0
+                full = _safe_len(loader)
+                # len(loader) answers the shortened epoch while it is shortened, the full one after.
+                loader._convcheck_auto_cap = cap
+                if cap and (full is None or full > cap):
+                    record["auto_cut"] = {"full": full, "loc": [site.file, site.line]}
+        if not cap or record["batches"] < cap:
+            return False
+        cut = record.pop("auto_cut", None)
+        loader = getattr(iterator, "_convcheck_loader", None)
+        if cut is not None and not getattr(loader, "_convcheck_cut_recorded", False):
+            loader._convcheck_cut_recorded = True
+            self.emit("epoch_cap", loader=record["loader"], batches=cap, steps=self.epoch_steps,
+                      full_batches=cut["full"], step=self.step_count, loc=cut["loc"])
         return True
 
     def end_epoch(self, iterator: Any) -> None:
@@ -863,14 +901,16 @@ def _patch_data(probe: Probe, torch: Any, patches: Patches) -> None:
     patches.wrap(base_iter, "_next_index", wrap_next_index)
     patches.wrap(base_iter, "__next__", wrap_next, deliberate=(StopIteration,))
 
-    if probe.max_batches is not None:
-        cap = probe.max_batches
+    if probe.max_batches is not None or probe.epoch_steps:
+        fixed = probe.max_batches
 
         # Epochs end after `cap` batches (count_batch); a length that says otherwise makes code that sizes
         # epochs from len(loader) (HF Trainer, Lightning, a scheduler's total_steps) stop or schedule early.
+        # A shortened training loop's loader answers its cap once it is known (after its first step).
         def wrap_len(original: Any) -> Any:
             def __len__(self: Any) -> int:
-                return min(original(self), cap)
+                cap = fixed or getattr(self, "_convcheck_auto_cap", 0)
+                return min(original(self), cap) if cap else original(self)
 
             return __len__
 
@@ -1312,6 +1352,7 @@ def install_from_env() -> Probe | None:
         scratch_dir=os.environ.get(env.SCRATCH_DIR) or None,
         steps=int(os.environ.get(env.STEPS, "20")),
         max_batches=int(max_batches) if max_batches else None,
+        epoch_steps=int(os.environ.get(env.EPOCH_STEPS) or 0) or None,
     )
     _probe = probe
     try:

@@ -13,7 +13,6 @@ killed with SIGKILL.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import tempfile
