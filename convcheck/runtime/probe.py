@@ -24,11 +24,15 @@ from convcheck.runtime.locate import (
     called_by_library, caller_file, caller_frame, is_library_file, is_torch_file, user_frame, user_location,
 )
 from convcheck.runtime.patches import Patches
+from convcheck.runtime.provenance import Provenance, loss_target
 from convcheck.runtime.trace import Event, TraceWriter, process_tag
 
 _MAX_RECORDED_KEYS = 2000
 _MAX_RECORDED_INDICES = 4096
 _MAX_NONFINITE_EVENTS = 20
+#: Backwards whose input and target provenance is recorded; recording stops after them (or after
+#: this many backwards with none), and indexing is left alone from then on.
+_MAX_PAIRINGS = 8
 
 
 #: pid of the process that runs the user's script (set by the worker); others are children.
@@ -130,6 +134,10 @@ class Probe:
         #: CC012's overfit run: each DataLoader's first batch, yielded again in place of every later one.
         self.repeat_first_batch = os.environ.get(env.REPEAT_FIRST_BATCH) == "1"
         self.first_batches: dict[int, Any] = {}
+        #: CC012: which rows of which tensors the model's input and the loss's target are.
+        self.provenance = Provenance()
+        self.batch_input: Any = None
+        self.pairings = 0
 
     # -- recording -------------------------------------------------------------
 
@@ -283,6 +291,7 @@ class Probe:
                     module = owner
             self._register_root(module)
             self.forward_frame = user_frame(2)
+            self.batch_input = self.provenance.find(_first_tensor(args)) if self.provenance.picks else None
             self.active_root = module
             self.root_calls += 1
         elif self.root_calls <= 3 and id(module) not in self.checked_modules:
@@ -616,6 +625,24 @@ class Probe:
             sampled["eval_modules"] = in_eval[:50]
             sampled["eval_roots"] = eval_roots
         self.emit("backward", n=self.backward_count, step=self.step_count, loss=loss, loc=self._loss_loc(), **sampled)
+        if self.provenance.active:
+            self._record_pairing(tensor)
+
+    def _record_pairing(self, loss: Any) -> None:
+        """Where the model's input batch and the loss's target came from, when both were drawn by index."""
+        picked = self.batch_input
+        self.batch_input = None
+        target = loss_target(getattr(loss, "grad_fn", None)) if picked is not None else None
+        found = self.provenance.find(target) if target is not None else None
+        if picked is not None and found is not None:
+            provenance = self.provenance
+            (pick_in, index_in), (pick_tg, index_tg) = picked, found
+            same = provenance.same(index_in, index_tg)
+            self.pairings += 1
+            self.emit("batch_pairing", n=self.backward_count, step=self.step_count, same_index=same,
+                      input=provenance.describe(pick_in, index_in), target=provenance.describe(pick_tg, index_tg))
+        if self.pairings >= _MAX_PAIRINGS or (self.pairings == 0 and self.backward_count >= 2 * _MAX_PAIRINGS):
+            self.provenance.clear()
 
     def _loss_loc(self) -> list[Any] | None:
         """Where the loss was made: the backward's line, or the user's forward a framework called back.
@@ -775,6 +802,7 @@ class Probe:
 def _install_patches(probe: Probe, torch: Any) -> None:
     """Patch what torch offers no hook for. Each wrapper records, then defers to the original."""
     patches = probe.patches
+    probe.provenance.install(torch, patches)
 
     # autograd has no global pre-backward hook; the loss graph must be read before it is freed.
     # Tensor.backward calls torch.autograd.backward, so this sees both spellings.
