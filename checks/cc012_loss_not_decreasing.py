@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from convcheck.findings import Finding, Severity
+from convcheck.paths import display_loc
 from convcheck.registry import Check, RunVariant
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext
@@ -312,7 +313,7 @@ class LossNotDecreasing(Check):
                "the rows)")
         return self.finding(
             f"The model's input and the loss's target are rows of two different tensors of {a['rows']} rows picked "
-            f"by different index vectors: inputs at {_short(a.get('loc'))}, targets at {_short(b.get('loc'))}. "
+            f"by different index vectors: inputs at {display_loc(a.get('loc'))}, targets at {display_loc(b.get('loc'))}. "
             f"In all {batches} batches seen they differ (first batch: rows {a['head'][:4]} against {b['head'][:4]}), "
             f"and {why}: every input is paired with another sample's target.",
             fix=_FIX_INDEXED_APART, location=b.get("loc"), severity=Severity.ERROR if certain else Severity.INFO,
@@ -357,7 +358,7 @@ class LossNotDecreasing(Check):
                "no parameter of any optimizer received a gradient")
         losses = ", ".join(f"{e['loss']:g}" for e in backwards[:4] if e.get("loss") is not None)
         return self.finding(
-            f"backward() at {_short(first.get('loc'))} reaches no parameter: in {len(steps)} optimizer steps "
+            f"backward() at {display_loc(first.get('loc'))} reaches no parameter: in {len(steps)} optimizer steps "
             f"{how}, so nothing trains (losses: {losses}).",
             fix=_FIX_DETACHED, location=first.get("loc"), severity=Severity.ERROR, headline="loss_is_leaf",
             evidence={"steps": len(steps), "loss_is_leaf": bool(leaf), "backward_loc": first.get("loc")},
@@ -448,12 +449,6 @@ def _line(loader: Event) -> Any:
     loc = loader.get("loc")
     return loc[1] if loc else "?"
 
-
-def _short(loc: Any) -> str:
-    if not loc:
-        return "?"
-    path = str(loc[0]).replace("\\", "/").rsplit("/", 1)[-1]
-    return f"{path}:{loc[1]}"
 
 
 def _only_outside_optimizers(proc: ProcessTrace) -> bool:
