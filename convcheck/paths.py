@@ -10,9 +10,10 @@ import os
 import re
 from typing import Any
 
-#: An absolute or ``../`` path inside free text (a traceback's ``File "..."``, a message): a slash or
-#: ``../`` that starts a word (not a URL's ``//`` nor the middle of ``a/b``), up to a quote, space or bracket.
-_PATH_IN_TEXT = re.compile(r"(?<![\w/:.~-])(?:/|\.\./)[^\s\"'`()\[\]{},;]+")
+#: An absolute or ``../`` path inside free text (a traceback's ``File "..."``, a message): ``../`` or a
+#: slash that starts a word (not a URL's ``//`` nor the middle of ``a/b``) and names at least one folder
+#: (so ``x /2`` stays as it is), up to a quote, space or bracket.
+_PATH_IN_TEXT = re.compile(r"(?<![\w/:.~-])(?:\.\./[^\s\"'`()\[\]{},;]+|/[^\s\"'`()\[\]{},;/]+/[^\s\"'`()\[\]{},;]+)")
 
 
 def display_path(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> str:

@@ -49,10 +49,10 @@ def test_display_path_is_relative_under_the_folder_and_absolute_elsewhere(tmp_pa
 def test_paths_inside_free_text_follow_the_same_rule(tmp_path: Path) -> None:
     here = tmp_path / "proj"
     text = (f'File "{here}/sub/train.py", line 3, in <module>; saved {here}/ckpt.pt, read ../data/x.pt '
-            f"and /usr/lib/python3/x.py; see https://pytorch.org/docs/a/b; loss / 2; a/b.")
+            f"and /usr/lib/python3/x.py; see https://pytorch.org/docs/a/b; loss / 2; x /2; a/b.")
     assert display_paths_in(text, here) == (
         f'File "sub/train.py", line 3, in <module>; saved ckpt.pt, read {tmp_path}/data/x.pt '
-        f"and /usr/lib/python3/x.py; see https://pytorch.org/docs/a/b; loss / 2; a/b."
+        f"and /usr/lib/python3/x.py; see https://pytorch.org/docs/a/b; loss / 2; x /2; a/b."
     )
 
 
