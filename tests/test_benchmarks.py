@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 _RATIO = re.compile(r"ratio\s+(\d+\.\d+)")
 
 
-@pytest.mark.parametrize("name", ["overhead.py", "memory.py", "fix_state_dict.py"])
+@pytest.mark.parametrize("name", ["overhead.py", "memory.py", "fix_state_dict.py", "indexing.py"])
 def test_benchmark_prints_ratios(name: str) -> None:
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / name), "--quick"], capture_output=True, text=True, timeout=300

@@ -57,14 +57,17 @@ class Provenance:
         """Patch ``Tensor.__getitem__``: torch has no hook for indexing."""
         tensor = self._tensor = torch.Tensor
         self._integer = frozenset({torch.int64, torch.int32, torch.int16, torch.int8})
+        integer = self._integer
         numpy = sys.modules.get("numpy")
         array = self._array = getattr(numpy, "ndarray", tensor)
         provenance = self
 
-        # Exact types only: subclasses (Parameter, FakeTensor under torch.compile, user subclasses)
-        # and every other index (ints, slices, tuples, lists) go straight to torch.
+        # Exact types only: subclasses (Parameter, FakeTensor under torch.compile, user subclasses),
+        # masks and every other index (ints, slices, tuples, lists) go straight to torch.
         def wanted(source: Any, index: Any, *rest: Any) -> bool:
-            return (type(index) is tensor or type(index) is array) and type(source) is tensor and provenance.active
+            if type(source) is not tensor or not provenance.active:
+                return False
+            return (type(index) is tensor and index.dtype in integer) or type(index) is array
 
         def make(original: Any) -> Any:
             def __getitem__(source: Any, index: Any) -> Any:
