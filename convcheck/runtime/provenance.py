@@ -2,10 +2,11 @@
 
 A hand-written loop draws its batches by indexing tensors with an integer vector
 (``X[perm[i:i + B]]``, the vector a torch tensor or a numpy array). torch offers no hook for
-indexing, so ``Tensor.__getitem__`` is patched; every call that is not a plain tensor indexed
-by a plain tensor or array returns after a few type checks, before any of the patch machinery runs. What is recorded lives exactly as long
-as the batch it describes: it is keyed by the batch's id and dropped by a weak reference's
-callback, which runs before that id can be reused.
+indexing, so ``Tensor.__getitem__`` is patched; every other call (slices, ints, masks, tensor
+subclasses such as Parameter or torch.compile's fake tensors) returns after a few type checks,
+before any of the patch machinery runs. What is recorded lives exactly as long as the batch it
+describes: it is keyed by the batch's id and dropped by a weak reference's callback, which runs
+before that id can be reused.
 """
 
 from __future__ import annotations
