@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from convcheck.findings import Finding, Severity
+from convcheck.paths import display_loc
 from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext
@@ -99,7 +100,8 @@ class SamplerEpochNotSet(Check):
             loop = epoch_loop(ctx, call.lineno)
             built = f"{ctx.display_path}:{call.lineno}"
             message = (
-                f"This epoch loop never calls `set_epoch` on the DistributedSampler built at {built}: every epoch "
+                f"This epoch loop never calls `set_epoch` on the DistributedSampler built at "
+                f"{display_loc((ctx.display_path, call.lineno))}: every epoch "
                 "will draw the same order." if loop is not None else
                 "DistributedSampler is built here but `set_epoch` is never called in this script: "
                 "every epoch will draw the same order."
@@ -175,7 +177,8 @@ class SamplerEpochNotSet(Check):
             why = "set_epoch was never called"
         rank = proc.rank if proc.rank is not None else 0
         message = (
-            f"{sampler.get('cls', 'DistributedSampler')} built at {built} drew {len(same_value)} epochs in the same "
+            f"{sampler.get('cls', 'DistributedSampler')} built at {display_loc(where) if where else built} drew "
+            f"{len(same_value)} epochs in the same "
             f"order on rank {rank}: its epoch stayed {epoch} ({why}), and the index digest was "
             f"{iters[0].get('digest')} every time."
         )

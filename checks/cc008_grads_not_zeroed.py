@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from convcheck.findings import Finding, Severity
+from convcheck.paths import display_loc
 from convcheck.registry import Check
 from convcheck.runtime.trace import ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext, call_name, dotted_name
@@ -163,8 +164,8 @@ class GradsNotZeroed(Check):
         loc = clear.get("loc")
         backward_loc = seg.backwards[-1].get("loc")
         message = (
-            f"`zero_grad()` at {_short(loc)} clears the gradients before each of the {count} `backward()` calls "
-            f"at {_short(backward_loc)} that lead to every step of optimizer {opt} ({len(wiped)} of {len(segs)} "
+            f"`zero_grad()` at {display_loc(loc)} clears the gradients before each of the {count} `backward()` calls "
+            f"at {display_loc(backward_loc)} that lead to every step of optimizer {opt} ({len(wiped)} of {len(segs)} "
             f"steps): each step uses only the last micro-batch's gradient, so the accumulation over {count} "
             f"micro-batches silently trains on a batch {count}× smaller."
         )
@@ -195,7 +196,7 @@ class GradsNotZeroed(Check):
         seg, clear, how = wiped[0]
         steps = [s.step.get("n") for s, _, _ in wiped]
         loc = clear.get("loc")
-        where = f" at {_short(loc)}" if loc else ""
+        where = f" at {display_loc(loc)}" if loc else ""
         state = "no parameter had a gradient" if how == "none" else "every gradient was zero"
         return [self.finding(
             f"`zero_grad()`{where} runs after `backward()` and before `step()` of optimizer {opt}: at "
@@ -244,7 +245,7 @@ class GradsNotZeroed(Check):
                                           "parameters": stale.get("of")}
             message = (
                 f"Gradients of optimizer {opt} are not cleared between steps: {how}. Before step "
-                f"{seg.step.get('n')}, `backward()` at {_short(backward_loc)} added to gradients left from "
+                f"{seg.step.get('n')}, `backward()` at {display_loc(backward_loc)} added to gradients left from "
                 f"earlier steps (norm {stale.get('norm'):.4g} on {stale.get('present')} of {stale.get('of')} "
                 "parameters), so every step uses the sum of all gradients so far."
             )
@@ -252,7 +253,7 @@ class GradsNotZeroed(Check):
         else:
             message = (
                 f"Gradients of optimizer {opt} may not be cleared between steps: {how}, and the run did not "
-                f"measure whether they were cleared some other way before `backward()` at {_short(backward_loc)}."
+                f"measure whether they were cleared some other way before `backward()` at {display_loc(backward_loc)}."
             )
             severity = Severity.WARNING
         if trend and len(trend) >= 2:
@@ -308,10 +309,3 @@ def _grad_norm_trend(segs: list[_Segment]) -> list[tuple[int, float]]:
         if norms:
             trend.append((seg.step.get("n"), sum(n * n for n in norms) ** 0.5))
     return trend
-
-
-def _short(loc: Any) -> str:
-    if not loc:
-        return "?"
-    path = str(loc[0]).replace("\\", "/").rsplit("/", 1)[-1]
-    return f"{path}:{loc[1]}"

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from convcheck.findings import Finding, Severity
+from convcheck.paths import display_loc
 from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext, call_name
@@ -133,8 +134,8 @@ class SchedulerBeforeOptimizer(Check):
         lr_at_step_1 = (first_step.get("lrs") or [None])[0] if first_step else None
         step_loc = first_step.get("loc") if first_step else None
         message = (
-            f"`{first['cls']}.step()` at {_short(first.get('loc'))} ran before the first `optimizer.step()`"
-            f"{' at ' + _short(step_loc) if step_loc else ''}: the first value of the schedule is skipped."
+            f"`{first['cls']}.step()` at {display_loc(first.get('loc'))} ran before the first `optimizer.step()`"
+            f"{' at ' + display_loc(step_loc) if step_loc else ''}: the first value of the schedule is skipped."
         )
         if initial is not None and lr_at_step_1 is not None and initial != lr_at_step_1:
             message += f" Step 1 trained with lr {lr_at_step_1:.4g} instead of the initial {initial:.4g}."
@@ -173,7 +174,7 @@ class SchedulerBeforeOptimizer(Check):
         loc = user[0].get("loc")
         shown = ", ".join(f"{n}: {lr:.3g}" for n, lr in observed[:8])
         message = (
-            f"`{cls}.step()` at {_short(loc)} runs once per optimizer step ({len(user)} scheduler steps in "
+            f"`{cls}.step()` at {display_loc(loc)} runs once per optimizer step ({len(user)} scheduler steps in "
             f"{len(steps)} optimizer steps) and the learning rate collapses: lr by optimizer step {shown}"
         )
         if collapsed_in_run:
@@ -280,10 +281,3 @@ def _project(cls: str, settings: dict, initial: float, batches: int) -> dict[str
 def _settings_text(settings: dict) -> str:
     shown = {k: v for k, v in settings.items() if k in ("step_size", "gamma", "milestones", "T_max", "eta_min")}
     return ", ".join(f"{k}={v}" for k, v in shown.items())
-
-
-def _short(loc: Any) -> str:
-    if not loc:
-        return "?"
-    path = str(loc[0]).replace("\\", "/").rsplit("/", 1)[-1]
-    return f"{path}:{loc[1]}"

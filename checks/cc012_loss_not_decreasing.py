@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from convcheck.findings import Finding, Severity
+from convcheck.paths import display_loc
 from convcheck.registry import Check, RunVariant
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext
@@ -44,6 +45,10 @@ _FIX_SHUFFLED_APART = (
     "Keep inputs and targets in one dataset and one DataLoader (`DataLoader(TensorDataset(X, Y), shuffle=True)`), "
     "so that one shuffle moves both; or give both loaders the same sampler order (a shared seeded generator)."
 )
+_FIX_INDEXED_APART = (
+    "Draw one index vector per batch and use it for both: `idx = perm[i:i + B]; x, y = X[idx], Y[idx]` (one "
+    "`torch.randperm(N)` per epoch), or put both tensors in one `TensorDataset` and let a DataLoader shuffle."
+)
 _FIX_CONSTANT = (
     "Check that the model's output depends on its parameters and the input (no `.detach()`, `.item()` or "
     "`torch.no_grad()` on the way), that the optimizer holds the model's parameters, and that the lr is not 0."
@@ -67,6 +72,10 @@ class LossNotDecreasing(Check):
       steps (float16 weights are CC007's): every later update writes NaN into the weights;
     - inputs and targets in two DataLoaders shuffled independently and iterated together (`zip`):
       every input gets a random target;
+    - inputs and targets drawn by hand from two tensors with different index vectors
+      (`x = X[px[i:i + B]]; y = Y[py[i:i + B]]` with two `torch.randperm(N)`, or `X[torch.randperm(N)]` and
+      `Y[torch.randperm(N)]` sliced into batches), judged from the batches that reach the model and the loss:
+      error when both come from two different permutations of all the rows, info otherwise;
     - PyTorch's own broadcast warning from `mse_loss`/`l1_loss` ("Using a target size ... different to
       the input size"), turned into a finding at the user's line: an output of shape [B, 1] against a
       target of shape [B] is compared all-against-all;
@@ -105,14 +114,19 @@ class LossNotDecreasing(Check):
     ## Known limits
     It judges the first steps only: a loss that stalls later, or a problem that shows after an epoch boundary
     beyond the step budget, is not seen. Inputs and labels shuffled apart are found when two loaders are
-    zipped; other ways of pairing them wrongly are not.
+    zipped, or when the batches that reach the model and the loss were drawn from torch tensors by indexing
+    with an integer vector (`A[index]` with a torch tensor or numpy array as the index, or a slice of such a
+    batch). Not seen: batches taken from numpy arrays or Python lists (`torch.from_numpy(X_np[perm])`), batches
+    copied between indexing and the model or loss (`.to(device)` to another device, `.float()` of another dtype, `torch.cat`), targets of losses that
+    do not save them (`l1_loss`, a hand-written loss), and shuffled inputs paired with unshuffled targets
+    taken by a plain slice (`Y[i:i + B]`), which carries no index to compare.
     """
 
     code = "CC012"
     name = "loss-not-decreasing"
     severity = Severity.ERROR
     summary = "A loss that cannot go down: broadcast targets, one-column cross-entropy, detached or constant loss."
-    needs = frozenset({"graph", "warnings"})
+    needs = frozenset({"graph", "warnings", "provenance"})
 
     def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
         wanted = self.options.get("overfit-steps", self.options.get("overfit_steps", 0))
@@ -130,7 +144,7 @@ class LossNotDecreasing(Check):
         nonfinite = self._nonfinite(proc)
         if nonfinite is not None:
             return [*findings, nonfinite]
-        apart = self._shuffled_apart(proc)
+        apart = self._shuffled_apart(proc) or self._indexed_apart(proc)
         if apart is not None:
             findings.append(apart)
         overfit = self._overfit(run.variants.get(OVERFIT_RUN))
@@ -272,6 +286,43 @@ class LossNotDecreasing(Check):
                 )
         return None
 
+    def _indexed_apart(self, proc: ProcessTrace) -> Finding | None:
+        """The model's inputs and the loss's targets drawn from two tensors by different index vectors.
+
+        The probe records, for batches made by ``A[index]``, which tensor and which rows they hold; here
+        every backward where both the input and the target were so drawn must pair different rows of two
+        tensors of the same length, over at least two steps. Certain (error) when both index vectors are
+        slices of two different permutations of all the rows; otherwise it may be deliberate (info).
+        """
+        events = proc.of("batch_pairing")
+        if len({e.get("step") for e in events}) < 2:
+            return None
+        for event in events:
+            a, b = event.get("input") or {}, event.get("target") or {}
+            if event.get("same_index") is not False or a.get("source") == b.get("source"):
+                return None
+            if a.get("rows") != b.get("rows") or a.get("n") != b.get("n"):
+                return None
+        certain = all(e["input"].get("permutation") and e["target"].get("permutation")
+                      and e["input"].get("base") != e["target"].get("base") for e in events)
+        first = events[0]
+        a, b = first["input"], first["target"]
+        batches = len(events)
+        why = (f"the two index vectors are slices of two different permutations of the {a['rows']} rows"
+               if certain else
+               "this may be deliberate (the index vectors are not slices of two different permutations of all "
+               "the rows)")
+        return self.finding(
+            f"The model's input and the loss's target are rows of two different tensors of {a['rows']} rows picked "
+            f"by different index vectors: inputs at {display_loc(a.get('loc'))}, targets at {display_loc(b.get('loc'))}. "
+            f"In all {batches} batches seen they differ (first batch: rows {a['head'][:4]} against {b['head'][:4]}), "
+            f"and {why}: every input is paired with another sample's target.",
+            fix=_FIX_INDEXED_APART, location=b.get("loc"), severity=Severity.ERROR if certain else Severity.INFO,
+            headline="first_rows",
+            evidence={"inputs_at": a.get("loc"), "targets_at": b.get("loc"), "rows": a["rows"], "batch": a["n"],
+                      "batches": batches, "first_rows": [a["head"], b["head"]], "permutations": certain},
+        )
+
     # -- cross-entropy over one column ------------------------------------------------------------
 
     def _single_column(self, proc: ProcessTrace) -> Finding | None:
@@ -308,7 +359,7 @@ class LossNotDecreasing(Check):
                "no parameter of any optimizer received a gradient")
         losses = ", ".join(f"{e['loss']:g}" for e in backwards[:4] if e.get("loss") is not None)
         return self.finding(
-            f"backward() at {_short(first.get('loc'))} reaches no parameter: in {len(steps)} optimizer steps "
+            f"backward() at {display_loc(first.get('loc'))} reaches no parameter: in {len(steps)} optimizer steps "
             f"{how}, so nothing trains (losses: {losses}).",
             fix=_FIX_DETACHED, location=first.get("loc"), severity=Severity.ERROR, headline="loss_is_leaf",
             evidence={"steps": len(steps), "loss_is_leaf": bool(leaf), "backward_loc": first.get("loc")},
@@ -399,12 +450,6 @@ def _line(loader: Event) -> Any:
     loc = loader.get("loc")
     return loc[1] if loc else "?"
 
-
-def _short(loc: Any) -> str:
-    if not loc:
-        return "?"
-    path = str(loc[0]).replace("\\", "/").rsplit("/", 1)[-1]
-    return f"{path}:{loc[1]}"
 
 
 def _only_outside_optimizers(proc: ProcessTrace) -> bool:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from convcheck.findings import Finding, Severity
+from convcheck.paths import display_loc
 from convcheck.registry import Check
 from convcheck.runtime.trace import ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext, call_name
@@ -114,7 +115,7 @@ class DdpReplicasDiverge(Check):
         built = reference.first("ddp_init")
         if moved is not None:
             cause = (f"the model was moved or cast after DDP wrapped it (`{moved.get('how')}()` on the "
-                     f"{moved.get('cls')} at {_short(moved.get('loc'))}): DDP averages the gradients of the "
+                     f"{moved.get('cls')} at {display_loc(moved.get('loc'))}): DDP averages the gradients of the "
                      "parameters it was built with, and that call replaced them, so each rank now trains alone")
             fix, location = _FIX_MOVED, moved.get("loc") or step_event.get("loc")
         elif not wrapped and ddp_in_source and built is None:
@@ -136,7 +137,7 @@ class DdpReplicasDiverge(Check):
             if uneven:
                 kind, loc, counts = uneven[0]
                 shown = ", ".join(f"rank {r}: {n}" for r, n in sorted(counts.items()))
-                cause += f"; `{kind}` at {_short(loc)} ran a different number of times per rank ({shown})"
+                cause += f"; `{kind}` at {display_loc(loc)} ran a different number of times per rank ({shown})"
                 location = loc
         earlier = [n for n in sorted(_norms_by_step(reference)) if n < step]
         message = (
@@ -152,7 +153,7 @@ class DdpReplicasDiverge(Check):
                       "norms_by_rank": {str(r): rows[r][worst] for r in sorted(rows)},
                       "identical_before": earlier, "wrapped_in_ddp": wrapped, "ddp_in_source": ddp_in_source,
                       "ddp_built_at_run_time": built is not None,
-                      "moved_after_wrapping": (f"{moved.get('how')}() at {_short(moved.get('loc'))}"
+                      "moved_after_wrapping": (f"{moved.get('how')}() at {display_loc(moved.get('loc'))}"
                                                if moved is not None else None),
                       "tolerance": _TOLERANCE},
         )
@@ -185,10 +186,6 @@ def _uneven_calls(ranks: list[ProcessTrace], step: int) -> list[tuple[str, Any, 
             found.append((_UPDATE_CALLS[kind], list(loc), full))
     return found
 
-
-def _short(loc: Any) -> str:
-    path = str(loc[0]).replace("\\", "/").rsplit("/", 1)[-1]
-    return f"{path}:{loc[1]}"
 
 
 def _sharded(proc: ProcessTrace) -> bool:

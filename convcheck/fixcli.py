@@ -138,11 +138,12 @@ def render_text(result: "FixResult", file=None) -> None:
     from rich.console import Console
     from rich.markup import escape
 
+    from convcheck.paths import display_path
     from convcheck.statedict import _human
 
     console = Console(file=file or sys.stdout, highlight=False, soft_wrap=True)
     e = escape
-    console.print(f"[bold]{e(result.checkpoint)}[/]  ({result.format}, {_human(result.size_bytes)})")
+    console.print(f"[bold]{e(display_path(result.checkpoint))}[/]  ({result.format}, {_human(result.size_bytes)})")
     for sd in result.state_dicts:
         head = f"  {e(sd.location)}  {sd.keys} keys"
         if sd.status == "clean" and not sd.added_prefix:
@@ -188,10 +189,10 @@ def render_text(result: "FixResult", file=None) -> None:
     elif result.status == "nothing-to-fix":
         console.print("[green]nothing to fix[/]" + ("" if result.mode == "dry-run" else "; nothing written."))
     elif result.status in ("fixed", "unchanged-copy") and v is not None:
-        backup = f" (original kept as {e(result.backup or '')})" if result.backup else ""
+        backup = f" (original kept as {e(display_path(result.backup))})" if result.backup else ""
         label = "wrote" if result.status == "fixed" else "nothing to fix; wrote an identical copy to"
         console.print(
-            f"[green]{label}[/] {e(result.output or '')}{backup}: verified {v.tensors} tensors, "
+            f"[green]{label}[/] {e(display_path(result.output or ''))}{backup}: verified {v.tensors} tensors, "
             f"{v.storages} storages, {_human(v.bytes_compared)} compared bit for bit"
         )
     elif result.status == "verification-failed":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from convcheck.exitcodes import ExitCode
 from convcheck.findings import EpochCap, ProcessSummary, Report, RunSummary, Severity
+from convcheck.paths import display_loc
 from convcheck.report.context import RenderContext
 
 
@@ -581,7 +582,7 @@ def _no_step_text(launched, trace) -> str:  # noqa: ANN001
     asked = [e for _, e in trace.events("accelerator_query")]
     if asked:
         loc = asked[0].get("loc") or [None, None]
-        at = f" at {loc[0]}:{loc[1]}" if loc[0] else ""
+        at = f" at {display_loc(loc)}" if loc[0] else ""
         text += (f" The script asked {asked[0].get('what')}(){at} and was told no GPU is available: run with "
                  "--pretend-cuda (and --cuda-devices N) to have it take its GPU path on the CPU.")
     tail = next((w.stdout_tail.strip() or w.stderr_tail.strip() for w in launched.workers

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 _RATIO = re.compile(r"ratio\s+(\d+\.\d+)")
 
 
-@pytest.mark.parametrize("name", ["overhead.py", "memory.py", "fix_state_dict.py", "trace_validation.py"])
+@pytest.mark.parametrize("name", ["overhead.py", "memory.py", "fix_state_dict.py", "trace_validation.py",
+                                  "indexing.py"])
 def test_benchmark_prints_ratios(name: str) -> None:
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / name), "--quick"], capture_output=True, text=True, timeout=300
@@ -43,6 +44,6 @@ def test_overhead_compares_every_checks_recorders_with_a_single_checks() -> None
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert "recorders: every check: graph, modes, schedulers, seeding, warnings; --select CC004: none" in out.stdout
+    assert "recorders: every check: graph, modes, provenance, schedulers, seeding, warnings; --select CC004: none" in out.stdout
     assert len(_RATIO.findall(out.stdout)) == 6  # three models, two selections each
     print(out.stdout)

@@ -213,3 +213,67 @@ def test_a_float32_run_whose_loss_diverges_to_nan_never_passes() -> None:
     assert (finding["code"], finding["severity"], finding["location"]["line"]) == ("CC012", "error", 22)
     assert finding["evidence"]["nonfinite_from_step"] == 13
     assert finding["message"].startswith("The loss is inf/NaN from step 13 to the last step observed (20)")
+
+
+# -- inputs and labels drawn by two index vectors ----------------------------------------------------------
+
+def pairing(step: int, same: bool = False, permutation: bool = True, bases: tuple[int, int] = (3, 4),
+            sources: tuple[int, int] = (1, 2), rows: tuple[int, int] = (512, 512)) -> dict:
+    def side(which: int) -> dict:
+        return {"source": sources[which], "rows": rows[which], "n": 32, "base": bases[which],
+                "permutation": permutation, "distinct": True, "head": [which, 5, 6, 7],
+                "loc": ["t.py", 34 + which]}
+
+    return {"ev": "batch_pairing", "n": step + 1, "step": step, "same_index": same, "input": side(0),
+            "target": side(1)}
+
+
+def test_two_permutations_for_inputs_and_targets_are_an_error() -> None:
+    [finding] = runtime(trace([0.7, 0.71, 0.69], extra=[pairing(0), pairing(1), pairing(2)]))
+    assert (finding.severity.value, finding.location.line) == ("error", 35)
+    assert "inputs at t.py:34, targets at t.py:35" in finding.message
+    assert "two different permutations of the 512 rows" in finding.message
+    assert finding.evidence["batches"] == 3
+
+
+def test_index_vectors_not_known_to_be_permutations_are_info() -> None:
+    extra = [pairing(0, permutation=False), pairing(1, permutation=False)]
+    [finding] = runtime(trace([0.7, 0.71, 0.69], extra=extra))
+    assert finding.severity.value == "info"
+    assert "may be deliberate" in finding.message
+    [same_base] = runtime(trace([0.7, 0.71], extra=[pairing(0, bases=(3, 3)), pairing(1, bases=(3, 3))]))
+    assert same_base.severity.value == "info"  # one permutation, two offsets: an off-by-some, or a design
+
+
+@pytest.mark.parametrize("extra", [
+    [pairing(0), pairing(0)],  # one step only
+    [pairing(0), pairing(1, same=True), pairing(2)],  # once the same rows: not consistent
+    [pairing(0, sources=(1, 1)), pairing(1, sources=(1, 1))],  # one tensor (an autoencoder's own rows)
+    [pairing(0, rows=(512, 4096)), pairing(1, rows=(512, 4096))],  # tensors of other lengths
+])
+def test_index_vectors_that_may_pair_correctly_are_quiet(extra: list[dict]) -> None:
+    assert runtime(trace([0.7, 0.71, 0.69], extra=extra)) == []
+
+
+@pytest.mark.parametrize("script, args, lines", [
+    ("cc012_two_permutations.py", ["--mode", "two"], (34, 35)),
+    ("cc012_two_permutations.py", ["--mode", "reshuffled"], (26, 27)),
+    ("cc012_numpy_permutations.py", [], (21, 21)),
+])
+def test_inputs_and_labels_indexed_by_two_permutations_end_to_end(script: str, args: list[str],
+                                                                  lines: tuple[int, int]) -> None:
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "4", "--select", "CC012",
+                       SCRIPTS / script, *args, cwd=SCRIPTS)
+    [finding] = result.findings("CC012")
+    assert (finding["severity"], finding["location"]["line"]) == ("error", lines[1])
+    assert f"inputs at {script}:{lines[0]}, targets at {script}:{lines[1]}." in finding["message"]
+    assert [finding["evidence"]["inputs_at"][1], finding["evidence"]["targets_at"][1]] == list(lines)
+
+
+@pytest.mark.parametrize("script, args", [("cc012_two_permutations.py", ["--mode", "one"]),
+                                          ("cc012_numpy_permutations.py", ["--one"])])
+def test_one_permutation_for_both_is_quiet(script: str, args: list[str]) -> None:
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--steps", "4", "--select", "CC012",
+                       SCRIPTS / script, *args)
+    assert result.code == 0, result.stderr
+    assert result.findings("CC012") == []

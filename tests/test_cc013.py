@@ -108,7 +108,7 @@ def test_rank_dependent_call_is_located() -> None:
 def test_the_cause_is_named_a_cast_after_wrapping_or_a_wrapper_never_built() -> None:
     def run(*flags: str) -> list[dict]:
         result = convcheck("run", "--nproc-per-node", "2", "--format", "json", "--fail-on", "never",
-                           "--select", "CC013", SCRIPTS / "cc013_recast_after_wrap.py", *flags)
+                           "--select", "CC013", SCRIPTS / "cc013_recast_after_wrap.py", *flags, cwd=SCRIPTS)
         assert result.code == 0, result.stdout + result.stderr
         return result.findings("CC013")
 

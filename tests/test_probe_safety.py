@@ -85,6 +85,46 @@ def test_the_originals_own_error_and_deliberate_errors_reach_the_caller(owner: t
     assert errors == []
 
 
+def test_calls_a_cheap_test_rejects_skip_the_wrapper_and_a_failing_test_is_reported(owner: type[_Owner]) -> None:
+    seen: list[int] = []
+    errors: list[str] = []
+    patches = Patches(on_error=lambda where, exc: errors.append(where))
+
+    def make(original):
+        def add(a, b):
+            seen.append(b)
+            return original(a, b)
+
+        return add
+
+    def wanted(a, b):
+        if b == 13:
+            raise TypeError("the test itself failed")
+        return b > 10
+
+    patches.wrap(owner, "add", make, when=wanted)
+    assert [owner.add(1, 2), owner.add(1, 20), owner.add(1, 13)] == [3, 21, 14]
+    assert seen == [20]
+    assert errors == ["_Owner.add"]
+
+
+def test_undo_deletes_what_the_owner_only_inherited() -> None:
+    class Base:
+        def name(self) -> str:
+            return "base"
+
+    class Child(Base):
+        pass
+
+    patches = Patches()
+    patches.wrap(Child, "name", lambda original: lambda self: "patched")
+    assert Child().name() == "patched"
+    patches.undo_all()
+    assert "name" not in vars(Child)
+    Base.name = lambda self: "changed later"
+    assert Child().name() == "changed later"
+
+
 def test_a_global_hook_that_fails_is_silent_but_stop_signals_pass() -> None:
     errors: list[str] = []
     patches = Patches(on_error=lambda where, exc: errors.append(where))

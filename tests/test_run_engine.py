@@ -124,7 +124,7 @@ def test_crash_before_first_step_exits_2_with_traceback() -> None:
     import convcheck as package
 
     # Wide enough that no path in the traceback is folded onto two lines.
-    result = convcheck("run", "--ignore", "CC002", SCRIPTS / "crash_early.py", env={"COLUMNS": "400"})
+    result = convcheck("run", "--ignore", "CC002", SCRIPTS / "crash_early.py", env={"COLUMNS": "400"}, cwd=SCRIPTS)
     assert result.code == 2
     text = " ".join(result.stdout.split())
     assert "the script failed: RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x5 and 4x2)" in text
@@ -132,9 +132,9 @@ def test_crash_before_first_step_exits_2_with_traceback() -> None:
     # The traceback shows the user's frames and torch's, never convcheck's own (wherever it is installed,
     # whatever the clone's folder is called).
     frames = [Path(f) for f in re.findall(r'File "([^"]+)", line', text.split("Traceback", 1)[1])]
-    assert frames and frames[0] == SCRIPTS / "crash_early.py"
+    assert frames and frames[0] == Path("crash_early.py")  # under the working folder: relative
     package_dir = Path(package.__file__).resolve().parent
-    assert [f for f in frames if f.resolve().is_relative_to(package_dir)] == []
+    assert [f for f in frames if (SCRIPTS / f).resolve().is_relative_to(package_dir)] == []
 
 
 def test_crash_mid_run_exits_3_with_partial_report(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from convcheck.findings import Report
+from convcheck.paths import display_loc
 from convcheck.report.context import RenderContext
 
 
@@ -17,7 +18,8 @@ def render(report: Report, ctx: RenderContext) -> str:
         failing = [f for f in report.findings if f.code == check.code and ctx.fails(f)]
         if failing:
             failures += 1
-            lines = [f"{f.severity.value} {f.location or report.script}: {f.message} Fix: {f.fix}" for f in failing]
+            lines = [f"{f.severity.value} {display_loc(f.location) if f.location else report.script}: {f.message} "
+                     f"Fix: {f.fix}" for f in failing]
             failure = ET.SubElement(case, "failure", message=failing[0].message, type=failing[0].severity.value)
             failure.text = "\n".join(lines)
     if report.run.status in ("crashed", "timeout", "interrupted", "no-training-step"):

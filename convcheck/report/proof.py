@@ -210,6 +210,12 @@ def _shuffled_apart(e: Evidence) -> str | None:
             f"{e['positions']} positions")
 
 
+def _indexed_apart(e: Evidence) -> str | None:
+    inputs, targets = e["first_rows"]
+    return (f"inputs and targets were picked by different index vectors in all {e['batches']} batches "
+            f"seen (first rows {', '.join(map(str, inputs[:4]))} against {', '.join(map(str, targets[:4]))})")
+
+
 def _one_column(e: Evidence) -> str | None:
     losses = e["losses"]
     return f"cross-entropy over logits of shape {e['shape']}: the loss was {_num(losses[0])} every step"
@@ -292,7 +298,7 @@ _PHRASES: list[Callable[[Evidence], str | None]] = [
     _overflow, _clip_scaled, _skipped,
     _stale, _not_cleared, _wiped,
     _eval_mode, _graph_path, _lr_at_step_1, _scheduler_per_batch,
-    _flat_curve, _shapes, _shuffled_apart, _one_column, _leaf_loss, _constant_loss, _chance_level,
+    _flat_curve, _shapes, _shuffled_apart, _indexed_apart, _one_column, _leaf_loss, _constant_loss, _chance_level,
     _replicas, _tiny_batch,
     _two_runs, _late_seed, _no_seed, _unseeded, _worker_rngs,
     _prefix_saved, _load_mismatch, _wrapper_saved, _unchecked_load,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from convcheck.findings import Report
+from convcheck.paths import display_loc
 from convcheck.runtime.trace import ProcessTrace, RunTrace
 
 
@@ -90,7 +91,7 @@ def findings_markdown(report: Report) -> str:
         return f"No findings. Run {report.run.status}."
     lines = []
     for f in report.findings:
-        where = f" ({f.location})" if f.location else ""
+        where = f" ({display_loc(f.location)})" if f.location else ""
         lines.append(f"- **{f.severity.value.upper()} {f.code} {f.name}**{where}: {f.message} *Fix:* {f.fix}")
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from convcheck.findings import Finding, Report, RunSummary, Severity
+from convcheck.paths import display_loc, display_path, display_paths_in
 from convcheck.report.proof import proof
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.INFO: "bold cyan"}
@@ -39,18 +40,18 @@ class FindingView:
         head.append(f" {f.code} ", style="bold")
         head.append(f.name)
         if f.location is not None:
-            head.append(f"  {f.location}", style="underline")
+            head.append(f"  {display_loc(f.location)}", style="underline")
         head.append(f"  [{f.source}]", style="dim")
         yield head
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="dim", no_wrap=True, min_width=8)
         grid.add_column(overflow="fold")
-        grid.add_row("", Text(f.message))
+        grid.add_row("", Text(display_paths_in(f.message)))
         shown = proof(f)
         if shown:
-            grid.add_row("proof", Text(shown))
+            grid.add_row("proof", Text(display_paths_in(shown)))
         if f.fix:
-            grid.add_row("fix", Text(f.fix, style="green"))
+            grid.add_row("fix", Text(display_paths_in(f.fix), style="green"))
         yield Padding(grid, (0, 0, 1, 2))
 
 
@@ -69,7 +70,7 @@ class ReportView:
         trainers = [p for p in run.processes if p.steps or p.backwards or p.skipped_steps]
         header = Text()
         header.append("convcheck ", style="bold")
-        header.append(report.script, style="bold")
+        header.append(display_paths_in(report.script), style="bold")
         count = len(trainers) or len(run.processes)
         if run.status == "static-only":
             header.append(f" · {_STATUS[run.status]}")
@@ -85,9 +86,9 @@ class ReportView:
         yield Text("")
         if run.error:
             style = "red" if run.status in ("crashed", "timeout") else "yellow"
-            yield Padding(Text(run.error, style=style), (0, 0, 1, 2))
+            yield Padding(Text(display_paths_in(run.error), style=style), (0, 0, 1, 2))
         for where in run.hung_at:
-            yield Padding(Text(f"hung at {where}", style="red"), (0, 0, 0, 2))
+            yield Padding(Text(f"hung at {display_paths_in(where)}", style="red"), (0, 0, 0, 2))
         if run.hung_at:
             yield Text("")
         for severity in Severity:
@@ -116,7 +117,7 @@ class ReportView:
                        f"folder (deleted afterwards) and yours were not touched ({_protection_words(run)}):")
             for row in run.file_changes[:_MAX_FILE_ROWS]:
                 native = "  (outside Python: caught by the kernel-level layer)" if row.get("level") == "kernel" else ""
-                yield Text(f"  {OP_WORDS.get(row.get('op'), row.get('op'))}: {row.get('path')}"
+                yield Text(f"  {OP_WORDS.get(row.get('op'), row.get('op'))}: {_path(row.get('path'))}"
                            f"{_where(row, '  ({})')}{native}", style="dim")
             if len(run.file_changes) > _MAX_FILE_ROWS:
                 yield Text(f"  … and {len(run.file_changes) - _MAX_FILE_ROWS} more (all in --format json)",
@@ -130,14 +131,15 @@ class ReportView:
         if run.redirected_saves and not run.file_changes:
             yield Text("Files the script saved during the run went to a scratch folder (yours were not touched):")
             for save in run.redirected_saves:
-                yield Text(f"  {save.get('path')}{_where(save, '  ({})')}", style="dim")
+                yield Text(f"  {_path(save.get('path'))}{_where(save, '  ({})')}", style="dim")
             yield Text("")
         if run.tensorboard_dir:
             from pathlib import Path
 
             # The folder above this run's holds the earlier runs too: TensorBoard shows them side by side.
-            yield Text(f"TensorBoard event files: {run.tensorboard_dir}")
-            yield Text(f"  view them with: tensorboard --logdir {Path(run.tensorboard_dir).parent}", style="dim")
+            yield Text(f"TensorBoard event files: {display_path(run.tensorboard_dir)}")
+            yield Text(f"  view them with: tensorboard --logdir {display_path(Path(run.tensorboard_dir).parent)}",
+                       style="dim")
             yield Text("")
         if run.baseline_suppressed:
             yield Text(f"{run.baseline_suppressed} finding(s) already in the baseline were left out.", style="dim")
@@ -186,7 +188,7 @@ def _glance(report: Report) -> Group | None:
     for finding in report.findings:
         shown = proof(finding)
         if shown:
-            grid.add_row(finding.code, shown)
+            grid.add_row(finding.code, display_paths_in(shown))
     return Group(Text("At a glance", style="bold"), Padding(grid, (0, 0, 1, 2)))
 
 
@@ -215,19 +217,11 @@ def _summary_line(report: Report) -> str:
 
 def _where(row: dict[str, Any], form: str) -> str:
     """``file:line`` of a located row put into ``form``, or '' when the place is unknown."""
-    return form.format(f"{_short(row.get('file'))}:{row.get('line')}") if row.get("file") else ""
+    return form.format(display_loc((row.get("file"), row.get("line")))) if row.get("file") else ""
 
 
-def _short(path: str | None) -> str:
-    import os
-
-    if not path:
-        return ""
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
+def _path(path: Any) -> str:
+    return display_path(str(path)) if path else str(path)
 
 
 def render(report: Report, width: int = 100) -> str:
@@ -258,5 +252,7 @@ def print_report(report: Report, console: Console | None = None) -> None:
 def _protection_words(run) -> str:  # noqa: ANN001
     """Which level kept the user's files untouched, in the report's words."""
     if run.file_protection == "kernel":
-        return "kernel-level overlay on " + ", ".join(run.protected_folders) + ", Python-level guard elsewhere"
+        folders = [display_path(f) for f in run.protected_folders]
+        return ("kernel-level overlay on " + ", ".join("the working folder" if f == "." else f for f in folders)
+                + ", Python-level guard elsewhere")
     return "Python-level guard" + (f"; no kernel-level layer: {run.protection_note}" if run.protection_note else "")

@@ -14,6 +14,7 @@ import sys
 import weakref
 from typing import Any
 
+from convcheck.paths import display_loc
 from convcheck.runtime.locate import (
     called_from_user_code, caller_file, event_location, is_library_file, is_torch_file,
 )
@@ -274,7 +275,7 @@ class CudaShim:
 
         def refuse(name: str) -> UnmappableCudaCall:
             loc = event_location(4)
-            where = f" at {loc[0]}:{loc[1]}" if loc else ""
+            where = f" at {display_loc(loc)}" if loc else ""
             shim.probe.emit("device_unmappable", what=f"torch.cuda.{name}", loc=loc, step=shim.probe.step_count)
             return UnmappableCudaCall(
                 f"torch.cuda.{name}{where} has no CPU equivalent, so convcheck cannot run this script on "

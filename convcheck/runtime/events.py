@@ -553,6 +553,44 @@ class EndEvent(TypedDict):
     backwards: int
 
 
+class EpochCapEvent(TypedDict):
+    """A training loop's loader whose epochs are shortened (once per loader): to how many batches, of how many,
+    and the loop's line. ``Probe.count_batch``."""
+
+    ev: Literal["epoch_cap"]
+    loader: int
+    batches: int
+    steps: int | None
+    full_batches: int | None
+    step: int
+    loc: Loc
+
+
+class IndexPick(TypedDict):
+    """One side of a batch pairing: which tensor (a token), its rows, the index vector's size and base."""
+
+    source: int
+    rows: int
+    n: int
+    base: int
+    permutation: bool
+    distinct: bool
+    head: list[int]
+    loc: Loc
+
+
+class BatchPairingEvent(TypedDict):
+    """A backward whose model input and loss target were both drawn by an integer index vector: from which
+    tensors, by which vectors. The ``provenance`` recorder."""
+
+    ev: Literal["batch_pairing"]
+    n: int
+    step: int
+    same_index: bool
+    input: IndexPick
+    target: IndexPick
+
+
 class RecordersEvent(TypedDict):
     """The recorders installed in this process and the patches they made. ``Probe._install_recorders``."""
 
@@ -624,7 +662,7 @@ SCHEMAS: dict[str, type] = {
     "warning": WarningEvent, "nonfinite": NonfiniteEvent, "histograms": HistogramsEvent, "final": FinalEvent,
     "dist_init": DistInitEvent, "ddp_init": DdpInitEvent, "ddp_module_moved": DdpModuleMovedEvent,
     "unregistered_module": UnregisteredModuleEvent, "repeat_batch": RepeatBatchEvent, "stop": StopEvent,
-    "crash": CrashEvent, "end": EndEvent, "probe_error": ProbeErrorEvent, "recorders": RecordersEvent, "self_spawn": SelfSpawnEvent,
+    "crash": CrashEvent, "end": EndEvent, "probe_error": ProbeErrorEvent, "recorders": RecordersEvent, "epoch_cap": EpochCapEvent, "batch_pairing": BatchPairingEvent, "self_spawn": SelfSpawnEvent,
     "device_map": DeviceMapEvent, "device_map_active": DeviceMapActiveEvent,
     "device_unmappable": DeviceUnmappableEvent, "accelerator_query": AcceleratorQueryEvent,
 }

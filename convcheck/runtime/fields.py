@@ -18,3 +18,20 @@ def num(value: Any) -> Any:
         return float(value)
     except (TypeError, ValueError):
         return repr(value)[:80]
+
+
+def first_tensor(value: Any) -> Any:
+    """The first tensor in ``value`` (a tensor, or nested tuples, lists and dicts), or None."""
+    if hasattr(value, "is_floating_point"):
+        return value
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    if isinstance(value, dict):
+        for item in value.values():
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 ErrorSink = Callable[[str, BaseException], None]
+#: Marks a patched attribute that the owner inherited rather than defined.
+_INHERITED = object()
 
 
 def _never() -> bool:
@@ -72,21 +74,26 @@ class Patches:
         return stack
 
     def wrap(self, owner: Any, name: str, make_wrapper: Callable[[Any], Any],
-             deliberate: tuple[type[BaseException], ...] = (), eager_under_compile: bool = False) -> None:
+             deliberate: tuple[type[BaseException], ...] = (), eager_under_compile: bool = False,
+             when: Callable[..., bool] | None = None) -> None:
         """Replace ``owner.name`` with a guarded ``make_wrapper(original)``; skip what does not exist.
 
         ``deliberate``: exceptions the wrapper raises on purpose (a StopIteration that ends an
         epoch early, a clear error for an unmappable CUDA call); they reach the user's code.
         ``eager_under_compile``: inside a torch.compile'd function, run the wrapper eagerly (a graph
         break) instead of stepping aside: for calls whose absence from the trace would mislead a check.
+        ``when``: a cheap test of the call's arguments (type checks only; it must not raise); calls it
+        rejects go straight to the original, for patches on hot paths such as ``Tensor.__getitem__``.
         """
         original = getattr(owner, name, None)
         if original is None:
             return
+        # An inherited attribute is deleted again on undo, so that lookups reach the base class as before.
+        restore = original if name in getattr(owner, "__dict__", {}) else _INHERITED
         if isinstance(original, type):
             # A class must stay a class (annotations, isinstance, subclasses): its stand-in is installed as is.
             setattr(owner, name, make_wrapper(original))
-            self._undo.append((owner, name, original))
+            self._undo.append((owner, name, restore))
             return
         label = f"{getattr(owner, '__name__', type(owner).__name__)}.{name}"
         stack = self._stack
@@ -123,6 +130,21 @@ class Patches:
             finally:
                 calls.pop()
 
+        if when is not None:
+            checked = guarded
+
+            def prefiltered(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    wanted = when(*args, **kwargs)
+                except Exception as exc:
+                    patches.report(label, exc)
+                    wanted = False
+                if not wanted:
+                    return original(*args, **kwargs)
+                return checked(*args, **kwargs)
+
+            guarded = prefiltered
+
         if eager_under_compile:
             guarded = _eager(guarded)
         for attr in ("__name__", "__doc__"):
@@ -132,7 +154,7 @@ class Patches:
                 pass
         guarded.__wrapped__ = original  # type: ignore[attr-defined]
         setattr(owner, name, guarded)
-        self._undo.append((owner, name, original))
+        self._undo.append((owner, name, restore))
 
     def hook(self, label: str, function: Callable[..., Any], eager_under_compile: bool = False) -> Callable[..., Any]:
         """A global hook that never raises into the user's code (but lets BaseExceptions such as StopRun through).
@@ -161,4 +183,7 @@ class Patches:
         """Restore every original, newest first."""
         while self._undo:
             owner, name, original = self._undo.pop()
-            setattr(owner, name, original)
+            if original is _INHERITED:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)

@@ -20,6 +20,7 @@ from typing import Any
 
 from convcheck.runtime import env, fsguard, stepstats
 from convcheck.runtime.fields import loc as _loc
+from convcheck.runtime.fields import first_tensor as _first_tensor
 from convcheck.runtime.fields import num as _num
 from convcheck.runtime.locate import called_by_library, caller_frame, is_library_file, user_frame
 from convcheck.runtime.patches import Patches
@@ -119,8 +120,11 @@ class Probe:
         #: CC012's overfit run: each DataLoader's first batch, yielded again in place of every later one.
         self.repeat_first_batch = os.environ.get(env.REPEAT_FIRST_BATCH) == "1"
         self.first_batches: dict[int, Any] = {}
-        #: The recorders this run asked for (``CONVCHECK_RECORDERS``; absent: every available one), by name.
+        #: The recorders this run asked for (``CONVCHECK_RECORDERS``; absent: every available one), by name;
+        #: those that follow each outermost forward and each backward.
         self.recorders: dict[str, Any] = {}
+        self.forward_recorders: list[Any] = []
+        self.backward_recorders: list[Any] = []
 
     # -- recording -------------------------------------------------------------
 
@@ -274,6 +278,8 @@ class Probe:
                     module = owner
             self._register_root(module)
             self.forward_frame = user_frame(2)
+            for recorder in self.forward_recorders:
+                recorder.on_root_forward(module, args)
             self.active_root = module
             self.root_calls += 1
         elif self.root_calls <= 3 and id(module) not in self.checked_modules:
@@ -573,6 +579,8 @@ class Probe:
             sampled["eval_modules"] = in_eval[:50]
             sampled["eval_roots"] = eval_roots
         self.emit("backward", n=self.backward_count, step=self.step_count, loss=loss, loc=self._loss_loc(), **sampled)
+        for recorder in self.backward_recorders:
+            recorder.on_backward(tensor)
 
     def _loss_loc(self) -> list[Any] | None:
         """Where the loss was made: the backward's line, or the user's forward a framework called back.
@@ -633,6 +641,10 @@ class Probe:
                 recorder = cls(self)
                 recorder.install(torch, self.patches)
                 self.recorders[name] = recorder
+                if recorder.follows_forward():
+                    self.forward_recorders.append(recorder)
+                if recorder.follows_backward():
+                    self.backward_recorders.append(recorder)
             except Exception as exc:
                 self._probe_error(f"recorder {name}", exc)
         self.emit("recorders", names=sorted(self.recorders), patched=self.patches.labels()[before:])
@@ -644,6 +656,8 @@ class Probe:
         self.handles.clear()
         self.patches.undo_all()
         self.recorders.clear()
+        self.forward_recorders.clear()
+        self.backward_recorders.clear()
 
     # -- data loading ------------------------------------------------------------
 
@@ -1243,22 +1257,6 @@ def _shape_of(param: Any) -> list[int] | None:
         return list(param.shape)
     except RuntimeError:
         return None
-
-
-def _first_tensor(value: Any) -> Any:
-    if hasattr(value, "is_floating_point"):
-        return value
-    if isinstance(value, (tuple, list)):
-        for item in value:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    if isinstance(value, dict):
-        for item in value.values():
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    return None
 
 
 def _env_int(name: str) -> int | None:

@@ -29,12 +29,13 @@ def builtin_recorders() -> dict[str, type[Recorder]]:
     """The recorders shipped with convcheck, by name."""
     from convcheck.runtime.recorders.graph import LossGraphRecorder
     from convcheck.runtime.recorders.modes import ModeRecorder
+    from convcheck.runtime.recorders.provenance import BatchProvenanceRecorder
     from convcheck.runtime.recorders.pywarnings import WarningRecorder
     from convcheck.runtime.recorders.schedulers import SchedulerRecorder
     from convcheck.runtime.recorders.seeding import SeedingRecorder
 
     return {cls.name: cls for cls in (SeedingRecorder, SchedulerRecorder, LossGraphRecorder, ModeRecorder,
-                                      WarningRecorder)}
+                                      WarningRecorder, BatchProvenanceRecorder)}
 
 
 def third_party_recorders() -> dict[str, type[Recorder]]:

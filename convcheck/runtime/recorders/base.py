@@ -35,3 +35,17 @@ class Recorder:
 
     def after_fork(self) -> None:
         """Reset per-process state in a forked child (a DataLoader worker)."""
+
+    def on_root_forward(self, module: Any, args: Any) -> None:
+        """Called before each outermost forward of a model, with its inputs (override to follow them)."""
+
+    def on_backward(self, loss: Any) -> None:
+        """Called after each backward pass was recorded, with the tensor it started from (override to follow it)."""
+
+    def follows_forward(self) -> bool:
+        """Whether the host must call ``on_root_forward`` (only recorders that override it pay for the call)."""
+        return type(self).on_root_forward is not Recorder.on_root_forward
+
+    def follows_backward(self) -> bool:
+        """Whether the host must call ``on_backward``."""
+        return type(self).on_backward is not Recorder.on_backward
