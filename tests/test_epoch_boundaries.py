@@ -15,6 +15,9 @@ from cc_testing import SCRIPTS, convcheck, read_traces
 from convcheck.static.calls import Calls, Where
 from convcheck.static.context import load_script
 
+# Whole runs of convcheck past several epoch boundaries: `python -m pytest -m slow`, which CI runs too.
+pytestmark = pytest.mark.slow
+
 
 def _line(script: str, text: str) -> int:
     """The line of ``script`` that holds ``text`` (once)."""
