@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convcheck.findings import Finding, Severity
+from convcheck.paths import display_loc
 from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.calls import Calls, Where
@@ -270,7 +271,7 @@ class FrozenParameters(Check):
             free_modules = _modules_of(outside, table)
             message = (f"Every parameter the optimizer holds is frozen: {_list(frozen_modules)} "
                        f"({len(held_frozen)} parameters, requires_grad=False), so the optimizer built at "
-                       f"{_short(opt_where)} updates nothing, while {_list(free_modules)} "
+                       f"{display_loc(opt_where)} updates nothing, while {_list(free_modules)} "
                        f"{_verb(free_modules, 'computes', 'compute')} gradients for {len(got_grad or outside)} "
                        "parameters that no optimizer holds. The freeze and the optimizer were meant for each "
                        "other's parameters.")
@@ -691,8 +692,3 @@ def _script_freezes(ctx: StaticContext) -> bool:
     return False
 
 
-def _short(loc: Any) -> str:
-    if not loc:
-        return "?"
-    path = str(loc[0]).replace("\\", "/").rsplit("/", 1)[-1]
-    return f"{path}:{loc[1]}"

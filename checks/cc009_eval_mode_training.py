@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from convcheck.findings import Finding, Severity
+from convcheck.paths import display_loc
 from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.calls import Calls, Where
@@ -166,7 +167,7 @@ class EvalModeTraining(Check):
         where = ""
         if switch:
             helper = _helper_text(switch.get("loc"), ctx)
-            where = (f" `{switch.get('cls', 'model')}.eval()` at {_short(switch.get('loc'))} "
+            where = (f" `{switch.get('cls', 'model')}.eval()` at {display_loc(switch.get('loc'))} "
                      f"(step {switch.get('step')}){helper}")
             where = f" It was switched to eval mode by{where} and not back to train mode."
         message = (
@@ -378,8 +379,3 @@ def _helper_text(loc: Any, ctx: StaticContext | None) -> str:
     return f" in `{name}()`, called at line {call},"
 
 
-def _short(loc: Any) -> str:
-    if not loc:
-        return "?"
-    path = str(loc[0]).replace("\\", "/").rsplit("/", 1)[-1]
-    return f"{path}:{loc[1]}"

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cc_testing import SCRIPTS, convcheck, read_traces
+from cc_testing import REPO, SCRIPTS, convcheck, read_traces
 
 from convcheck.static.calls import Calls, Where
 from convcheck.static.context import load_script
@@ -26,7 +26,8 @@ def _line(script: str, text: str) -> int:
 
 
 def _run(*args: str | Path) -> dict:
-    result = convcheck("run", "--format", "json", "--fail-on", "never", *args)
+    # From the repository's folder: the scripts' paths (and the reports' paths) are relative to it.
+    result = convcheck("run", "--format", "json", "--fail-on", "never", *args, cwd=REPO)
     assert result.code == 0, result.stdout + result.stderr
     return result.report
 
@@ -46,7 +47,7 @@ def test_eval_helper_beyond_the_first_epoch_is_an_error_at_the_helper_line() -> 
     call_line = _line("cc009_eval_helper.py", "evaluate(model, val)")
     assert finding["severity"] == "error"
     assert finding["location"]["line"] == eval_line
-    assert (f"`Sequential.eval()` at cc009_eval_helper.py:{eval_line} (step 6) in `evaluate()`, called at line "
+    assert (f"`Sequential.eval()` at tests/scripts/cc009_eval_helper.py:{eval_line} (step 6) in `evaluate()`, called at line "
             f"{call_line}, and not back to train mode") in finding["message"]
     assert "14 of 20 optimizer steps (from step 7)" in finding["message"]
 
