@@ -203,3 +203,6 @@ def test_wheel_contains_checks_and_no_top_level_checks(tmp_path: Path) -> None:
     assert "convcheck/runtime/site/sitecustomize.py" in names
     assert not [n for n in names if n.startswith("checks/")]
     assert not [n for n in names if n.startswith(("tests/", "examples/"))]
+    # Every package of the source tree is in the wheel (a package left out of pyproject's list is not).
+    packages = sorted(init.relative_to(REPO).as_posix() for init in (REPO / "convcheck").rglob("__init__.py"))
+    assert [p for p in packages if p not in names] == []
