@@ -629,12 +629,12 @@ class Probe:
 
     def _install_recorders(self, torch: Any) -> None:
         """Install the recorders the run's checks need; say which, and what they patched."""
-        from convcheck.runtime.recorders import available_recorders
+        from convcheck.runtime.recorders import recorders_for
 
         wanted = os.environ.get(env.RECORDERS)
         names = None if wanted is None else {n for n in wanted.split(",") if n}
         before = len(self.patches.labels())
-        for name, cls in available_recorders().items():
+        for name, cls in recorders_for(names).items():
             if names is not None and name not in names:
                 continue
             try:
