@@ -345,29 +345,28 @@ def _upper_changes(root: str, upper: Path) -> list[dict]:
     return rows
 
 
-def members(ns_inode: int) -> list[int]:
-    """Every process in the mount namespace with this inode (the run's processes, wherever they went)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{entry.name}/ns/mnt").st_ino == ns_inode:
-                    found.append(int(entry.name))
-    return found
-
-
-def processes_of(layer_dir: Path) -> list[int]:
-    """Processes still inside a (stale) run's namespace, told by the overlay whose upper folder lies in it."""
-    if not os.path.isdir("/proc"):
-        return []
+def _by_namespace() -> dict[int, list[int]]:
+    """Every readable process but this one, by the inode of its mount namespace."""
     by_ns: dict[int, list[int]] = {}
+    if not os.path.isdir("/proc"):
+        return by_ns
     for entry in os.scandir("/proc"):
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             with contextlib.suppress(OSError):
                 by_ns.setdefault(os.stat(f"/proc/{entry.name}/ns/mnt").st_ino, []).append(int(entry.name))
+    return by_ns
+
+
+def members(ns_inode: int) -> list[int]:
+    """Every process in the mount namespace with this inode (the run's processes, wherever they went)."""
+    return _by_namespace().get(ns_inode, [])
+
+
+def processes_of(layer_dir: Path) -> list[int]:
+    """Processes still inside a (stale) run's namespace, told by the overlay whose upper folder lies in it."""
     wanted = f"upperdir={layer_dir}/"
     found = []
-    for pids in by_ns.values():
+    for pids in _by_namespace().values():
         for pid in pids:
             try:
                 text = Path(f"/proc/{pid}/mountinfo").read_text(encoding="utf-8", errors="replace")
