@@ -333,8 +333,7 @@ def _protect(spec: LaunchSpec, result: LaunchResult):  # noqa: ANN202
         layer = sandbox.build(layer_dir, candidates, passed=[str(spec.run_dir)], python=spec.python)
     except sandbox.SandboxUnavailable as exc:
         result.protection = {"level": "python", "why": str(exc)}
-        if layer_dir.parent != spec.run_dir:
-            sandbox.remove(layer_dir)
+        sandbox.remove(layer_dir)
         if spec.protect_files == "kernel":
             raise
         return None
