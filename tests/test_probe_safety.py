@@ -11,6 +11,7 @@ import torch
 
 from cc_testing import SCRIPTS, convcheck, read_traces
 from convcheck.runtime.patches import Patches
+from convcheck.runtime.typeslots import is_sequence
 
 
 class _Owner:
@@ -123,6 +124,32 @@ def test_undo_deletes_what_the_owner_only_inherited() -> None:
     assert "name" not in vars(Child)
     Base.name = lambda self: "changed later"
     assert Child().name() == "changed later"
+
+
+def test_a_patched_tensor_getitem_leaves_tensors_no_sequences() -> None:
+    """A Python ``__getitem__`` fills the sequence slot torch.Tensor lacks: ``torch.tensor([t])`` of a 0-d
+    ``t`` would call ``len(t)`` and fail. The slot is emptied again on install and on undo."""
+    zero_d = torch.tensor([1.5, 2.5])[1]
+    seen: list[object] = []
+    patches = Patches()
+
+    def make(original):
+        def __getitem__(source, index):
+            seen.append(index)
+            return original(source, index)
+
+        return __getitem__
+
+    patches.wrap(torch.Tensor, "__getitem__", make)
+    try:
+        assert torch.arange(5)[torch.tensor([1, 3])].tolist() == [1, 3]
+        assert len(seen) == 1
+        assert not is_sequence(zero_d)
+        assert torch.tensor([zero_d, zero_d]).tolist() == [2.5, 2.5]
+    finally:
+        patches.undo_all()
+    assert not is_sequence(zero_d)
+    assert torch.tensor([zero_d]).tolist() == [2.5]
 
 
 def test_a_global_hook_that_fails_is_silent_but_stop_signals_pass() -> None:

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from convcheck.runtime.typeslots import SEQUENCE_DUNDERS, empty_sequence_item, sequence_item_empty
+
 ErrorSink = Callable[[str, BaseException], None]
 #: Marks a patched attribute that the owner inherited rather than defined.
 _INHERITED = object()
@@ -53,6 +55,7 @@ class Patches:
 
     def __init__(self, on_error: ErrorSink | None = None) -> None:
         self._undo: list[tuple[Any, str, Any]] = []
+        self._empty_slots: set[Any] = set()
         self._calls = threading.local()
         self._reported: set[str] = set()
         self.on_error = on_error
@@ -88,6 +91,12 @@ class Patches:
         original = getattr(owner, name, None)
         if original is None:
             return
+        if name in SEQUENCE_DUNDERS:
+            empty = sequence_item_empty(owner)
+            if empty is None:
+                return  # the slot it would fill could not be emptied again: leave the class alone
+            if empty:
+                self._empty_slots.add(owner)
         # An inherited attribute is deleted again on undo, so that lookups reach the base class as before.
         restore = original if name in getattr(owner, "__dict__", {}) else _INHERITED
         if isinstance(original, type):
@@ -155,6 +164,7 @@ class Patches:
         guarded.__wrapped__ = original  # type: ignore[attr-defined]
         setattr(owner, name, guarded)
         self._undo.append((owner, name, restore))
+        self._keep_slots(owner, name)
 
     def hook(self, label: str, function: Callable[..., Any], eager_under_compile: bool = False) -> Callable[..., Any]:
         """A global hook that never raises into the user's code (but lets BaseExceptions such as StopRun through).
@@ -175,6 +185,11 @@ class Patches:
 
         return _eager(guarded_hook) if eager_under_compile else guarded_hook
 
+    def _keep_slots(self, owner: Any, name: str) -> None:
+        """Empty again the sequence slot that setting or deleting ``name`` filled on a class that had none."""
+        if name in SEQUENCE_DUNDERS and owner in self._empty_slots:
+            empty_sequence_item(owner)
+
     def labels(self) -> list[str]:
         """``Owner.name`` of every patch in place, oldest first."""
         return [f"{getattr(owner, '__name__', type(owner).__name__)}.{name}" for owner, name, _ in self._undo]
@@ -187,3 +202,4 @@ class Patches:
                 delattr(owner, name)
             else:
                 setattr(owner, name, original)
+            self._keep_slots(owner, name)

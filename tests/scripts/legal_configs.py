@@ -137,6 +137,11 @@ random.seed()
 np.random.seed(None)
 random.seed(2)
 
+# Lists of 0-d tensors built into tensors (the elements are no sequences), indexing by an integer vector.
+picked = x[torch.tensor([0, 2, 4])]
+returns = torch.tensor([picked[0, 0], picked[1, 0], float(loss)])
+results.append(float(torch.as_tensor([returns[0], returns[2]]).sum() + torch.Tensor([returns[1]]).sum()))
+
 # Non-scalar backward with a gradient, backward with inputs=, retain_graph.
 out = model(x)
 out.backward(torch.ones_like(out), retain_graph=True)
