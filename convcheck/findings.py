@@ -75,8 +75,9 @@ class EpochCap(BaseModel):
     mode: Literal["auto", "fixed", "off"]
     steps_per_epoch: int | None = None
     batches: int | None = None
-    #: auto: each loader whose epochs were ended early: ``{"loader", "batches", "full_batches", "file", "line"}``
-    #: (``full_batches`` null for a loader without a length); the ``for`` statement that pulled it.
+    #: auto: each loader whose epochs were ended early: ``{"loader", "batches", "full_batches", "file", "line",
+    #: "validation"}`` (``full_batches`` null for a loader without a length); the ``for`` statement that pulled it;
+    #: ``validation``: passes without a step, under ``torch.no_grad()``, shortened alongside the training passes.
     loaders: list[dict[str, Any]] = Field(default_factory=list)
 
 

@@ -431,7 +431,7 @@ def epoch_summary(trace, options: RunOptions) -> EpochCap:  # noqa: ANN001
         file, line = (event.get("loc") or [None, None])[:2]
         rows.setdefault((event.get("loader"), file, line), {
             "loader": event.get("loader"), "batches": event.get("batches"), "full_batches": event.get("full_batches"),
-            "file": file, "line": line,
+            "file": file, "line": line, "validation": event.get("steps") is None,
         })
     return EpochCap(mode="auto", steps_per_epoch=auto_epoch_steps(options), loaders=list(rows.values()))
 

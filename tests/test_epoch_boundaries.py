@@ -121,19 +121,31 @@ def test_unfreeze_helper_that_adds_the_parameter_group_is_quiet(epochs: str) -> 
 def test_report_says_epochs_were_shortened(tmp_path: Path) -> None:
     report = _run("--trace-dir", tmp_path / "t", SCRIPTS / "epoch_shapes.py", "epochs")
     loop = _line("epoch_shapes.py", "for x, y in batches(train)")
+    validation = _line("epoch_shapes.py", "for x, y in val:")
+    script = str(SCRIPTS / "epoch_shapes.py")
     assert report["run"]["epochs"] == {
         "mode": "auto", "steps_per_epoch": 6, "batches": None,
-        "loaders": [{"loader": 0, "batches": 6, "full_batches": 50, "file": str(SCRIPTS / "epoch_shapes.py"),
-                     "line": loop}],
+        "loaders": [{"loader": 0, "batches": 6, "full_batches": 50, "file": script, "line": loop,
+                     "validation": False},
+                    {"loader": 1, "batches": 6, "full_batches": 20, "file": script, "line": validation,
+                     "validation": True}],
     }
-    # The first three passes end after 6 steps; the validation loader (no step, no_grad) runs in full.
-    assert _epochs(tmp_path / "t") == [(0, 1, 6, False), (1, 1, 21, True), (0, 2, 6, False), (1, 2, 21, True),
-                                       (0, 3, 6, False), (1, 3, 21, True), (0, 4, 3, False)]
+    # The first three passes end after 6 steps, and the validation passes (no step, no_grad) after as many
+    # batches; the fourth training pass would run in full, and the budget ends it.
+    assert _epochs(tmp_path / "t") == [(0, 1, 6, False), (1, 1, 6, False), (0, 2, 6, False), (1, 2, 6, False),
+                                       (0, 3, 6, False), (1, 3, 6, False), (0, 4, 3, False)]
     text = convcheck("run", "--fail-on", "never", "epoch_shapes.py", "epochs", cwd=SCRIPTS)
     assert text.code == 0, text.stderr
     assert ("Epochs shortened to 6 of 50 batches (loop at epoch_shapes.py:"
-            f"{loop}) to reach epoch boundaries within 20 steps; `--max-batches-per-epoch 0` runs full epochs."
-            ) in " ".join(text.stdout.split())
+            f"{loop}), 6 of 20 batches (validation loop at epoch_shapes.py:{validation}) to reach epoch boundaries "
+            "within 20 steps; `--max-batches-per-epoch 0` runs full epochs.") in " ".join(text.stdout.split())
+
+
+def test_validation_with_gradients_on_runs_in_full(tmp_path: Path) -> None:
+    report = _run("--trace-dir", tmp_path / "t", SCRIPTS / "epoch_shapes.py", "val-with-grad")
+    assert [r["validation"] for r in report["run"]["epochs"]["loaders"]] == [False]
+    assert [e for e in _epochs(tmp_path / "t") if e[0] == 1][:3] == [(1, 1, 21, True), (1, 2, 21, True),
+                                                                     (1, 3, 21, True)]
 
 
 def test_opt_out_runs_full_epochs(tmp_path: Path) -> None:
@@ -155,7 +167,7 @@ def test_loops_that_would_end_or_fail_early_are_not_shortened(shape: str, tmp_pa
 @pytest.mark.parametrize("shape", ["iterable", "wrapped"])
 def test_loaders_without_length_and_wrapped_loops_are_shortened(shape: str, tmp_path: Path) -> None:
     report = _run("--trace-dir", tmp_path / "t", SCRIPTS / "epoch_shapes.py", shape)
-    [row] = report["run"]["epochs"]["loaders"]
+    [row] = [r for r in report["run"]["epochs"]["loaders"] if not r["validation"]]
     assert row["batches"] == 6 and row["full_batches"] == (None if shape == "iterable" else 50)
     assert row["line"] == _line("epoch_shapes.py", "for batch in loader:" if shape == "wrapped" else
                                 "for x, y in batches(train)")
@@ -235,5 +247,5 @@ def test_worker_mode_shortens_epochs_the_same_way(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout[proc.stdout.index("\n{") + 1:])
-    assert [(r["batches"], r["full_batches"]) for r in report["run"]["epochs"]["loaders"]] == [(6, 50)]
+    assert [(r["batches"], r["full_batches"]) for r in report["run"]["epochs"]["loaders"]] == [(6, 50), (6, 20)]
     assert "epoch 2 batches 6" in proc.stdout

@@ -200,7 +200,8 @@ def epochs_note(run: RunSummary) -> str | None:
     cuts = []
     for row in cap.loaders:
         full = f" of {row['full_batches']}" if row.get("full_batches") else ""
-        cuts.append(f"{row.get('batches')}{full} batches{_where(row, ' (loop at {})')}")
+        kind = "validation loop" if row.get("validation") else "loop"
+        cuts.append(f"{row.get('batches')}{full} batches{_where(row, f' ({kind} at {{}})')}")
     return (f"Epochs shortened to {', '.join(cuts)} to reach epoch boundaries within {run.steps_budget} steps; "
             "`--max-batches-per-epoch 0` runs full epochs.")
 

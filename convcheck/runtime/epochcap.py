@@ -6,7 +6,9 @@ epoch of hundreds of batches the run never gets there. When the user gives no ``
 an epoch of a *training* loop ends after a few optimizer steps, but only where that cannot change what the
 script does otherwise:
 
-- a step was taken during this pass over the loader (a validation pass takes none and runs in full);
+- a step was taken during this pass over the loader; a validation pass takes none, and ends after as many
+  batches as the shortened training pass only when its batches are drawn under ``torch.no_grad()`` from a
+  loader that never fed a step (``Probe._evaluation_cut``);
 - the loader is pulled by a ``for`` statement (directly or through ``enumerate``/``zip``/a generator such as
   tqdm), never by an explicit ``next()``, which would get a StopIteration it does not expect;
 - that ``for`` statement sits inside another loop, in its own function or in a caller up to a few user

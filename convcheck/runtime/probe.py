@@ -73,6 +73,8 @@ class Probe:
         #: Not in CC012's overfit run: it repeats one batch, and its epochs would only cut its steps short.
         overfit = os.environ.get(env.REPEAT_FIRST_BATCH) == "1"
         self.epoch_steps = epoch_steps if max_batches is None and not overfit else None
+        #: Batches after which a validation pass ends while training passes are shortened (0: full passes).
+        self._evaluation_batches = 0
         self.patches = Patches(on_error=self._probe_error)
         self.handles: list[Any] = []
         self.stopping = False
@@ -747,29 +749,67 @@ class Probe:
         from convcheck.runtime import epochcap
 
         cap = record.get("auto_cap")
+        loader = getattr(iterator, "_convcheck_loader", None)
         if cap is None:
             if self.step_count == record["step_start"]:
-                return False  # no step yet in this pass: a validation pass, or still accumulating
-            site = epochcap.repeating_for_loop(sys._getframe(2))
-            loader = getattr(iterator, "_convcheck_loader", None)
-            cut = loader is not None and epochcap.shortened(site, record["epoch"])
-            cap = record["auto_cap"] = record["batches"] * self.epoch_steps if cut else 0
-            if loader is not None:
-                loader._convcheck_auto_cap = 0
-                full = _safe_len(loader)
-                # len(loader) answers the shortened epoch while it is shortened, the full one after.
-                loader._convcheck_auto_cap = cap
-                if cap and (full is None or full > cap):
-                    record["auto_cut"] = {"full": full, "loc": [site.file, site.line]}
+                # No step yet in this pass: still accumulating, or a validation pass.
+                if not self._evaluation_cut(iterator, loader, record):
+                    return False
+                cap = record["auto_cap"]
+            else:
+                if loader is not None:
+                    loader._convcheck_trained = True
+                site = epochcap.repeating_for_loop(sys._getframe(2))
+                cut = loader is not None and epochcap.shortened(site, record["epoch"])
+                cap = record["auto_cap"] = record["batches"] * self.epoch_steps if cut else 0
+                # Validation passes are shortened alongside the training passes, to as many batches.
+                self._evaluation_batches = cap
+                if loader is not None:
+                    self._set_auto_len(loader, record, cap, site, steps=self.epoch_steps)
         if not cap or record["batches"] < cap:
             return False
         cut = record.pop("auto_cut", None)
-        loader = getattr(iterator, "_convcheck_loader", None)
         if cut is not None and not getattr(loader, "_convcheck_cut_recorded", False):
             loader._convcheck_cut_recorded = True
-            self.emit("epoch_cap", loader=record["loader"], batches=cap, steps=self.epoch_steps,
+            self.emit("epoch_cap", loader=record["loader"], batches=cap, steps=cut["steps"],
                       full_batches=cut["full"], step=self.step_count, loc=cut["loc"])
         return True
+
+    def _evaluation_cut(self, iterator: Any, loader: Any, record: Event) -> bool:
+        """Whether a pass without steps ends here: a validation pass while training passes are shortened.
+
+        Only a loader that never fed a step, pulled under ``torch.no_grad()`` by a ``for`` statement, after as
+        many batches as the shortened training pass: validation over a full evaluation set would otherwise
+        take longer than the whole run.
+        """
+        from convcheck.runtime import epochcap
+
+        if loader is None or getattr(loader, "_convcheck_trained", False):
+            return False
+        limit = self._evaluation_batches
+        if not limit:
+            if getattr(loader, "_convcheck_auto_cap", 0):
+                loader._convcheck_auto_cap = 0  # training passes run in full again: so do these
+            return False
+        if record["batches"] < limit:
+            return False
+        torch = sys.modules.get("torch")
+        if torch is None or torch.is_grad_enabled():
+            return False
+        site = epochcap.repeating_for_loop(sys._getframe(3))
+        record["auto_cap"] = limit if site is not None else 0
+        if site is not None:
+            self._set_auto_len(loader, record, limit, site, steps=None)
+        return site is not None
+
+    @staticmethod
+    def _set_auto_len(loader: Any, record: Event, cap: int, site: Any, steps: int | None) -> None:
+        """Make len(loader) answer the shortened pass while passes are shortened (the full one after)."""
+        loader._convcheck_auto_cap = 0
+        full = _safe_len(loader)
+        loader._convcheck_auto_cap = cap
+        if cap and (full is None or full > cap):
+            record["auto_cut"] = {"full": full, "loc": [site.file, site.line], "steps": steps}
 
     def end_epoch(self, iterator: Any) -> None:
         record = self._open_epochs.pop(id(iterator), None)
