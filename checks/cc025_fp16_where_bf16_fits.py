@@ -120,15 +120,15 @@ class Fp16WhereBf16Fits(Check):
 
 
 def _fp16_with_scaler(proc: ProcessTrace) -> bool:
-    """Training losses computed under fp16 autocast and scaled by an enabled GradScaler."""
+    """Training losses computed under fp16 autocast, scaled and stepped by an enabled GradScaler."""
     scaled = any(e.get("call") == "scale" for e in proc.of("scaler"))
-    return scaled and fp16_backwards(proc) > 0
+    stepped = any(e.get("call") == "step" for e in proc.of("scaler"))
+    return scaled and stepped and fp16_backwards(proc) > 0
 
 
 def _half_weights(proc: ProcessTrace) -> bool:
-    """Trained parameters that are float16 themselves: fp16 chosen for the weights, not only for autocast."""
-    ids = {i for e in proc.of("step") for i in e.get("grad") or []}
-    return any(p.get("dtype") == "torch.float16" and p.get("id") in ids
+    """Trainable parameters that are float16 themselves: fp16 chosen for the weights, not only for autocast."""
+    return any(p.get("dtype") == "torch.float16" and p.get("requires_grad", True)
                for m in proc.of("model") for p in m.get("params", []))
 
 
