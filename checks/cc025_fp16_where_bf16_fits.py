@@ -85,7 +85,9 @@ class Fp16WhereBf16Fits(Check):
             return []
         if confirmed_overflows(proc) or scale_collapses(proc):
             return []  # CC007 reports it, and its fix already names bf16
-        autocast = next(e for e in proc.of("autocast") if is_fp16_region(e))
+        autocast = _training_region(proc)
+        if autocast is None:
+            return []
         device = str(autocast.get("device"))
         stats = _scaler_stats(proc)
         evidence: dict[str, Any] = {"autocast_device": device, "autocast_dtype": autocast.get("dtype"), **stats}
@@ -124,6 +126,19 @@ def _fp16_with_scaler(proc: ProcessTrace) -> bool:
     scaled = any(e.get("call") == "scale" for e in proc.of("scaler"))
     stepped = any(e.get("call") == "step" for e in proc.of("scaler"))
     return scaled and stepped and fp16_backwards(proc) > 0
+
+
+def _training_region(proc: ProcessTrace) -> Event | None:
+    """The fp16 autocast region the first fp16 loss was computed in (not an evaluation pass before it)."""
+    region = None
+    for event in proc.events:
+        if event["ev"] == "autocast" and is_fp16_region(event):
+            region = event
+        elif event["ev"] == "backward":
+            if region is not None:
+                return region
+            region = None
+    return None
 
 
 def _half_weights(proc: ProcessTrace) -> bool:

@@ -55,6 +55,15 @@ def test_fp16_with_a_scaler_on_a_gpu_with_bf16() -> None:
     assert "dtype=torch.bfloat16" in finding.fix and "torch.cuda.is_bf16_supported()" in finding.fix
 
 
+def test_the_training_region_is_located_not_an_evaluation_pass_before_it() -> None:
+    trace = loop()
+    evaluation = {"ev": "autocast", "device": "cuda", "dtype": "torch.float16", "enabled": True,
+                  "loc": ["train.py", 9], "step": 0}
+    trace.processes[0].events.insert(2, evaluation)
+    [finding] = runtime(trace)
+    assert finding.location.line == 20
+
+
 def test_cuda_amp_mapped_to_the_cpu_says_what_holds_on_an_ampere_gpu() -> None:
     mapped = ({"ev": "device_map", "what": "autocast('cuda') -> CPU fp16", "loc": ["train.py", 20], "step": 0},)
     [finding] = runtime(loop(device="cpu", gpu=NO_GPU, extra=mapped))
