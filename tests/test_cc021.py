@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from cc_testing import SCRIPTS, convcheck
+from cc_testing import SCRIPTS, convcheck, read_traces
 from static_expect import context
 
 from convcheck.checks.cc021_save_on_every_rank import SaveOnEveryRank
@@ -67,16 +67,19 @@ def test_processes_without_a_rank_are_not_ranks() -> None:
     assert runtime(plain, [dict(e) for e in plain]) == []
 
 
-def _run(*flags: str) -> list[dict]:
+def _run(tmp_path, *flags: str) -> list[dict]:
     result = convcheck("run", "--format", "json", "--fail-on", "never", "--nproc-per-node", "2", "--steps", "4",
-                       "--select", "CC021", SCRIPTS / "cc021_helper_checkpoint.py", *flags, cwd=SCRIPTS)
+                       "--select", "CC021", "--trace-dir", tmp_path, SCRIPTS / "cc021_helper_checkpoint.py", *flags,
+                       cwd=SCRIPTS)
     assert result.code == 0, result.stdout + result.stderr
+    # The recording of every save worked (a failed one runs the user's call unrecorded).
+    assert [e for trace in read_traces(tmp_path) for e in trace if e["ev"] == "probe_error"] == []
     return result.findings("CC021")
 
 
 @pytest.mark.slow
-def test_a_helper_that_saves_to_an_open_file_on_every_rank() -> None:
-    [finding] = _run()
+def test_a_helper_that_saves_to_an_open_file_on_every_rank(tmp_path) -> None:
+    [finding] = _run(tmp_path)
     assert (finding["severity"], finding["location"]["line"]) == ("warning", 18)
     assert finding["message"].startswith("Both ranks wrote the same checkpoint `runs/latest.pt` (torch.save at "
                                          "cc021_helper_checkpoint.py:18, 2 times each)")
@@ -86,5 +89,5 @@ def test_a_helper_that_saves_to_an_open_file_on_every_rank() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--per-rank", "--dcp"])
-def test_per_rank_files_and_distributed_checkpoints_are_quiet(flag: str) -> None:
-    assert _run(flag) == []
+def test_per_rank_files_and_distributed_checkpoints_are_quiet(tmp_path, flag: str) -> None:
+    assert _run(tmp_path, flag) == []

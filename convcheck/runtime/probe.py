@@ -978,9 +978,9 @@ def _patch_checkpoints(probe: Probe, torch: Any, patches: Patches) -> None:
             path = _path_of(f)
             if redirected is None and path is not None and fsguard.active():
                 # A file object opened through the guard is named after the run's copy: record the user's path.
-                original = fsguard.original_path(path)
-                if original is not None:
-                    path, redirected = original, path
+                user_path = fsguard.original_path(path)
+                if user_path is not None:
+                    path, redirected = user_path, path
             # internal: a library's torch.save (distributed checkpoint writers, a trainer's own saving).
             probe.emit("save", path=path, redirected_to=redirected, internal=is_library_file(caller_file()),
                        state_dicts=_state_dict_summaries(obj, torch), loc=_loc(3), step=probe.step_count)
