@@ -80,9 +80,8 @@ class AccumulationSyncsEveryMicroStep(Check):
         wasted = _wasted_by_step(proc)
         if not wasted:
             return []
-        per_step = Counter(w for w, _ in wasted.values())
-        typical = per_step.most_common(1)[0][0]
-        backwards = Counter(b for _, b in wasted.values()).most_common(1)[0][0]
+        # The usual shape of a step (a step the GradScaler skipped folds its micro-batches into the next one).
+        typical, backwards = Counter(wasted.values()).most_common(1)[0][0]
         first_step = min(wasted)
         first = next(e for e in proc.of("backward") if e.get("step") == first_step - 1)
         nbytes = _synced_bytes(proc)
