@@ -16,6 +16,9 @@ from convcheck.checks.cc011_scheduler_before_optimizer import SchedulerBeforeOpt
 from convcheck.checks.cc012_loss_not_decreasing import LossNotDecreasing
 from convcheck.checks.cc013_ddp_replicas_diverge import DdpReplicasDiverge
 from convcheck.checks.cc014_batchnorm_tiny_batch import BatchnormTinyBatch
+from convcheck.checks.cc021_save_on_every_rank import SaveOnEveryRank
+from convcheck.checks.cc023_accumulation_syncs_every_micro_step import AccumulationSyncsEveryMicroStep
+from convcheck.checks.cc025_fp16_where_bf16_fits import Fp16WhereBf16Fits
 from convcheck.checks.cc100_unused_suppression import UnusedSuppression
 
 ALL: list = [
@@ -33,5 +36,8 @@ ALL: list = [
     LossNotDecreasing,
     DdpReplicasDiverge,
     BatchnormTinyBatch,
+    SaveOnEveryRank,
+    AccumulationSyncsEveryMicroStep,
+    Fp16WhereBf16Fits,
     UnusedSuppression,
 ]

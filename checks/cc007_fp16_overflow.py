@@ -151,8 +151,8 @@ class Fp16Overflow(Check):
             collapse = self._collapse(proc, ctx, reported=overflow is not None)
             if collapse is not None:
                 yield "collapse", collapse
-        elif fp16 and _fp16_backwards(proc):
-            autocast = next(e for e in proc.of("autocast") if _is_fp16(e))
+        elif fp16 and fp16_backwards(proc):
+            autocast = next(e for e in proc.of("autocast") if is_fp16_region(e))
             message = (f"fp16 autocast ({autocast.get('device')}) ran {len(proc.of('backward'))} backward passes "
                        "with no GradScaler: gradients smaller than fp16's smallest value (6e-8) underflow to 0 "
                        "and are lost.")
@@ -194,8 +194,7 @@ class Fp16Overflow(Check):
         )
 
     def _overflow(self, proc: ProcessTrace, ctx: StaticContext) -> Finding | None:
-        events = [e for e in proc.of("nonfinite") if e.get("fp16_autocast")]
-        confirmed = [e for e in events if e.get("fp32_finite")]
+        confirmed = confirmed_overflows(proc)
         if not confirmed:
             return None
         first = confirmed[0]
@@ -276,18 +275,29 @@ class Fp16Overflow(Check):
     def _collapse(self, proc: ProcessTrace, ctx: StaticContext, reported: bool) -> Finding | None:
         steps = [e for e in proc.of("scaler") if e.get("call") == "step"]
         stats = _skip_stats(proc)
-        # A fresh scaler halves its scale a few times before it settles: only a run of skips that goes on
-        # past that (five or more, the last three in a row), or a scale below 1, is a collapse.
-        tail = steps[-3:]
-        collapsing = (len(steps) >= 5 and stats["skipped_steps"] >= 5 and all(e.get("skipped") for e in tail)) \
-            or (stats["final_scale"] is not None and stats["final_scale"] < 1.0)
-        if not collapsing or reported:
+        if not scale_collapses(proc) or reported:
             return None
         message = (f"The GradScaler skipped {stats['skipped_steps']} of {stats['scaler_steps']} steps and its scale "
                    f"fell from {_g(stats['first_scale'])} to {_g(stats['final_scale'])} without recovering: "
                    "gradients overflow at every scale, so the model is not training.")
         return self.finding(message, fix=_FIX_COLLAPSE, location=user_location(steps[0].get("loc"), ctx),
                             evidence=stats, headline="skipped_steps")
+
+
+def confirmed_overflows(proc: ProcessTrace) -> list[Event]:
+    """Non-finite outputs under fp16 autocast that the same module's fp32 recomputation holds: fp16's range."""
+    return [e for e in proc.of("nonfinite") if e.get("fp16_autocast") and e.get("fp32_finite")]
+
+
+def scale_collapses(proc: ProcessTrace) -> bool:
+    """Whether the GradScaler's scale keeps collapsing (not the few halvings of a fresh scaler)."""
+    steps = [e for e in proc.of("scaler") if e.get("call") == "step"]
+    stats = _skip_stats(proc)
+    # A fresh scaler halves its scale a few times before it settles: only a run of skips that goes on
+    # past that (five or more, the last three in a row), or a scale below 1, is a collapse.
+    tail = steps[-3:]
+    return (len(steps) >= 5 and stats["skipped_steps"] >= 5 and all(e.get("skipped") for e in tail)) \
+        or (stats["final_scale"] is not None and stats["final_scale"] < 1.0)
 
 
 def _contradicted(proc: ProcessTrace) -> set[str]:
@@ -322,12 +332,13 @@ def _iterations(proc: ProcessTrace) -> list[list[Event]]:
     return chunks
 
 
-def _is_fp16(event: Event) -> bool:
+def is_fp16_region(event: Event) -> bool:
+    """Whether an ``autocast`` event entered an enabled float16 region."""
     dtype = str(event.get("dtype"))
     return bool(event.get("enabled")) and "float16" in dtype and "bfloat16" not in dtype
 
 
-def _fp16_backwards(proc: ProcessTrace) -> int:
+def fp16_backwards(proc: ProcessTrace) -> int:
     """Backward passes of losses computed under fp16 autocast (an fp16 region since the previous backward).
 
     The probe records fp16 autocast regions of the first backward passes only: enough to tell fp16
@@ -335,7 +346,7 @@ def _fp16_backwards(proc: ProcessTrace) -> int:
     """
     count, armed = 0, False
     for event in proc.events:
-        if event["ev"] == "autocast" and _is_fp16(event):
+        if event["ev"] == "autocast" and is_fp16_region(event):
             armed = True
         elif event["ev"] == "backward":
             count += armed
@@ -344,7 +355,7 @@ def _fp16_backwards(proc: ProcessTrace) -> int:
 
 
 def _fp16(proc: ProcessTrace) -> bool:
-    return any(_is_fp16(e) for e in proc.of("autocast"))
+    return any(is_fp16_region(e) for e in proc.of("autocast"))
 
 
 def _skip_stats(proc: ProcessTrace) -> dict[str, Any]:

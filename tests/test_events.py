@@ -157,7 +157,8 @@ def test_every_line_of_the_examples_real_traces_fits_its_schema(tmp_path: Path) 
     assert sorted(seen - set(SCHEMAS)) == []
     assert {"process", "step", "backward", "zero_grad", "model", "optimizer", "loader", "loader_epoch", "sampler",
             "sampler_iter", "set_epoch", "dist_init", "ddp_init", "save", "load", "load_state_dict", "autocast",
-            "scaler", "nonfinite", "sched_step", "seed", "histograms", "final", "stop", "end", "recorders"} <= seen
+            "scaler", "nonfinite", "sched_step", "seed", "histograms", "final", "stop", "end", "recorders", "ddp_sync",
+            "amp_device"} <= seen
 
 
 def test_numpy_and_torch_integers_are_written_as_integers_and_fit_the_schema(tmp_path: Path) -> None:

@@ -319,6 +319,7 @@ class SaveEvent(TypedDict):
     state_dicts: list[StateDictSummary]
     loc: Loc
     step: int
+    internal: NotRequired[bool]
 
 
 class LoadEvent(TypedDict):
@@ -505,6 +506,27 @@ class DdpModuleMovedEvent(TypedDict):
     step: int
 
 
+class DdpSyncEvent(TypedDict):
+    """Whether backward ``n`` all-reduced its gradients (its DDP forward ran outside ``no_sync()``). ``DdpSyncRecorder``."""
+
+    ev: Literal["ddp_sync"]
+    n: int
+    step: int
+    synced: bool
+    static_graph: bool
+
+
+class AmpDeviceEvent(TypedDict):
+    """The CUDA device in use at the first backward, and whether it supports bfloat16 natively. ``AmpDeviceRecorder``."""
+
+    ev: Literal["amp_device"]
+    step: int
+    cuda: bool
+    bf16_supported: bool | None
+    capability: list[int] | None
+    device_name: str | None
+
+
 class UnregisteredModuleEvent(TypedDict):
     """A layer called in a model's forward that the model does not own (a plain list). ``Probe._check_registered``."""
 
@@ -661,6 +683,7 @@ SCHEMAS: dict[str, type] = {
     "sched_step": SchedStepEvent, "train_mode": TrainModeEvent, "module_flags": ModuleFlagsEvent,
     "warning": WarningEvent, "nonfinite": NonfiniteEvent, "histograms": HistogramsEvent, "final": FinalEvent,
     "dist_init": DistInitEvent, "ddp_init": DdpInitEvent, "ddp_module_moved": DdpModuleMovedEvent,
+    "ddp_sync": DdpSyncEvent, "amp_device": AmpDeviceEvent,
     "unregistered_module": UnregisteredModuleEvent, "repeat_batch": RepeatBatchEvent, "stop": StopEvent,
     "crash": CrashEvent, "end": EndEvent, "probe_error": ProbeErrorEvent, "recorders": RecordersEvent, "epoch_cap": EpochCapEvent, "batch_pairing": BatchPairingEvent, "self_spawn": SelfSpawnEvent,
     "device_map": DeviceMapEvent, "device_map_active": DeviceMapActiveEvent,

@@ -793,6 +793,14 @@ def redirect_read(path: Any) -> str | None:
     return None if target == os.fspath(path) else target
 
 
+def original_path(name: str) -> str | None:
+    """The user's path whose run copy is ``name`` (a file object opened through the guard), or None."""
+    if _guard is None or not isinstance(name, str):
+        return None
+    prefix = _guard.files
+    return name[len(prefix):] if name.startswith(prefix + os.sep) else None
+
+
 def uninstall() -> None:
     """Stop guarding in this process (the wrappers stay and pass every call through)."""
     global _guard

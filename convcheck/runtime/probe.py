@@ -22,7 +22,7 @@ from convcheck.runtime import env, fsguard, stepstats
 from convcheck.runtime.fields import loc as _loc
 from convcheck.runtime.fields import first_tensor as _first_tensor
 from convcheck.runtime.fields import num as _num
-from convcheck.runtime.locate import called_by_library, caller_frame, is_library_file, user_frame
+from convcheck.runtime.locate import called_by_library, caller_file, caller_frame, is_library_file, user_frame
 from convcheck.runtime.patches import Patches
 from convcheck.runtime.trace import Event, TraceWriter, process_tag
 
@@ -1015,7 +1015,14 @@ def _patch_checkpoints(probe: Probe, torch: Any, patches: Patches) -> None:
             if isinstance(f, (str, os.PathLike)) and probe.scratch_dir:
                 redirected = fsguard.redirect_write(f) if fsguard.active() else probe.scratch_path(f)
                 target = redirected or f
-            probe.emit("save", path=_path_of(f), redirected_to=redirected,
+            path = _path_of(f)
+            if redirected is None and path is not None and fsguard.active():
+                # A file object opened through the guard is named after the run's copy: record the user's path.
+                user_path = fsguard.original_path(path)
+                if user_path is not None:
+                    path, redirected = user_path, path
+            # internal: a library's torch.save (distributed checkpoint writers, a trainer's own saving).
+            probe.emit("save", path=path, redirected_to=redirected, internal=is_library_file(caller_file()),
                        state_dicts=_state_dict_summaries(obj, torch), loc=_loc(3), step=probe.step_count)
             return original(obj, target, *args, **kwargs)
 
