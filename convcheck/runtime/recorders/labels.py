@@ -1,0 +1,102 @@
+"""The class labels of each DataLoader's first batches, summarized per batch (CC017)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from convcheck.runtime.recorders.base import Recorder
+
+#: Batches summarized at the start of each epoch, and epochs per loader: the order is evident at once.
+_BATCHES = 8
+_EPOCHS = 2
+#: Labels a batch may hold to be summarized (more is no classification batch worth reading on the host).
+_MAX_LABELS = 1 << 16
+#: ``[label, count]`` pairs kept per batch.
+_COUNTS = 10
+#: Keys of a dict batch that name its labels, by priority.
+_LABEL_KEYS = ("label", "labels", "target", "targets", "y", "class", "classes", "cls")
+
+
+class LabelRecorder(Recorder):
+    """``__next__`` of every DataLoader iterator: on an epoch's first batches, the 1-D integer tensor of the batch
+    that holds its class labels (a dict's ``label``/``target`` entry, else the last such tensor as long as the
+    batch), summarized as a ``batch_labels`` event. Reads the batch the loader already yielded; nothing else."""
+
+    name = "labels"
+    events = ("batch_labels",)
+
+    def install(self, torch: Any, patches: Any) -> None:
+        from torch.utils.data import dataloader as dl
+
+        self._integer = frozenset({torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8})
+        self._tensor = torch.Tensor
+        recorder = self
+
+        # The probe's own __next__ wrapper (inside this one) counts the batch; no hook sees the batch itself.
+        def wrap_next(original: Any) -> Any:
+            def __next__(self: Any) -> Any:
+                batch = original(self)
+                recorder.note(self, batch)
+                return batch
+
+            return __next__
+
+        patches.wrap(dl._BaseDataLoaderIter, "__next__", wrap_next, deliberate=(StopIteration,))
+
+    def note(self, iterator: Any, batch: Any) -> None:
+        """Summarize ``batch``'s labels if it is among its epoch's first batches."""
+        probe = self.probe
+        if probe.repeat_first_batch:
+            return
+        record = probe._open_epochs.get(id(iterator))
+        if record is None or record["batches"] > _BATCHES or record["epoch"] > _EPOCHS:
+            return
+        found = self.labels_of(batch)
+        if found is None:
+            return
+        field, labels = found
+        values = [int(v) for v in labels.detach().reshape(-1).tolist()]
+        probe.emit("batch_labels", loader=record["loader"], epoch=record["epoch"], batch=record["batches"],
+                   field=field, step=probe.step_count, **summarize(values))
+
+    def labels_of(self, batch: Any) -> tuple[str, Any] | None:
+        """Where the batch's class labels are and the tensor: a 1-D integer tensor as long as the batch."""
+        tensors = list(_tensors(batch, ""))
+        rows = next((t.shape[0] for _, t in tensors if t.is_floating_point() and t.dim() >= 1), None)
+        labels = [(path, t) for path, t in tensors
+                  if t.dtype in self._integer and t.dim() == 1 and 2 <= t.shape[0] <= _MAX_LABELS
+                  and (rows is None or t.shape[0] == rows)]
+        if not labels:
+            return None
+        for key in _LABEL_KEYS:
+            named = [(p, t) for p, t in labels if p.lower() == f"[{key!r}]"]
+            if named:
+                return named[0]
+        return labels[-1]
+
+
+def summarize(values: list[int]) -> dict[str, Any]:
+    """A batch's labels in a few numbers: distinct, majority and share, changes, longest run, order, counts."""
+    counts = Counter(values).most_common()
+    changes = sum(1 for a, b in zip(values, values[1:]) if a != b)
+    longest = run = 1
+    for a, b in zip(values, values[1:]):
+        run = run + 1 if a == b else 1
+        longest = max(longest, run)
+    return {"n": len(values), "distinct": len(counts), "majority": counts[0][0],
+            "share": round(counts[0][1] / len(values), 4), "changes": changes, "run": longest,
+            "first": values[0], "last": values[-1], "sorted": all(a <= b for a, b in zip(values, values[1:])),
+            "counts": [[label, count] for label, count in counts[:_COUNTS]]}
+
+
+def _tensors(value: Any, path: str, depth: int = 0) -> Any:
+    """(path, tensor) for each tensor of a batch, in order (tuples, lists, namedtuples, dicts)."""
+    if hasattr(value, "is_floating_point") and hasattr(value, "dim"):
+        yield path, value
+    elif depth < 2 and isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{path}[{i}]", depth + 1)
+    elif depth < 2 and isinstance(value, dict):
+        for key, item in list(value.items())[:32]:
+            yield from _tensors(item, f"{path}[{key!r}]", depth + 1)
