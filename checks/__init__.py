@@ -18,6 +18,7 @@ from convcheck.checks.cc013_ddp_replicas_diverge import DdpReplicasDiverge
 from convcheck.checks.cc014_batchnorm_tiny_batch import BatchnormTinyBatch
 from convcheck.checks.cc017_training_data_not_shuffled import TrainingDataNotShuffled
 from convcheck.checks.cc018_ranks_different_data import RanksDifferentData
+from convcheck.checks.cc020_input_not_normalized import InputNotNormalized
 from convcheck.checks.cc100_unused_suppression import UnusedSuppression
 
 ALL: list = [
@@ -37,5 +38,6 @@ ALL: list = [
     BatchnormTinyBatch,
     TrainingDataNotShuffled,
     RanksDifferentData,
+    InputNotNormalized,
     UnusedSuppression,
 ]
