@@ -63,8 +63,10 @@ class TrainingDataNotShuffled(Check):
     ## Known limits
     Only loaders that fed optimizer steps are judged, from their first 8 batches of an epoch; the labels are the
     batch's 1-D integer tensor as long as the batch (a dict's `label`/`target` entry first), so float targets,
-    token sequences and labels computed after the loader are not seen. When every drawn batch holds the same single
-    class the order cannot be told from a very imbalanced data set: that is reported as info. Data whose classes
+    token sequences and labels computed after the loader are not seen. The class shares come from the dataset
+    where it stores its labels whole (a `TensorDataset`'s tensor, a `targets`/`labels` attribute); otherwise, when
+    every drawn batch holds the same single class, the order cannot be told from a very imbalanced data set: that
+    is reported as info. Data whose classes
     change slowly by nature (consecutive windows of a time series) reads as blocks too. A custom sampler or batch
     sampler, and an `IterableDataset`, are trusted.
     """
@@ -98,41 +100,59 @@ class TrainingDataNotShuffled(Check):
         for b in batches:
             for label, count in b.get("counts") or []:
                 counts[label] += count
-        expected = (total - 1) * (1 - sum((c / total) ** 2 for c in counts.values()))
+        # The class shares a shuffled order would mix: the dataset's own where it stores its labels whole (then
+        # batches of one class only are a certain sign of order), else those of the drawn labels.
+        stored = next((b["dataset"] for b in batches if b.get("dataset")), None)
+        sum_sq = stored["sum_sq"] if stored else sum((c / total) ** 2 for c in counts.values())
+        classes = stored["classes"] if stored else len(counts)
+        expected = (total - 1) * (1 - sum_sq)
         single = [b for b in batches if b["distinct"] == 1]
-        ordered = all(b["sorted"] for b in batches) and all(a["last"] <= b["first"] for a, b in zip(batches, batches[1:]))
+        ordered = all(b["sorted"] for b in batches) and all(
+            a["last"] <= b["first"] for a, b in zip(batches, batches[1:]))
         majorities = ", ".join(str(b["majority"]) for b in batches)
         where = user_location(loader.get("loc"), ctx)
         sampler = loader.get("batch_sampler_inner") or loader.get("sampler")
-        evidence = {
+        evidence: dict[str, Any] = {
             "sampler": sampler, "batches_seen": len(batches), "samples_seen": total,
             "single_class_batches": len(single), "majority_label_per_batch": [b["majority"] for b in batches],
             "label_changes": changes, "label_changes_if_shuffled": round(expected, 1), "sorted": ordered,
             "labels_field": batches[0].get("field"), "classes_seen": len(counts),
         }
-        what = (f"{len(single)} of {len(batches)} batches hold a single class ({majorities})" if single else
-                f"the batches' majority classes are {majorities}")
-        head = (f"This training DataLoader draws its samples in stored order ({sampler}: no shuffling), and the "
-                f"labels it drew come in blocks: {what}")
-        if len(counts) < 2:
+        if stored:
+            evidence.update(dataset_samples=stored["n"], dataset_classes=stored["classes"],
+                            dataset_label_changes=stored["changes"])
+        stored_note = (f" The dataset's {stored['n']} labels ({stored['classes']} classes) change "
+                       f"{stored['changes']} time{'s' if stored['changes'] != 1 else ''} in stored order."
+                       if stored else "")
+        if classes < 2:
+            return None
+        if len(counts) < 2 and not stored:
             if len(batches) < _MIN_BATCHES or len(single) < len(batches):
                 return None
             message = (f"This training DataLoader draws its samples in stored order ({sampler}: no shuffling), and "
                        f"all {len(batches)} batches it drew hold only class {batches[0]['majority']}. That is what "
                        "data sorted by class looks like at the start of an epoch, or a very imbalanced data set: "
                        "the run cannot tell which.")
-            return self.finding(message, fix=_FIX, location=where, evidence=evidence, severity=Severity.INFO)
+            return self.finding(message, fix=_FIX, location=where, evidence=evidence, severity=Severity.INFO,
+                                headline="single_class_batches")
         if expected < 1 or changes > _BLOCK_RATIO * expected:
             return None
+        what = (f"{len(single)} of {len(batches)} batches hold a single class ({majorities})" if single else
+                f"the batches' majority classes are {majorities}")
+        head = (f"This training DataLoader draws its samples in stored order ({sampler}: no shuffling), and the "
+                f"labels it drew come in blocks: {what}")
         detail = (f"; labels changed {changes} time{'s' if changes != 1 else ''} over {total} samples where the "
-                  f"same labels shuffled would change about {round(expected)} times"
-                  + (", and they never decrease (sorted by class)" if ordered else "") + ".")
+                  f"same classes shuffled would change about {round(expected)} times"
+                  + (", and they never decrease (sorted by class)" if ordered and len(counts) > 1 else "") + ".")
         if len(batches) >= _MIN_BATCHES and expected >= _MIN_EXPECTED_CHANGES:
-            message = head + detail + " Every step trains on one class or two, not on a sample of all of them."
-            return self.finding(message, fix=_FIX, location=where, evidence=evidence, severity=Severity.WARNING)
-        message = (head + detail + f" Only {len(batches)} batch{'es' if len(batches) != 1 else ''} of "
-                   f"{total} samples were seen: too few to be sure.")
-        return self.finding(message, fix=_FIX, location=where, evidence=evidence, severity=Severity.INFO)
+            message = (head + detail + stored_note
+                       + " Every step trains on one class or two, not on a sample of all of them.")
+            return self.finding(message, fix=_FIX, location=where, evidence=evidence, severity=Severity.WARNING,
+                                headline="label_changes")
+        message = (head + detail + stored_note + f" Only {len(batches)} batch{'es' if len(batches) != 1 else ''} "
+                   f"of {total} samples were seen: too few to be sure.")
+        return self.finding(message, fix=_FIX, location=where, evidence=evidence, severity=Severity.INFO,
+                            headline="label_changes")
 
 
 def _in_stored_order(proc: ProcessTrace, loader: Event) -> bool:

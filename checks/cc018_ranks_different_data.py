@@ -69,7 +69,7 @@ class RanksDifferentData(Check):
     code = "CC018"
     name = "ranks-different-data"
     severity = Severity.ERROR
-    summary = "DDP ranks built different datasets or splits of the same data (unseeded random_split, shuffled file lists)."
+    summary = "DDP ranks built different splits of the same data (an unseeded random_split, a shuffled file list)."
     needs = frozenset({"datasets"})
 
     def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:

@@ -76,7 +76,7 @@ class InputNotNormalized(Check):
     code = "CC020"
     name = "input-not-normalized"
     severity = Severity.WARNING
-    summary = "Image inputs reach the first layer as 0-255 pixel values, as float64, or far from the declared Normalize."
+    summary = "Images reach the first layer as 0-255 pixel values, as float64, or far from the declared Normalize."
     needs = frozenset({"inputs"})
 
     def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:
@@ -115,8 +115,9 @@ class InputNotNormalized(Check):
             evidence["normalize_mean_std"] = [claim[1], claim[2]]
         if event.get("integer") and low >= 0 and _PIXEL_MAX < high <= 255:
             declared = (f" although a Normalize is declared at line {claim[0]}" if claim is not None else "")
+            dtype = str(event.get("dtype")).replace("torch.", "")
             message = (
-                f"The first layer {layer} receives {str(event.get('dtype')).replace('torch.', '')} images of whole numbers from {_n(low)} to "
+                f"The first layer {layer} receives {dtype} images of whole numbers from {_n(low)} to "
                 f"{_n(high)} (mean {_n(mean)}, std {_n(std)}){declared}: 8-bit pixel values that were never scaled "
                 "to [0, 1] or normalized."
             )

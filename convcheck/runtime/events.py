@@ -651,6 +651,17 @@ class AcceleratorQueryEvent(TypedDict):
     loc: Loc
 
 
+class StoredLabels(TypedDict):
+    """A dataset's own labels, where it holds them whole: how many, classes, sum of squared class shares, label
+    changes in stored order, the commonest ``[label, count]``."""
+
+    n: int
+    classes: int
+    sum_sq: float
+    changes: int
+    counts: list[list[int]]
+
+
 class BatchLabelsEvent(TypedDict):
     """The class labels of one of an epoch's first batches, summarized: how many distinct, the majority and its
     share, label changes from sample to sample, the first and last label, the commonest counts. The ``labels``
@@ -674,6 +685,8 @@ class BatchLabelsEvent(TypedDict):
     #: ``[label, count]`` of the commonest labels, most common first.
     counts: list[list[int]]
     step: int
+    #: On a loader's first batch, the dataset's own labels where it stores them whole.
+    dataset: NotRequired[StoredLabels]
 
 
 class DatasetPart(TypedDict):

@@ -137,7 +137,8 @@ def _sequence(value: Any, path: str, kind: str, torch: Any) -> dict[str, Any]:
     part = {"path": path, "kind": kind, "n": len(value), "digest": _hash(repr(texts)),
             "set_digest": _hash(repr(sorted(texts)))}
     if kind == "names":
-        part["head"] = texts[:3]
+        part["head"] = [(v[0] if isinstance(v, tuple) else v) for v in items[:3]]
+        part["head"] = [str(v)[:200] for v in part["head"]]
         # The smallest hashes of the names: a fixed-size sample of the set, the same wherever two sets agree,
         # from which the share of names two ranks have in common is estimated (a bottom-k sketch).
         part["sketch"] = sorted({_hash(t) for t in texts})[:_SKETCH]

@@ -12,6 +12,8 @@ _BATCHES = 8
 _EPOCHS = 2
 #: Labels a batch may hold to be summarized (more is no classification batch worth reading on the host).
 _MAX_LABELS = 1 << 16
+#: A dataset's stored labels are summarized up to this many.
+_MAX_STORED = 10_000_000
 #: ``[label, count]`` pairs kept per batch.
 _COUNTS = 10
 #: Keys of a dict batch that name its labels, by priority.
@@ -29,6 +31,7 @@ class LabelRecorder(Recorder):
     def install(self, torch: Any, patches: Any) -> None:
         from torch.utils.data import dataloader as dl
 
+        self._torch = torch
         self._integer = frozenset({torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8})
         self._tensor = torch.Tensor
         recorder = self
@@ -57,8 +60,35 @@ class LabelRecorder(Recorder):
             return
         field, labels = found
         values = [int(v) for v in labels.detach().reshape(-1).tolist()]
+        extra = {}
+        loader = getattr(iterator, "_convcheck_loader", None)
+        if record["batches"] == 1 and record["epoch"] == 1 and loader is not None:
+            stored = self.dataset_labels(loader.dataset, field)
+            if stored is not None:
+                extra["dataset"] = stored
         probe.emit("batch_labels", loader=record["loader"], epoch=record["epoch"], batch=record["batches"],
-                   field=field, step=probe.step_count, **summarize(values))
+                   field=field, step=probe.step_count, **summarize(values), **extra)
+
+    def dataset_labels(self, dataset: Any, field: str) -> dict[str, Any] | None:
+        """How the dataset's own labels are spread over classes and ordered, where it holds them as one tensor or
+        list (a TensorDataset's integer tensor at the batch's label position, a ``targets``/``labels`` attribute),
+        read through Subsets; None otherwise. No sample is read."""
+        torch = self._torch
+        labels = _stored_labels(dataset, field, torch, 0)
+        if labels is None:
+            return None
+        labels = torch.as_tensor(labels).detach().reshape(-1)
+        if labels.dtype not in self._integer or not 2 <= labels.numel() <= _MAX_STORED or int(labels.min()) < 0:
+            return None
+        labels = labels.cpu().long()
+        counts = torch.bincount(labels)
+        present = counts[counts > 0]
+        n = labels.numel()
+        order = torch.argsort(counts, descending=True)[:_COUNTS]
+        return {"n": n, "classes": int(present.numel()),
+                "sum_sq": float(((present.double() / n) ** 2).sum()),
+                "changes": int((labels[1:] != labels[:-1]).sum()),
+                "counts": [[int(c), int(counts[c])] for c in order.tolist() if counts[c] > 0]}
 
     def labels_of(self, batch: Any) -> tuple[str, Any] | None:
         """Where the batch's class labels are and the tensor: a 1-D integer tensor as long as the batch."""
@@ -88,6 +118,32 @@ def summarize(values: list[int]) -> dict[str, Any]:
             "share": round(counts[0][1] / len(values), 4), "changes": changes, "run": longest,
             "first": values[0], "last": values[-1], "sorted": all(a <= b for a, b in zip(values, values[1:])),
             "counts": [[label, count] for label, count in counts[:_COUNTS]]}
+
+
+def _stored_labels(dataset: Any, field: str, torch: Any, depth: int) -> Any:
+    """The labels a dataset stores as a whole (a tensor, array or list), through Subsets; None if not found."""
+    from torch.utils.data import Subset, TensorDataset
+
+    if depth > 3:
+        return None
+    if isinstance(dataset, Subset):
+        inner = _stored_labels(dataset.dataset, field, torch, depth + 1)
+        if inner is None:
+            return None
+        return torch.as_tensor(inner)[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    if isinstance(dataset, TensorDataset):
+        position = field[1:-1]
+        if position.isdigit() and int(position) < len(dataset.tensors):
+            return dataset.tensors[int(position)]
+        return None
+    attrs = getattr(dataset, "__dict__", {})
+    for name in ("targets", "labels"):
+        value = attrs.get(name)
+        if isinstance(value, (list, tuple)) and value and isinstance(value[0], int):
+            return value
+        if isinstance(value, torch.Tensor) or type(value).__name__ == "ndarray":
+            return value
+    return None
 
 
 def _tensors(value: Any, path: str, depth: int = 0) -> Any:
