@@ -104,7 +104,6 @@ class TrainingDataNotShuffled(Check):
         # batches of one class only are a certain sign of order), else those of the drawn labels.
         stored = next((b["dataset"] for b in batches if b.get("dataset")), None)
         sum_sq = stored["sum_sq"] if stored else sum((c / total) ** 2 for c in counts.values())
-        classes = stored["classes"] if stored else len(counts)
         expected = (total - 1) * (1 - sum_sq)
         single = [b for b in batches if b["distinct"] == 1]
         ordered = all(b["sorted"] for b in batches) and all(
@@ -124,8 +123,8 @@ class TrainingDataNotShuffled(Check):
         stored_note = (f" The dataset's {stored['n']} labels ({stored['classes']} classes) change "
                        f"{stored['changes']} time{'s' if stored['changes'] != 1 else ''} in stored order."
                        if stored else "")
-        if classes < 2:
-            return None
+        if stored and stored["classes"] < 2:
+            return None  # one class in the whole data set: no order to shuffle
         if len(counts) < 2 and not stored:
             if len(batches) < _MIN_BATCHES or len(single) < len(batches):
                 return None
