@@ -64,6 +64,7 @@ class RanksDifferentData(Check):
     `(name, label)` samples in common attributes. Datasets that differ in their tensor contents (synthetic data
     drawn per rank) are not reported, nor datasets of different lengths, nor disjoint per-rank shards (a
     deliberate split of the data between ranks). Datasets are matched by the line that built their DataLoader.
+    Lists longer than 262,144 entries are compared from a strided sample of them, which can miss a difference.
     """
 
     code = "CC018"

@@ -12,7 +12,7 @@ _MAX_LOADERS = 16
 #: Subset indices written to the trace, to tell how much two ranks' subsets share.
 _MAX_INDICES = 4096
 #: Elements hashed in full; a longer list or tensor is hashed from this many strided elements.
-_MAX_HASHED = 1 << 20
+_MAX_HASHED = 1 << 18
 _STRIDED = 4096
 #: Hashes kept to estimate how many names two lists share.
 _SKETCH = 64
