@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from cc_testing import SCRIPTS, convcheck
+from cc_testing import SCRIPTS, convcheck, read_traces
 from static_expect import context
 
 from convcheck.checks.cc020_input_not_normalized import InputNotNormalized
@@ -101,15 +103,19 @@ def test_one_finding_per_model_call() -> None:
 
 
 @pytest.mark.slow
-def test_numpy_hwc_images_permuted_and_never_scaled() -> None:
+def test_numpy_hwc_images_permuted_and_never_scaled(tmp_path: Path) -> None:
     script = SCRIPTS / "cc020_numpy_hwc.py"
-    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC020", script,
-                       cwd=script.parent)
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC020", "--trace-dir",
+                       tmp_path / "t", script, cwd=script.parent)
     assert result.code == 0, result.stderr
     [finding] = result.findings("CC020")
     assert (finding["severity"], finding["location"]["line"]) == ("warning", 51)
     assert "although a Normalize is declared at line 40" in finding["message"]
     assert finding["evidence"]["shape"] == [16, 3, 24, 24]
+    # The first 3 forwards only (the script's own warm-up call with zeros, then two training batches).
+    [trace] = read_traces(tmp_path / "t")
+    inputs = [e for e in trace if e["ev"] == "layer_input"]
+    assert [(e["n"], e["layer"], e["max"]) for e in inputs] == [(1, "0", 0.0), (2, "0", 255.0), (3, "0", 255.0)]
 
     scaled = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC020", script, "--scaled",
                        cwd=script.parent)
