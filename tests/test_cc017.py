@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 from cc_testing import SCRIPTS, convcheck
 from static_expect import context
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from convcheck.checks.cc017_training_data_not_shuffled import TrainingDataNotShuffled
-from convcheck.runtime.recorders.labels import summarize
+from convcheck.runtime.recorders.labels import find_labels, stored_labels, summarize
 from convcheck.runtime.trace import RunTrace, load_events
 
 SOURCE = "import torch\n" * 20
@@ -119,6 +121,40 @@ def test_a_batch_summary() -> None:
     assert summarize([3, 3, 1, 1, 1, 2]) == {
         "n": 6, "distinct": 3, "majority": 1, "share": 0.5, "changes": 2, "run": 3, "first": 3, "last": 2,
         "sorted": False, "counts": [[1, 3], [3, 2], [2, 1]]}
+
+
+INTEGER = frozenset({torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8})
+
+
+def test_the_labels_of_a_batch_are_its_integer_vector_as_long_as_the_batch() -> None:
+    x, y, idx = torch.randn(4, 3), torch.tensor([1, 1, 0, 2]), torch.arange(4)
+    assert find_labels([x, y], INTEGER)[0] == "[1]"
+    assert find_labels({"index": idx, "label": y, "image": x}, INTEGER)[0] == "['label']"
+    # Regression targets, token sequences and a lone id vector of another length are no class labels.
+    assert find_labels([x, torch.randn(4)], INTEGER) is None
+    assert find_labels([torch.randint(0, 9, (4, 16)), torch.randint(0, 9, (4, 16))], INTEGER) is None
+    assert find_labels([x, torch.arange(5)], INTEGER) is None
+
+
+def test_a_datasets_stored_labels_are_read_whole_through_subsets_without_a_sample() -> None:
+    labels = torch.arange(3).repeat_interleave(4)  # 0 0 0 0 1 1 1 1 2 2 2 2
+    data = TensorDataset(torch.randn(12, 2), labels)
+    assert stored_labels(data, "[1]", torch) == {"n": 12, "classes": 3, "sum_sq": pytest.approx(1 / 3),
+                                                 "changes": 2, "counts": [[0, 4], [1, 4], [2, 4]]}
+    assert stored_labels(Subset(data, [0, 4, 8, 1]), "[1]", torch)["changes"] == 3
+    assert stored_labels(data, "[0]", torch) is None  # float features
+
+    class Listed(Dataset):
+        def __init__(self) -> None:
+            self.targets = [7, 7, 3]
+
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, i: int) -> None:
+            raise AssertionError("a sample was read")
+
+    assert stored_labels(Listed(), "['label']", torch)["counts"] == [[7, 2], [3, 1]]
 
 
 @pytest.mark.slow

@@ -33,7 +33,6 @@ class LabelRecorder(Recorder):
 
         self._torch = torch
         self._integer = frozenset({torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8})
-        self._tensor = torch.Tensor
         recorder = self
 
         # The probe's own __next__ wrapper (inside this one) counts the batch; no hook sees the batch itself.
@@ -55,7 +54,7 @@ class LabelRecorder(Recorder):
         record = probe._open_epochs.get(id(iterator))
         if record is None or record["batches"] > _BATCHES or record["epoch"] > _EPOCHS:
             return
-        found = self.labels_of(batch)
+        found = find_labels(batch, self._integer)
         if found is None:
             return
         field, labels = found
@@ -63,47 +62,47 @@ class LabelRecorder(Recorder):
         extra = {}
         loader = getattr(iterator, "_convcheck_loader", None)
         if record["batches"] == 1 and record["epoch"] == 1 and loader is not None:
-            stored = self.dataset_labels(loader.dataset, field)
+            stored = stored_labels(loader.dataset, field, self._torch)
             if stored is not None:
                 extra["dataset"] = stored
         probe.emit("batch_labels", loader=record["loader"], epoch=record["epoch"], batch=record["batches"],
                    field=field, step=probe.step_count, **summarize(values), **extra)
 
-    def dataset_labels(self, dataset: Any, field: str) -> dict[str, Any] | None:
-        """How the dataset's own labels are spread over classes and ordered, where it holds them as one tensor or
-        list (a TensorDataset's integer tensor at the batch's label position, a ``targets``/``labels`` attribute),
-        read through Subsets; None otherwise. No sample is read."""
-        torch = self._torch
-        labels = _stored_labels(dataset, field, torch, 0)
-        if labels is None:
-            return None
-        labels = torch.as_tensor(labels).detach().reshape(-1)
-        if labels.dtype not in self._integer or not 2 <= labels.numel() <= _MAX_STORED or int(labels.min()) < 0:
-            return None
-        labels = labels.cpu().long()
-        counts = torch.bincount(labels)
-        present = counts[counts > 0]
-        n = labels.numel()
-        order = torch.argsort(counts, descending=True)[:_COUNTS]
-        return {"n": n, "classes": int(present.numel()),
-                "sum_sq": float(((present.double() / n) ** 2).sum()),
-                "changes": int((labels[1:] != labels[:-1]).sum()),
-                "counts": [[int(c), int(counts[c])] for c in order.tolist() if counts[c] > 0]}
 
-    def labels_of(self, batch: Any) -> tuple[str, Any] | None:
-        """Where the batch's class labels are and the tensor: a 1-D integer tensor as long as the batch."""
-        tensors = list(_tensors(batch, ""))
-        rows = next((t.shape[0] for _, t in tensors if t.is_floating_point() and t.dim() >= 1), None)
-        labels = [(path, t) for path, t in tensors
-                  if t.dtype in self._integer and t.dim() == 1 and 2 <= t.shape[0] <= _MAX_LABELS
-                  and (rows is None or t.shape[0] == rows)]
-        if not labels:
-            return None
-        for key in _LABEL_KEYS:
-            named = [(p, t) for p, t in labels if p.lower() == f"[{key!r}]"]
-            if named:
-                return named[0]
-        return labels[-1]
+def find_labels(batch: Any, integer: frozenset[Any]) -> tuple[str, Any] | None:
+    """Where a batch's class labels are, and the tensor: a 1-D tensor of an ``integer`` dtype as long as the batch
+    (a dict's ``label``/``target`` entry first, else the last one)."""
+    tensors = list(_tensors(batch, ""))
+    rows = next((t.shape[0] for _, t in tensors if t.is_floating_point() and t.dim() >= 1), None)
+    labels = [(path, t) for path, t in tensors
+              if t.dtype in integer and t.dim() == 1 and 2 <= t.shape[0] <= _MAX_LABELS
+              and (rows is None or t.shape[0] == rows)]
+    if not labels:
+        return None
+    for key in _LABEL_KEYS:
+        named = [(p, t) for p, t in labels if p.lower() == f"[{key!r}]"]
+        if named:
+            return named[0]
+    return labels[-1]
+
+
+def stored_labels(dataset: Any, field: str, torch: Any) -> dict[str, Any] | None:
+    """How a dataset's own labels are spread over classes and ordered, where it holds them as one tensor or list
+    (a TensorDataset's integer tensor at the batch's label position, a ``targets``/``labels`` attribute), read
+    through Subsets; None otherwise. No sample is read."""
+    labels = _stored_labels(dataset, field, torch, 0)
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels).detach().reshape(-1)
+    if labels.is_floating_point() or labels.dtype == torch.bool or not 2 <= labels.numel() <= _MAX_STORED:
+        return None
+    labels = labels.cpu().long()
+    classes, counts = torch.unique(labels, return_counts=True)
+    n = labels.numel()
+    order = torch.argsort(counts, descending=True)[:_COUNTS].tolist()
+    return {"n": n, "classes": int(classes.numel()), "sum_sq": float(((counts.double() / n) ** 2).sum()),
+            "changes": int((labels[1:] != labels[:-1]).sum()),
+            "counts": [[int(classes[i]), int(counts[i])] for i in order]}
 
 
 def summarize(values: list[int]) -> dict[str, Any]:
