@@ -66,8 +66,10 @@ class InputNotNormalized(Check):
     and model in float32. 0-255 pixels are a warning; float64 and a mismatch with a declared Normalize are info.
 
     ## Known limits
-    Only the first Conv/Linear layer's input on the first three forward passes is measured (a model that starts
-    with a norm layer or an embedding is not judged), from a strided sample of a large input. A model whose input
+    What is measured is the input of the first Conv/Linear layer a forward calls, not the model's own input (so a
+    model that scales its uint8 input itself is fine), on the first three forward passes (a constant input, such as
+    a warm-up call with zeros, is not counted), from a strided sample of a large input; a model that starts with a
+    norm layer or an embedding is not judged. A model whose input
     is already flattened before the call (`model(x.view(-1, 784))`) is not recognized as taking images. Whole
     numbers up to 16 (counts, board-game planes) are not read as pixels. The Normalize claim is read from literal
     arguments in the script itself.

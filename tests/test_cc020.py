@@ -112,10 +112,11 @@ def test_numpy_hwc_images_permuted_and_never_scaled(tmp_path: Path) -> None:
     assert (finding["severity"], finding["location"]["line"]) == ("warning", 51)
     assert "although a Normalize is declared at line 40" in finding["message"]
     assert finding["evidence"]["shape"] == [16, 3, 24, 24]
-    # The first 3 forwards only (the script's own warm-up call with zeros, then two training batches).
+    # The first 3 forwards only, besides the script's own warm-up call with zeros, which is not counted.
     [trace] = read_traces(tmp_path / "t")
     inputs = [e for e in trace if e["ev"] == "layer_input"]
-    assert [(e["n"], e["layer"], e["max"]) for e in inputs] == [(1, "0", 0.0), (2, "0", 255.0), (3, "0", 255.0)]
+    assert [(e["n"], e["layer"], e["max"]) for e in inputs] == [
+        (1, "0", 0.0), (2, "0", 255.0), (3, "0", 255.0), (4, "0", 255.0)]
 
     scaled = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC020", script, "--scaled",
                        cwd=script.parent)

@@ -7,7 +7,7 @@ from typing import Any
 from convcheck.runtime.fields import first_tensor
 from convcheck.runtime.recorders.base import Recorder
 
-#: Forwards whose first layer's input is summarized.
+#: Forwards whose first layer's input is summarized (constant inputs not counted).
 _SAMPLES = 3
 #: Outermost forwards after which the hook goes even if no layer was found (a model of other layers).
 _GIVE_UP = 20
@@ -60,7 +60,6 @@ class InputRecorder(Recorder):
         if not self.armed or not module._parameters:
             return
         self.armed = False
-        self.samples += 1
         weight = next(iter(module._parameters.values()), None)
         fields: dict[str, Any] = {"layer": self.probe._module_name(module), "cls": type(module).__name__,
                                   "weight_dtype": str(weight.dtype) if weight is not None else None}
@@ -71,6 +70,9 @@ class InputRecorder(Recorder):
                           mean=None, std=None, integer=None)
         else:
             fields.update(self._stats(tensor))
+        # A constant input (a warm-up or shape-probing call with zeros) does not use up a sample.
+        if fields["min"] is None or fields["min"] != fields["max"]:
+            self.samples += 1
         root = self.root_input
         summary = None
         if root is not None and hasattr(root, "dtype"):
