@@ -50,7 +50,7 @@ class InputRecorder(Recorder):
             # torch copies its hooks before calling them: removing ours from within a hook is safe.
             self.handle.remove()
             self.handle = None
-            self.armed = False
+            self.armed, self.root, self.root_input = False, None, None
             return
         self.armed = True
         self.root = module
@@ -85,6 +85,8 @@ class InputRecorder(Recorder):
         probe.emit("layer_input", n=probe.root_calls, step=probe.step_count,
                    training=bool(getattr(self.root, "training", True)), root=summary,
                    loc=[frame[0], frame[1]] if frame else None, **fields)
+        # The batch is not kept alive past its forward.
+        self.root_input = None
 
     def _stats(self, tensor: Any) -> dict[str, Any]:
         torch = self._torch
