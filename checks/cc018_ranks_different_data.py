@@ -25,7 +25,7 @@ _NAMES_FIX = (
 
 class RanksDifferentData(Check):
     """## What it does
-    Under DDP, compares each rank's datasets, loader by loader (in the order the DataLoaders were built), without
+    Under DDP, compares each rank's datasets, loader by loader (matched by the line that built the DataLoader), without
     reading a sample: the indices of a `Subset` (what `random_split` returns), the list of file names or samples a
     dataset holds (`samples`, `files`, `paths`...), recursively through `Subset` and `ConcatDataset`. It reports
     ranks whose datasets have the same length but hold different subsets of the data, or the same samples in a
@@ -63,7 +63,8 @@ class RanksDifferentData(Check):
     Only what identifies samples without reading them is compared: `Subset` indices, and lists of names or
     `(name, label)` samples in common attributes. Datasets that differ in their tensor contents (synthetic data
     drawn per rank) are not reported, nor datasets of different lengths, nor disjoint per-rank shards (a
-    deliberate split of the data between ranks). Datasets are matched by the line that built their DataLoader.
+    deliberate split of the data between ranks). A DataLoader built at one line more than once is matched by the
+    order in which the loaders were built.
     Lists longer than 262,144 entries are compared from a strided sample of them, which can miss a difference.
     """
 
