@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from convcheck.findings import Finding, Severity
 from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
-from convcheck.static.context import StaticContext
+from convcheck.static.context import StaticContext, call_name
 from convcheck.static.flow import user_location
 
 _FIX = (
@@ -66,9 +67,9 @@ class TrainingDataNotShuffled(Check):
     token sequences and labels computed after the loader are not seen. The class shares come from the dataset
     where it stores its labels whole (a `TensorDataset`'s tensor, a `targets`/`labels` attribute); otherwise, when
     every drawn batch holds the same single class, the order cannot be told from a very imbalanced data set: that
-    is reported as info. Data whose classes
-    change slowly by nature (consecutive windows of a time series) reads as blocks too. A custom sampler or batch
-    sampler, and an `IterableDataset`, are trusted.
+    is reported as info. Data whose classes change slowly by nature (consecutive windows of a time series) reads
+    as blocks too. A custom sampler or batch sampler, and an `IterableDataset`, are trusted. The message says when
+    the script sets `shuffle` only in a branch that tests for CUDA (read from the script's source).
     """
 
     code = "CC017"
@@ -120,6 +121,12 @@ class TrainingDataNotShuffled(Check):
         if stored:
             evidence.update(dataset_samples=stored["n"], dataset_classes=stored["classes"],
                             dataset_label_changes=stored["changes"])
+        cuda_only = _shuffle_only_with_cuda(ctx) if ctx is not None else None
+        cuda_note = ""
+        if cuda_only is not None:
+            evidence["shuffle_only_with_cuda_at"] = f"{ctx.display_path}:{cuda_only}"
+            cuda_note = (f" The script sets `shuffle=True` only where CUDA is available (line {cuda_only}), and this "
+                         "run had no CUDA.")
         stored_note = (f" The dataset's {stored['n']} labels ({stored['classes']} classes) change "
                        f"{stored['changes']} time{'s' if stored['changes'] != 1 else ''} in stored order."
                        if stored else "")
@@ -145,13 +152,42 @@ class TrainingDataNotShuffled(Check):
                   + (", and they never decrease (sorted by class)" if ordered and len(counts) > 1 else "") + ".")
         if len(batches) >= _MIN_BATCHES and expected >= _MIN_EXPECTED_CHANGES:
             message = (head + detail + stored_note
-                       + " Every step trains on one class or two, not on a sample of all of them.")
+                       + " Every step trains on one class or two, not on a sample of all of them." + cuda_note)
             return self.finding(message, fix=_FIX, location=where, evidence=evidence, severity=Severity.WARNING,
                                 headline="label_changes")
         message = (head + detail + stored_note + f" Only {len(batches)} batch{'es' if len(batches) != 1 else ''} "
                    f"of {total} samples were seen: too few to be sure.")
         return self.finding(message, fix=_FIX, location=where, evidence=evidence, severity=Severity.INFO,
                             headline="label_changes")
+
+
+def _shuffle_only_with_cuda(ctx: StaticContext) -> int | None:
+    """The line of a ``shuffle`` DataLoader argument the script sets only in a branch taken with CUDA
+    (``if use_cuda: kwargs.update({"shuffle": True})``, ``{"shuffle": True} if use_cuda else {}``), if any."""
+    parents: dict[int, ast.AST] = {}
+    for node in ast.walk(ctx.tree):
+        for child in ast.iter_child_nodes(node):
+            parents[id(child)] = node
+    for node in ast.walk(ctx.tree):
+        keyed = isinstance(node, ast.Dict) and any(
+            isinstance(k, ast.Constant) and k.value == "shuffle" and not _false(v)
+            for k, v in zip(node.keys, node.values))
+        named = isinstance(node, ast.Call) and call_name(node) == "dict" and any(
+            k.arg == "shuffle" and not _false(k.value) for k in node.keywords)
+        if not (keyed or named):
+            continue
+        child, parent = node, parents.get(id(node))
+        while parent is not None:
+            if isinstance(parent, (ast.If, ast.IfExp)) and "cuda" in ast.unparse(parent.test).lower():
+                body = parent.body if isinstance(parent.body, list) else [parent.body]
+                if any(child is b for b in body):
+                    return node.lineno
+            child, parent = parent, parents.get(id(parent))
+    return None
+
+
+def _false(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value is False
 
 
 def _in_stored_order(proc: ProcessTrace, loader: Event) -> bool:

@@ -61,6 +61,30 @@ def test_batches_of_one_class_each_drawn_in_stored_order_are_a_warning_at_the_lo
     assert finding.evidence["label_changes_if_shuffled"] == 95.2
 
 
+CUDA_ONLY = """
+import torch
+use_cuda = torch.cuda.is_available()
+kwargs = {"batch_size": 16}
+if use_cuda:
+    kwargs.update({"num_workers": 1, "shuffle": True})
+loader = DataLoader(data, **kwargs)
+"""
+
+
+@pytest.mark.parametrize(("source", "line"), [
+    (CUDA_ONLY, 6),
+    ("cuda_kwargs = dict(shuffle=True) if args.cuda else {}\n", 1),
+    (CUDA_ONLY.replace('"shuffle": True', '"shuffle": False'), None),
+    (CUDA_ONLY.replace("if use_cuda:", "if args.workers:"), None),
+])
+def test_the_finding_says_when_the_script_shuffles_only_with_cuda(source: str, line: int | None) -> None:
+    trace = RunTrace(processes=[load_events(process(SORTED))], world_size=1)
+    [finding] = TrainingDataNotShuffled().check_runtime(trace, context(source))
+    note = f"The script sets `shuffle=True` only where CUDA is available (line {line}), and this run had no CUDA."
+    assert finding.message.endswith(note) == (line is not None)
+    assert finding.evidence.get("shuffle_only_with_cuda_at") == (f"train.py:{line}" if line else None)
+
+
 def test_blocks_smaller_than_a_batch_in_sorted_order_are_seen_too() -> None:
     # 10 classes of 20 samples each, sorted, batches of 32: every batch holds two or three classes.
     labels = [c for c in range(10) for _ in range(20)]
