@@ -63,7 +63,8 @@ class RanksDifferentData(Check):
     Only what identifies samples without reading them is compared: `Subset` indices, and lists of names or
     `(name, label)` samples in common attributes. Datasets that differ in their tensor contents (synthetic data
     drawn per rank) are not reported, nor datasets of different lengths, nor disjoint per-rank shards (a
-    deliberate split of the data between ranks). A DataLoader built at one line more than once is matched by the
+    deliberate split of the data between ranks), nor loaders that fed no optimizer step (an evaluation subset
+    drawn on each rank leaks nothing into training). A DataLoader built at one line more than once is matched by the
     order in which the loaders were built.
     Lists longer than 262,144 entries are compared from a strided sample of them, which can miss a difference.
     """
@@ -80,9 +81,10 @@ class RanksDifferentData(Check):
             return []
         first, findings = trainers[0], []
         digests = {e.get("loader"): e for e in first.of("dataset_digest")}
+        training = _training_loaders(first)
         for loader in first.of("loader"):
             ours = digests.get(loader.get("id"))
-            if ours is None:
+            if ours is None or (training is not None and loader.get("id") not in training):
                 continue
             for other in trainers[1:]:
                 theirs = _same_loader_digest(other, loader)
@@ -169,6 +171,20 @@ class RanksDifferentData(Check):
                     "same_samples_other_order": True, "loader_built_at": _at(loader, ctx)}
         return self.finding(message, fix=_NAMES_FIX, location=where, evidence=evidence, severity=Severity.WARNING,
                             headline="same_samples_other_order")
+
+
+def _training_loaders(proc: ProcessTrace) -> set[Any] | None:
+    """Ids of the loaders that optimizer steps drew from (an evaluation subset drawn per rank is no leak); None
+    when no loader epoch was recorded."""
+    epochs = proc.of("loader_epoch")
+    if not epochs:
+        return None
+    trained = set()
+    for epoch in epochs:
+        start = epoch.get("step_start")
+        if start is None or (epoch.get("step") or 0) > start:
+            trained.add(epoch.get("loader"))
+    return trained
 
 
 def _same_loader_digest(other: ProcessTrace, loader: Event) -> Event | None:

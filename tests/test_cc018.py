@@ -96,6 +96,17 @@ def test_file_lists_that_differ_between_ranks_are_a_warning_at_the_shuffle() -> 
     assert runtime(rank(0, [names(files[:50])]), rank(1, [names(files[50:])])) == []
 
 
+def test_an_evaluation_subset_drawn_per_rank_is_quiet() -> None:
+    a, b = list(range(0, 80)), list(range(20, 100))
+    ranks = [rank(0, [indices(a)]), rank(1, [indices(b)])]
+    for events in ranks:
+        events.append({"ev": "loader_epoch", "loader": 0, "epoch": 1, "batches": 3, "step": 1, "step_start": 1})
+    assert runtime(*ranks) == []
+    for events in ranks:
+        events[-1]["step_start"] = 0
+    assert len(runtime(*ranks)) == 1
+
+
 def test_datasets_that_differ_only_in_their_tensors_are_quiet() -> None:
     # Synthetic data drawn separately on each rank (a tutorial's random dataset) is no split.
     assert runtime(rank(0, [tensor(1)]), rank(1, [tensor(2)])) == []
@@ -140,13 +151,15 @@ def test_the_recorder_digests_splits_and_lists_without_reading_a_sample() -> Non
 
     parts = _digest(ConcatDataset([_Untouchable(), _Untouchable()]))
     assert [(p["path"], p["kind"], p["n"], p["head"][0]) for p in parts] == [
-        ("dataset.datasets[0].files", "names", 50, "img_0.jpg"), ("dataset.datasets[1].files", "names", 50, "img_0.jpg")]
+        ("dataset.datasets[0].files", "names", 50, "img_0.jpg"),
+        ("dataset.datasets[1].files", "names", 50, "img_0.jpg")]
 
 
 @pytest.mark.slow
 def test_a_file_list_shuffled_by_each_rank() -> None:
     script = SCRIPTS / "cc018_shuffled_files.py"
-    args = ("run", "--format", "json", "--fail-on", "never", "--select", "CC018", "--nproc-per-node", "2", "--steps", "4")
+    args = ("run", "--format", "json", "--fail-on", "never", "--select", "CC018", "--nproc-per-node", "2",
+            "--steps", "4")
     result = convcheck(*args, script, cwd=script.parent)
     assert result.code == 0, result.stderr
     [finding] = result.findings("CC018")
