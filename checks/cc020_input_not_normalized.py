@@ -26,6 +26,8 @@ _CLAIM_FIX = (
     "Apply the declared normalization to the data the model trains on (the transform passed to the training data "
     "set), or compute the mean and std of the data as it reaches the model and declare those."
 )
+#: Floating dtypes, as the trace writes them.
+_FLOATS = ("torch.float", "torch.bfloat")
 #: A whole-number maximum above this (and at most 255) reads as 8-bit pixel values rather than small counts.
 _PIXEL_MAX = 16
 #: Normalized data has a mean near 0 and a std near 1: beyond these it is not what Normalize promised.
@@ -89,7 +91,7 @@ class InputNotNormalized(Check):
         findings: list[Finding] = []
         seen: set[Any] = set()
         for event in procs[0].of("layer_input"):
-            if event.get("max") is None or not str(event.get("dtype", "")).startswith("torch.float"):
+            if event.get("max") is None or not str(event.get("dtype", "")).startswith(_FLOATS):
                 continue
             if not _image_like(event):
                 continue
@@ -152,7 +154,7 @@ def _image_like(event: Event) -> bool:
     # One unbatched CHW image goes to a convolution; a 3-D input of a Linear layer is a sequence of features.
     own = _image_shape(shape) and (len(shape) != 3 or "Conv" in str(event.get("cls")))
     return own or (
-        _image_shape(root.get("shape") or []) and str(root.get("dtype", "")).startswith(("torch.float", "torch.uint8")))
+        _image_shape(root.get("shape") or []) and str(root.get("dtype", "")).startswith((*_FLOATS, "torch.uint8")))
 
 
 def _image_shape(shape: list[int]) -> bool:

@@ -51,6 +51,11 @@ def test_pixels_in_0_255_reaching_the_first_conv_are_a_warning_at_the_model_call
     assert finding.evidence["max"] == 255
 
 
+def test_half_precision_pixels_are_pixels_too() -> None:
+    [finding] = runtime(layer_input(0, 255, 33.3, 78.6, True, dtype="torch.bfloat16"))
+    assert finding.message.startswith("The first layer `conv1` (Conv2d) receives bfloat16 images of whole numbers")
+
+
 def test_a_declared_normalize_is_named_in_the_warning() -> None:
     [finding] = runtime(layer_input(0, 255, 33.3, 78.6, True), source=NORMALIZE)
     assert "although a Normalize is declared at line 3" in finding.message
