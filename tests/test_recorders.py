@@ -60,9 +60,10 @@ def test_every_check_installs_every_recorder(tmp_path: Path) -> None:
 
     assert result.code == 0, result.stderr
     installed = _installed(tmp_path / "t")
-    # no CC002: no seeding
-    assert installed["names"] == ["amp_device", "ddp_sync", "graph", "modes", "provenance", "schedulers", "warnings"]
-    assert installed["patched"] == ["LRScheduler.step", "Module.train", "warnings.showwarning", "Tensor.__getitem__"]
+    assert installed["names"] == ["amp_device", "datasets", "ddp_sync", "graph", "inputs", "labels", "modes",
+                                  "provenance", "schedulers", "warnings"]  # no CC002: no seeding
+    assert installed["patched"] == ["LRScheduler.step", "Module.train", "warnings.showwarning", "Tensor.__getitem__",
+                                    "_BaseDataLoaderIter.__next__", "DataLoader.__init__"]
     assert "manual_seed patched: False" in result.stdout
 
 

@@ -249,6 +249,35 @@ def _tiny_batch(e: Evidence) -> str | None:
             f"global batch {e['global_batch']}), without SyncBatchNorm")
 
 
+def _label_blocks(e: Evidence) -> str | None:
+    expected, changes, seen = e["label_changes_if_shuffled"], e["label_changes"], e["samples_seen"]
+    if expected < 1:
+        return (f"all {e['batches_seen']} batches drawn in stored order hold class "
+                f"{e['majority_label_per_batch'][0]} only")
+    return (f"the labels of {seen} samples drawn in stored order changed {_plural(changes, 'time')}; shuffled, "
+            f"about {round(expected)}")
+
+
+def _split_apart(e: Evidence) -> str | None:
+    ranks = e["ranks"]
+    return (f"ranks {ranks[0]} and {ranks[1]} hold different subsets of `{e['dataset_part']}`: "
+            f"{e['shared_indices']} of {e['indices_compared']} indices in common")
+
+
+def _lists_apart(e: Evidence) -> str | None:
+    ranks = e["ranks"]
+    if e.get("same_samples_other_order"):
+        return (f"ranks {ranks[0]} and {ranks[1]} list the same {e['samples_per_rank']} samples of "
+                f"`{e['dataset_part']}` in different orders")
+    return (f"ranks {ranks[0]} and {ranks[1]} built `{e['dataset_part']}` from different samples "
+            f"(about {e['estimated_shared_share']:.0%} in common)")
+
+
+def _pixels(e: Evidence) -> str | None:
+    return (f"the first layer `{e['layer']}` received {str(e['dtype']).replace('torch.', '')} values "
+            f"{_num(e['min'])} to {_num(e['max'])} (mean {_num(e['mean'])}, std {_num(e['std'])})")
+
+
 def _two_runs(e: Evidence) -> str | None:
     return f"two runs of the script: {e['what']}"
 
@@ -299,7 +328,7 @@ _PHRASES: list[Callable[[Evidence], str | None]] = [
     _stale, _not_cleared, _wiped,
     _eval_mode, _graph_path, _lr_at_step_1, _scheduler_per_batch,
     _flat_curve, _shapes, _shuffled_apart, _indexed_apart, _one_column, _leaf_loss, _constant_loss, _chance_level,
-    _replicas, _tiny_batch,
+    _replicas, _tiny_batch, _label_blocks, _split_apart, _lists_apart, _pixels,
     _two_runs, _late_seed, _no_seed, _unseeded, _worker_rngs,
     _prefix_saved, _load_mismatch, _wrapper_saved, _unchecked_load,
 ]

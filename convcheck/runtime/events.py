@@ -673,6 +673,102 @@ class AcceleratorQueryEvent(TypedDict):
     loc: Loc
 
 
+class StoredLabels(TypedDict):
+    """A dataset's own labels, where it holds them whole: how many, classes, sum of squared class shares, label
+    changes in stored order, the commonest ``[label, count]``."""
+
+    n: int
+    classes: int
+    sum_sq: float
+    changes: int
+    counts: list[list[int]]
+
+
+class BatchLabelsEvent(TypedDict):
+    """The class labels of one of an epoch's first batches, summarized: how many distinct, the majority and its
+    share, label changes from sample to sample, the first and last label, the commonest counts. The ``labels``
+    recorder."""
+
+    ev: Literal["batch_labels"]
+    loader: int
+    epoch: int
+    batch: int
+    #: Where in the batch the labels were: ``[1]``, ``['label']``.
+    field: str
+    n: int
+    distinct: int
+    majority: int
+    share: float
+    changes: int
+    run: int
+    first: int
+    last: int
+    sorted: bool
+    #: ``[label, count]`` of the commonest labels, most common first.
+    counts: list[list[int]]
+    step: int
+    #: On a loader's first batch, the dataset's own labels where it stores them whole.
+    dataset: NotRequired[StoredLabels]
+
+
+class DatasetPart(TypedDict):
+    """One digested part of a dataset: where (``dataset.indices``), what (subset indices, a tensor, a list of
+    names or values), its length, an order digest and an order-free digest, the first indices or names."""
+
+    path: str
+    kind: str
+    n: int
+    digest: str
+    set_digest: str | None
+    indices: NotRequired[list[int]]
+    head: NotRequired[list[str]]
+    #: The smallest hashes of the names (a bottom-k sketch of the set).
+    sketch: NotRequired[list[str]]
+
+
+class DatasetDigestEvent(TypedDict):
+    """A DataLoader's dataset digested without reading a sample: its class, length and parts. The ``datasets``
+    recorder."""
+
+    ev: Literal["dataset_digest"]
+    loader: int
+    cls: str
+    len: int | None
+    parts: list[DatasetPart]
+
+
+class InputSummary(TypedDict):
+    """A tensor's dtype, shape and range."""
+
+    dtype: str
+    shape: list[int]
+    min: float | None
+    max: float | None
+
+
+class LayerInputEvent(TypedDict):
+    """The input of the first parameterized layer a model's forward called (sampled forwards): the layer, its
+    weight's dtype, the input's statistics, whether its values are whole numbers, and the model's own input.
+    The ``inputs`` recorder."""
+
+    ev: Literal["layer_input"]
+    n: int
+    step: int
+    training: bool
+    layer: str
+    cls: str
+    weight_dtype: str | None
+    dtype: str
+    shape: list[int]
+    min: float | None
+    max: float | None
+    mean: float | None
+    std: float | None
+    integer: bool | None
+    root: InputSummary | None
+    loc: Loc
+
+
 #: Event kind -> its TypedDict. Read it freely; add to it only through ``register_event_schema``.
 SCHEMAS: dict[str, type] = {
     "process": ProcessEvent, "step": StepEvent, "backward": BackwardEvent, "model": ModelEvent,
@@ -688,6 +784,7 @@ SCHEMAS: dict[str, type] = {
     "crash": CrashEvent, "end": EndEvent, "probe_error": ProbeErrorEvent, "recorders": RecordersEvent, "epoch_cap": EpochCapEvent, "batch_pairing": BatchPairingEvent, "self_spawn": SelfSpawnEvent,
     "device_map": DeviceMapEvent, "device_map_active": DeviceMapActiveEvent,
     "device_unmappable": DeviceUnmappableEvent, "accelerator_query": AcceleratorQueryEvent,
+    "batch_labels": BatchLabelsEvent, "dataset_digest": DatasetDigestEvent, "layer_input": LayerInputEvent,
 }
 _adapters: dict[str, TypeAdapter[Any]] = {}
 

@@ -28,8 +28,11 @@ ENTRY_POINT_GROUP = "convcheck.recorders"
 def builtin_recorders() -> dict[str, type[Recorder]]:
     """The recorders shipped with convcheck, by name."""
     from convcheck.runtime.recorders.ampdevice import AmpDeviceRecorder
+    from convcheck.runtime.recorders.datasets import DatasetRecorder
     from convcheck.runtime.recorders.ddpsync import DdpSyncRecorder
     from convcheck.runtime.recorders.graph import LossGraphRecorder
+    from convcheck.runtime.recorders.inputs import InputRecorder
+    from convcheck.runtime.recorders.labels import LabelRecorder
     from convcheck.runtime.recorders.modes import ModeRecorder
     from convcheck.runtime.recorders.provenance import BatchProvenanceRecorder
     from convcheck.runtime.recorders.pywarnings import WarningRecorder
@@ -37,7 +40,8 @@ def builtin_recorders() -> dict[str, type[Recorder]]:
     from convcheck.runtime.recorders.seeding import SeedingRecorder
 
     return {cls.name: cls for cls in (SeedingRecorder, SchedulerRecorder, LossGraphRecorder, ModeRecorder,
-                                      WarningRecorder, BatchProvenanceRecorder, DdpSyncRecorder, AmpDeviceRecorder)}
+                                      WarningRecorder, BatchProvenanceRecorder, LabelRecorder, DatasetRecorder,
+                                      InputRecorder, DdpSyncRecorder, AmpDeviceRecorder)}
 
 
 def third_party_recorders() -> dict[str, type[Recorder]]:
