@@ -227,6 +227,24 @@ def _leaf_loss(e: Evidence) -> str | None:
     return f"the loss had no graph back to the parameters in {e['steps']} steps"
 
 
+def _unregistered_saved(e: Evidence) -> str | None:
+    saved = e["saved"][0]
+    return (f"the checkpoint holds {_plural(saved['n_keys'], 'key')}, none of the {e['parameters']} parameters of "
+            f"{_names([layer['name'] for layer in e['layers']])}")
+
+
+def _unregistered_by_hand(e: Evidence) -> str | None:
+    if e["not_in_optimizer"]:
+        return None
+    return (f"{e['parameters']} parameters of {_names([layer['name'] for layer in e['layers']])} are in the optimizer "
+            "but not in the model's parameters() or state_dict()")
+
+
+def _plain_container(e: Evidence) -> str | None:
+    return (f"`{e['class']}.{e['attribute']}` is a plain {e['container']} of {_names(sorted(set(e['layers'])))} "
+            f"used in `{e['used_in']}`")
+
+
 def _constant_loss(e: Evidence) -> str | None:
     losses = e["losses"]
     if len(set(losses)) != 1:
@@ -292,6 +310,7 @@ _PHRASES: list[Callable[[Evidence], str | None]] = [
     _same_order, _ranks_share, _no_set_epoch,
     _lr_by_world_size, _lr_observed, _lr_expression,
     _divisors, _static_divisor,
+    _unregistered_saved, _unregistered_by_hand, _plain_container,
     _still_training, _params("not_in_optimizer", "in no optimizer"),
     _params("never_given_a_gradient", "never received a gradient"), _never_changed,
     _params("frozen", "frozen (requires_grad=False)"), _attribute_freeze,

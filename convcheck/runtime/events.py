@@ -506,11 +506,12 @@ class DdpModuleMovedEvent(TypedDict):
 
 
 class UnregisteredModuleEvent(TypedDict):
-    """A layer called in a model's forward that the model does not own (a plain list). ``Probe._check_registered``."""
+    """A layer called in a model's forward that the model does not own (a plain list); ``root`` is the model's
+    index among the "model" events, None when it owns no parameter (and so has none). ``Probe._check_registered``."""
 
     ev: Literal["unregistered_module"]
     cls: str
-    root: int
+    root: int | None
     root_cls: str
     container: str | None
     holder: str | None
