@@ -267,8 +267,9 @@ class FrozenParameters(Check):
                                    evidence={"modules": evidence_table, "not_in_optimizer": _names(outside, table)},
                                    headline="not_in_optimizer")
         # 2. Held by an optimizer, trainable, but never given a gradient.
+        # Layers run by reentrant checkpointing over inputs that need no grad are CC022's finding.
         no_grad = [p for p in table.optimized if p not in table.frozen and p not in table.got_grad
-                   and p in table.names]
+                   and p in table.names and p not in table.checkpointed_without_grad]
         # When nothing got a gradient the loss itself is constant (another check's business), not a module.
         if no_grad and table.steps and table.got_grad:
             modules = _whole_modules(no_grad, table)
@@ -348,6 +349,8 @@ class ParamTable:
     optimizer_loc: Any = None
     #: Layers called in a model's forward that it does not own ("unregistered_module" events).
     unregistered: list[Event] = field(default_factory=list)
+    #: Parameters run inside reentrant activation checkpointing whose inputs required no grad.
+    checkpointed_without_grad: set[int] = field(default_factory=set)
 
     @property
     def optimized_roots(self) -> set[int]:
@@ -380,6 +383,9 @@ class ParamTable:
                 table.roots.setdefault(param["id"], layer.get("root"))
                 if not param.get("requires_grad", True):
                     table.initially_frozen.add(param["id"])
+        for call in proc.of("activation_checkpoint"):
+            if call.get("reentrant") and call.get("grad_enabled") and not call.get("input_requires_grad"):
+                table.checkpointed_without_grad.update(call.get("params") or [])
         for opt in proc.of("optimizer"):
             if table.optimizer_loc is None:
                 table.optimizer_loc = opt.get("loc")

@@ -519,6 +519,25 @@ class UnregisteredModuleEvent(TypedDict):
     loc: Loc
 
 
+class ActivationCheckpointEvent(TypedDict):
+    """One of the first torch.utils.checkpoint calls: ``use_reentrant`` as passed (None: not passed, so the
+    reentrant default), whether grad mode was on, whether a tensor input and the output require grad, the trainable
+    parameters of the modules it ran. The ``checkpointing`` recorder."""
+
+    ev: Literal["activation_checkpoint"]
+    use_reentrant: bool | None
+    reentrant: bool
+    sequential: bool
+    grad_enabled: bool
+    n_tensors: int
+    input_requires_grad: bool
+    output_requires_grad: bool | None
+    function: str
+    params: list[int]
+    loc: Loc
+    step: int
+
+
 class RepeatBatchEvent(TypedDict):
     """The overfit-one-batch run starts repeating a loader's first batch. ``Probe.repeated_batch``."""
 
@@ -662,7 +681,8 @@ SCHEMAS: dict[str, type] = {
     "sched_step": SchedStepEvent, "train_mode": TrainModeEvent, "module_flags": ModuleFlagsEvent,
     "warning": WarningEvent, "nonfinite": NonfiniteEvent, "histograms": HistogramsEvent, "final": FinalEvent,
     "dist_init": DistInitEvent, "ddp_init": DdpInitEvent, "ddp_module_moved": DdpModuleMovedEvent,
-    "unregistered_module": UnregisteredModuleEvent, "repeat_batch": RepeatBatchEvent, "stop": StopEvent,
+    "unregistered_module": UnregisteredModuleEvent, "activation_checkpoint": ActivationCheckpointEvent,
+    "repeat_batch": RepeatBatchEvent, "stop": StopEvent,
     "crash": CrashEvent, "end": EndEvent, "probe_error": ProbeErrorEvent, "recorders": RecordersEvent, "epoch_cap": EpochCapEvent, "batch_pairing": BatchPairingEvent, "self_spawn": SelfSpawnEvent,
     "device_map": DeviceMapEvent, "device_map_active": DeviceMapActiveEvent,
     "device_unmappable": DeviceUnmappableEvent, "accelerator_query": AcceleratorQueryEvent,

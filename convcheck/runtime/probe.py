@@ -807,9 +807,14 @@ def _install_patches(probe: Probe, torch: Any) -> None:
 
     # autograd has no global pre-backward hook; the loss graph must be read before it is freed.
     # Tensor.backward calls torch.autograd.backward, so this sees both spellings.
+    current_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)
+
     def wrap_backward(original: Any) -> Any:
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-            probe.on_backward(tensors)
+            # A backward started inside another one's graph (reentrant activation checkpointing re-running
+            # its function) is part of that backward, not one of the script's own.
+            if current_task() == -1:
+                probe.on_backward(tensors)
             return original(tensors, *args, **kwargs)
 
         return backward
