@@ -17,6 +17,7 @@ from convcheck.checks.cc012_loss_not_decreasing import LossNotDecreasing
 from convcheck.checks.cc013_ddp_replicas_diverge import DdpReplicasDiverge
 from convcheck.checks.cc014_batchnorm_tiny_batch import BatchnormTinyBatch
 from convcheck.checks.cc016_unregistered_submodule import UnregisteredSubmodule
+from convcheck.checks.cc019_mask_masks_nothing import MaskMasksNothing
 from convcheck.checks.cc022_checkpointing_without_input_grad import CheckpointingWithoutInputGrad
 from convcheck.checks.cc100_unused_suppression import UnusedSuppression
 
@@ -36,6 +37,7 @@ ALL: list = [
     DdpReplicasDiverge,
     BatchnormTinyBatch,
     UnregisteredSubmodule,
+    MaskMasksNothing,
     CheckpointingWithoutInputGrad,
     UnusedSuppression,
 ]

@@ -60,11 +60,12 @@ def test_every_check_installs_every_recorder(tmp_path: Path) -> None:
 
     assert result.code == 0, result.stderr
     installed = _installed(tmp_path / "t")
-    assert installed["names"] == ["checkpointing", "graph", "modes", "provenance", "schedulers",
+    assert installed["names"] == ["attention_masks", "checkpointing", "graph", "modes", "provenance", "schedulers",
                                   "warnings"]  # no CC002: no seeding
     assert installed["patched"] == ["LRScheduler.step", "Module.train", "warnings.showwarning", "Tensor.__getitem__",
                                     "torch.utils.checkpoint.checkpoint",
-                                    "torch.utils.checkpoint.checkpoint_sequential"]
+                                    "torch.utils.checkpoint.checkpoint_sequential", "Tensor.masked_fill",
+                                    "Tensor.masked_fill_", "torch.nn.functional.scaled_dot_product_attention"]
     assert "manual_seed patched: False" in result.stdout
 
 

@@ -245,6 +245,13 @@ def _plain_container(e: Evidence) -> str | None:
             f"used in `{e['used_in']}`")
 
 
+def _empty_mask(e: Evidence) -> str | None:
+    shape = "×".join(str(n) for n in e["mask_shape"])
+    losses = (f"; loss {_num(e['first_loss'])} → {_num(e['last_loss'])}"
+              if e.get("first_loss") is not None and e.get("last_loss") is not None else "")
+    return f"the {shape} mask masked nothing in all {e['calls']} sampled calls{losses}"
+
+
 def _constant_loss(e: Evidence) -> str | None:
     losses = e["losses"]
     if len(set(losses)) != 1:
@@ -318,7 +325,7 @@ _PHRASES: list[Callable[[Evidence], str | None]] = [
     _stale, _not_cleared, _wiped,
     _eval_mode, _graph_path, _lr_at_step_1, _scheduler_per_batch,
     _flat_curve, _shapes, _shuffled_apart, _indexed_apart, _one_column, _leaf_loss, _constant_loss, _chance_level,
-    _replicas, _tiny_batch,
+    _replicas, _tiny_batch, _empty_mask,
     _two_runs, _late_seed, _no_seed, _unseeded, _worker_rngs,
     _prefix_saved, _load_mismatch, _wrapper_saved, _unchecked_load,
 ]

@@ -538,6 +538,26 @@ class ActivationCheckpointEvent(TypedDict):
     step: int
 
 
+class AttentionMaskEvent(TypedDict):
+    """A mask applied to attention scores in the first steps: ``masked_fill`` with a -inf (very negative) value or
+    ``scaled_dot_product_attention``'s ``attn_mask``; its shape, whether it is square over the last two dimensions
+    and shared by the batch (``shared``: leading dimensions of 1), and whether it masks nothing. The
+    ``attention_masks`` recorder."""
+
+    ev: Literal["attention_mask"]
+    kind: str
+    mask_shape: list[int]
+    q_len: int | None
+    k_len: int | None
+    square: bool
+    shared: bool
+    masks_nothing: bool
+    fill: float | str | None
+    dtype: str
+    loc: Loc
+    step: int
+
+
 class RepeatBatchEvent(TypedDict):
     """The overfit-one-batch run starts repeating a loader's first batch. ``Probe.repeated_batch``."""
 
@@ -682,7 +702,7 @@ SCHEMAS: dict[str, type] = {
     "warning": WarningEvent, "nonfinite": NonfiniteEvent, "histograms": HistogramsEvent, "final": FinalEvent,
     "dist_init": DistInitEvent, "ddp_init": DdpInitEvent, "ddp_module_moved": DdpModuleMovedEvent,
     "unregistered_module": UnregisteredModuleEvent, "activation_checkpoint": ActivationCheckpointEvent,
-    "repeat_batch": RepeatBatchEvent, "stop": StopEvent,
+    "attention_mask": AttentionMaskEvent, "repeat_batch": RepeatBatchEvent, "stop": StopEvent,
     "crash": CrashEvent, "end": EndEvent, "probe_error": ProbeErrorEvent, "recorders": RecordersEvent, "epoch_cap": EpochCapEvent, "batch_pairing": BatchPairingEvent, "self_spawn": SelfSpawnEvent,
     "device_map": DeviceMapEvent, "device_map_active": DeviceMapActiveEvent,
     "device_unmappable": DeviceUnmappableEvent, "accelerator_query": AcceleratorQueryEvent,

@@ -27,6 +27,7 @@ ENTRY_POINT_GROUP = "convcheck.recorders"
 
 def builtin_recorders() -> dict[str, type[Recorder]]:
     """The recorders shipped with convcheck, by name."""
+    from convcheck.runtime.recorders.attention import AttentionMaskRecorder
     from convcheck.runtime.recorders.checkpointing import CheckpointRecorder
     from convcheck.runtime.recorders.graph import LossGraphRecorder
     from convcheck.runtime.recorders.modes import ModeRecorder
@@ -36,7 +37,8 @@ def builtin_recorders() -> dict[str, type[Recorder]]:
     from convcheck.runtime.recorders.seeding import SeedingRecorder
 
     return {cls.name: cls for cls in (SeedingRecorder, SchedulerRecorder, LossGraphRecorder, ModeRecorder,
-                                      WarningRecorder, BatchProvenanceRecorder, CheckpointRecorder)}
+                                      WarningRecorder, BatchProvenanceRecorder, CheckpointRecorder,
+                                      AttentionMaskRecorder)}
 
 
 def third_party_recorders() -> dict[str, type[Recorder]]:
