@@ -32,8 +32,8 @@ class MaskMasksNothing(Check):
     Severities:
     - warning: such a mask, on every sampled call, in a model trained with a token-level loss (cross-entropy
       over every position of the sequence: next-token prediction).
-    - info: such a mask without a token-level loss (an encoder may attend both ways on purpose; then the mask
-      is only dead code).
+    - info: such a mask without a token-level loss, or with a masked-language-model loss that counts only a
+      few positions (an encoder may attend both ways on purpose; then the mask is only dead code).
     A mask with a batch dimension or of another shape (a key-padding mask, which a batch without padding
     leaves all False) is not reported.
 
@@ -125,7 +125,11 @@ def _token_loss(proc: ProcessTrace, length: int) -> int | None:
         for node in event.get("graph") or []:
             if node.get("name") not in ("NllLossBackward0", "NllLoss2DBackward0"):
                 continue
-            shape = ((node.get("attrs") or {}).get("self") or {}).get("shape") or []
+            attrs = node.get("attrs") or {}
+            shape = (attrs.get("self") or {}).get("shape") or []
+            counted = attrs.get("counted")
+            if isinstance(counted, int) and shape and counted * 2 < _rows(shape):
+                continue  # most positions ignored: a masked-language-model loss, which attends both ways
             if len(shape) == 2 and length > 1 and _flattened(event["graph"], shape[0], length):
                 return int(shape[0])  # logits.view(-1, vocab): batch × positions rows
             if len(shape) >= 3 and shape[-1] == length > 1:
@@ -142,3 +146,11 @@ def _flattened(graph: list[dict[str, Any]], rows: int, length: int) -> bool:
         if len(sizes) == 3 and sizes[1] == length and sizes[0] * sizes[1] == rows:
             return True
     return False
+
+
+def _rows(shape: list[int]) -> int:
+    """How many predictions an NLL input of ``shape`` holds ([N, C], or [N, C, d1, ...])."""
+    total = shape[0]
+    for n in shape[2:]:
+        total *= n
+    return total

@@ -61,6 +61,10 @@ def test_without_a_token_level_loss_it_is_info() -> None:
     [finding] = _run(_trace(graph=CLASSIFIER_GRAPH))
     assert finding.severity.value == "info"
     assert "No token-level loss was seen" in finding.message
+    # A masked-language-model loss counts a few positions only: such a model attends both ways.
+    masked_lm = [{**LM_GRAPH[0], "attrs": {**LM_GRAPH[0]["attrs"], "counted": 10}}, LM_GRAPH[1]]
+    [finding] = _run(_trace(graph=masked_lm))
+    assert finding.severity.value == "info"
 
 
 @pytest.mark.parametrize("change", [
