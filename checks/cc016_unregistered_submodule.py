@@ -111,7 +111,8 @@ class UnregisteredSubmodule(Check):
 
     def _static_finding(self, site: PlainLayers, ctx: StaticContext) -> Finding:
         kinds = _list_names(sorted(set(site.layers)))
-        message = (f"`{site.cls}.{site.attr}` is a plain {site.kind} of layers ({kinds}) that {site.cls}.{site.used_in} "
+        message = (f"`{site.cls}.{site.attr}` is a plain {site.kind} of layers ({kinds}) that "
+                   f"{site.cls}.{site.used_in} "
                    f"uses: they are not submodules, so {site.cls}.parameters(), the optimizer, state_dict(), "
                    ".to(device) and DDP miss them (from the source).")
         return self.finding(message, fix=_FIX, location=(ctx.display_path, site.line), severity=Severity.WARNING,
@@ -155,7 +156,8 @@ class UnregisteredSubmodule(Check):
         listed = ("module " if len(named) == 1 else "modules ") + listed
         saves = _saves_of(proc, root)
         evidence: dict[str, Any] = {
-            "layers": [{"name": u.get("container"), "cls": u.get("cls"), "holder": u.get("holder")} for u in layers][:20],
+            "layers": [{"name": u.get("container"), "cls": u.get("cls"), "holder": u.get("holder")}
+                       for u in layers][:20],
             "parameters": len(ids), "not_in_optimizer": [table.names.get(p, f"param{p}") for p in idle][:20],
             "called_at": display_loc(user_location(layers[0].get("loc"), ctx)),
         }

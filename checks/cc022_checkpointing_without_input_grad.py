@@ -76,7 +76,8 @@ class CheckpointingWithoutInputGrad(Check):
     code = "CC022"
     name = "checkpointing-without-input-grad"
     severity = Severity.ERROR
-    summary = "Reentrant activation checkpointing over inputs that do not require grad: the layers inside get no gradient."
+    summary = ("Reentrant activation checkpointing over inputs that do not require grad: the layers inside get no "
+               "gradient.")
     needs = frozenset({"checkpointing"})
 
     def check_runtime(self, run: RunTrace, ctx: StaticContext) -> Iterable[Finding]:

@@ -40,7 +40,8 @@ def _run(trace: RunTrace) -> list:
 
 def test_a_causal_shaped_mask_that_masks_nothing_under_a_next_token_loss_is_a_warning() -> None:
     [finding] = _run(_trace())
-    assert (finding.severity.value, finding.location.path, finding.location.line) == ("warning", "model.py", 40)
+    assert (finding.severity.value, finding.location.path, finding.location.line) == \
+        ("warning", "model.py", 40)
     assert finding.message == (
         "At model.py:40, masked_fill(1×1×16×16 mask, -inf) is given a mask that is False everywhere in all 3 sampled "
         "calls (steps 1–3): a square mask shared by the whole batch, shaped like a causal mask over 16 positions, "
