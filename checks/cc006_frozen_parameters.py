@@ -35,10 +35,6 @@ _FIX_FROZEN = (
     "If the module should train, set `requires_grad_(True)` on it before building the optimizer; if it "
     "should stay frozen, freeze it in the script (`module.requires_grad_(False)`) so the intent is visible."
 )
-_FIX_UNREGISTERED = (
-    "Hold layers in `nn.ModuleList` / `nn.ModuleDict` (or assign each to an attribute), never in a plain list, "
-    "dict or tuple: then model.parameters(), the optimizer, state_dict(), .to(device) and DDP all see them."
-)
 _FIX_SWAPPED = (
     "Freeze the part that should stay fixed and build the optimizer over what trains: e.g. "
     "`backbone.requires_grad_(False)` then `torch.optim.AdamW(p for p in model.parameters() if p.requires_grad)`."
@@ -60,11 +56,9 @@ class FrozenParameters(Check):
     gradients but never changed. From the source and the run it finds freezes that freeze nothing:
     `module.requires_grad = False` on an `nn.Module`, and the `require_grad` typo. It names an optimizer
     that holds only frozen parameters while the parameters that get gradients are in none (the freeze
-    and the optimizer swapped), and layers called in `forward()` but kept in a plain list, dict or tuple
-    instead of `nn.ModuleList`/`nn.ModuleDict`: not submodules, so missing from `model.parameters()`, the
-    optimizer, `state_dict()`, `.to()` and DDP (an error when their gradients are never applied, a
-    warning when the script added them to the optimizer by hand; a frozen layer kept out of the model on
-    purpose is not reported).
+    and the optimizer swapped). Layers called in `forward()` but kept in a plain list, dict or tuple are
+    CC016's finding (unregistered-submodule): their parameters are left out of this check's
+    "in no optimizer" findings.
 
     Severities follow what the run proved:
     - error: a parameter the script unfreezes or replaces that no optimizer holds; every parameter of
@@ -109,7 +103,7 @@ class FrozenParameters(Check):
     ## Known limits
     Parameters are seen through the modules the run calls (module forward hooks): a model whose `forward` is
     called directly (`model.forward(x)`) is not registered. Gradients and changes are measured on sampled
-    steps; layers held in plain containers are found only when they are called in the first forwards.
+    steps.
     An unfreeze after a filtered optimizer was built is seen in the run when the run reaches it (a training
     loop's long epochs are shortened for that), otherwise from the source: a statement inside one of the
     script's own functions counts where the function is called (up to three calls out; a method by its
@@ -194,40 +188,6 @@ class FrozenParameters(Check):
                     headline="parameters_still_training",
                 )
 
-    def _unregistered(self, table: ParamTable, opt_where: Any) -> Iterable[tuple[Finding, set[int]]]:
-        """Layers called in forward but held in a plain container: an error when their gradients are never
-        applied, a warning when the script added them to the optimizer by hand (state_dict, .to(), DDP miss them)."""
-        layers = [u for u in table.unregistered if any(p["id"] not in table.frozen for p in u.get("params", []))]
-        if not layers:
-            return
-        ids = {p["id"] for u in layers for p in u.get("params", [])}
-        trainable = [p for p in ids if p not in table.frozen]
-        idle = [p for p in trainable if p not in table.optimized_set]
-        named = [u.get("container") or f"a {u.get('cls')}" for u in layers]
-        holders = sorted({u.get("holder") for u in layers if u.get("holder")})
-        where = f" kept in {', '.join(holders)}" if holders else ""
-        root = layers[0].get("root_cls", "the model")
-        listed = _list(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
-        evidence = {"layers": [{"name": u.get("container"), "cls": u.get("cls"), "holder": u.get("holder")}
-                               for u in layers][:20],
-                    "parameters": len(ids), "not_in_optimizer": _names(idle, table)}
-        if idle:
-            got = [p for p in idle if p in table.outside_grad]
-            message = (f"{root}.forward calls {listed}{where}, a plain Python container, so "
-                       f"{'it is' if len(layers) == 1 else 'they are'} not registered as submodules: "
-                       f"{len(idle)} parameters are missing from {root}.parameters() and so from the optimizer"
-                       f"{' — they receive gradients that are never applied' if got else ' — they never train'}; "
-                       "state_dict(), .to(device) and DDP miss them too.")
-            yield self.finding(message, fix=_FIX_UNREGISTERED, location=layers[0].get("loc") or opt_where,
-                               severity=Severity.ERROR, evidence=evidence, headline="not_in_optimizer"), ids
-        else:
-            message = (f"{root}.forward calls {listed}{where}, a plain Python container: the optimizer holds "
-                       f"{'its' if len(layers) == 1 else 'their'} {len(trainable)} parameters (added by hand), "
-                       f"but {root}.state_dict() does not save them, .to(device) does not move them and DDP does "
-                       "not synchronize them.")
-            yield self.finding(message, fix=_FIX_UNREGISTERED, location=layers[0].get("loc") or opt_where,
-                               severity=Severity.WARNING, evidence=evidence, headline="parameters"), ids
-
     def _all_frozen(self, proc: ProcessTrace, table: ParamTable, ctx: StaticContext) -> Iterable[Finding]:
         """Every parameter of every model frozen: backward() has nothing to differentiate and fails.
 
@@ -256,11 +216,8 @@ class FrozenParameters(Check):
         evidence_table = table.module_table()
         opt_where = user_location(table.optimizer_loc, ctx)
         freezes_in_script = _script_freezes(ctx)
-        # 0. Layers the model calls but does not own (kept in a plain list or dict).
-        unregistered_ids: set[int] = set()
-        for finding, ids in self._unregistered(table, opt_where):
-            unregistered_ids |= ids
-            yield finding
+        # 0. Layers the model calls but does not own (kept in a plain list or dict) are CC016's finding.
+        unregistered_ids = table.unregistered_ids()
         # 1. Trainable parameters no optimizer holds, in a model whose other parameters train.
         outside = [p for p in table.outside if table.root_of(p) in table.optimized_roots and p not in unregistered_ids]
         held_frozen = [p for p in table.optimized if p in table.frozen]
@@ -310,8 +267,9 @@ class FrozenParameters(Check):
                                    evidence={"modules": evidence_table, "not_in_optimizer": _names(outside, table)},
                                    headline="not_in_optimizer")
         # 2. Held by an optimizer, trainable, but never given a gradient.
+        # Layers run by reentrant checkpointing over inputs that need no grad are CC022's finding.
         no_grad = [p for p in table.optimized if p not in table.frozen and p not in table.got_grad
-                   and p in table.names]
+                   and p in table.names and p not in table.checkpointed_without_grad]
         # When nothing got a gradient the loss itself is constant (another check's business), not a module.
         if no_grad and table.steps and table.got_grad:
             modules = _whole_modules(no_grad, table)
@@ -391,6 +349,8 @@ class ParamTable:
     optimizer_loc: Any = None
     #: Layers called in a model's forward that it does not own ("unregistered_module" events).
     unregistered: list[Event] = field(default_factory=list)
+    #: Parameters run inside reentrant activation checkpointing whose inputs required no grad.
+    checkpointed_without_grad: set[int] = field(default_factory=set)
 
     @property
     def optimized_roots(self) -> set[int]:
@@ -398,6 +358,10 @@ class ParamTable:
 
     def root_of(self, param: int) -> int | None:
         return self.roots.get(param)
+
+    def unregistered_ids(self) -> set[int]:
+        """The parameters of the layers a model calls but does not own (frozen ones kept out on purpose aside)."""
+        return {p["id"] for layer in self.unregistered for p in layer.get("params", [])}
 
     def orphans(self) -> list[int]:
         """Optimizer parameters that belong to no module of any model seen (replaced modules)."""
@@ -419,6 +383,9 @@ class ParamTable:
                 table.roots.setdefault(param["id"], layer.get("root"))
                 if not param.get("requires_grad", True):
                     table.initially_frozen.add(param["id"])
+        for call in proc.of("activation_checkpoint"):
+            if call.get("reentrant") and call.get("grad_enabled") and not call.get("input_requires_grad"):
+                table.checkpointed_without_grad.update(call.get("params") or [])
         for opt in proc.of("optimizer"):
             if table.optimizer_loc is None:
                 table.optimizer_loc = opt.get("loc")

@@ -221,9 +221,11 @@ def _cc006(script: str, *flags: str) -> list[dict]:
     return result.findings()
 
 
-def test_layers_in_a_plain_list_are_found_at_run_time() -> None:
+def test_layers_in_a_plain_list_are_cc016s_finding() -> None:
+    # One bug, one finding: CC016 reports the layers kept in a plain list, and CC006 does not report their
+    # parameters again as "in no optimizer".
     [finding] = _cc006("cc006_plain_list.py", "--bug")
-    assert (finding["code"], finding["severity"], finding["location"]["line"]) == ("CC006", "error", 24)
+    assert (finding["code"], finding["severity"], finding["location"]["line"]) == ("CC016", "error", 24)
     assert finding["message"].startswith("Net.forward calls modules `hidden[0]`, `hidden[1]` kept in Net.hidden "
                                          "(list), a plain Python container")
     assert "they receive gradients that are never applied" in finding["message"]
@@ -232,8 +234,27 @@ def test_layers_in_a_plain_list_are_found_at_run_time() -> None:
     # Added to the optimizer by hand they train, but state_dict/.to/DDP still miss them; the frozen teacher
     # kept out of the model on purpose, and the nn.ModuleList twin, say nothing.
     [by_hand] = _cc006("cc006_plain_list.py", "--by-hand")
-    assert by_hand["severity"] == "warning" and "state_dict() does not save them" in by_hand["message"]
+    assert by_hand["code"] == "CC016" and by_hand["severity"] == "warning"
+    assert "state_dict() does not save them" in by_hand["message"]
     assert _cc006("cc006_plain_list.py") == []
+
+
+def test_unregistered_layers_are_left_out_of_cc006s_findings() -> None:
+    events = [
+        {"ev": "process", "pid": 1, "role": "entry"},
+        {"ev": "model", "cls": "Net", "params": [{"id": 0, "name": "out.weight", "requires_grad": True}]},
+        {"ev": "unregistered_module", "cls": "Linear", "root": 0, "root_cls": "Net", "container": "hidden[0]",
+         "holder": "Net.hidden (list)", "params": [{"id": 1, "name": "hidden[0].weight", "requires_grad": True}],
+         "loc": ["train.py", 9]},
+        {"ev": "optimizer", "opt": 0, "cls": "SGD", "groups": [{"params": [0], "lr": 0.1}], "loc": ["train.py", 7]},
+        {"ev": "step", "opt": 0, "n": 1, "backwards": 1, "lrs": [0.1], "grad": [0], "grad_norms": [0.5],
+         "changed": [0], "frozen": [], "outside": [1], "outside_grad": [1]},
+    ]
+    assert list(FrozenParameters().check_runtime(RunTrace(processes=[load_events(events)]), _ctx())) == []
+    # The same parameter outside the optimizer, but owned by the model: CC006's own finding.
+    events[1]["params"].append({"id": 1, "name": "hidden.0.weight", "requires_grad": True})
+    found = list(FrozenParameters().check_runtime(RunTrace(processes=[load_events(events[:2] + events[3:])]), _ctx()))
+    assert [(f.code, f.severity.value) for f in found] == [("CC006", "error")]
 
 
 def test_an_optimizer_over_frozen_parameters_is_named_as_the_cause() -> None:

@@ -60,10 +60,14 @@ def test_every_check_installs_every_recorder(tmp_path: Path) -> None:
 
     assert result.code == 0, result.stderr
     installed = _installed(tmp_path / "t")
-    assert installed["names"] == ["amp_device", "datasets", "ddp_sync", "graph", "inputs", "labels", "modes",
-                                  "provenance", "schedulers", "warnings"]  # no CC002: no seeding
+    assert installed["names"] == ["amp_device", "attention_masks", "checkpointing", "datasets", "ddp_sync", "graph",
+                                  "inputs", "labels", "modes", "provenance", "schedulers",
+                                  "warnings"]  # no CC002: no seeding
     assert installed["patched"] == ["LRScheduler.step", "Module.train", "warnings.showwarning", "Tensor.__getitem__",
-                                    "_BaseDataLoaderIter.__next__", "DataLoader.__init__"]
+                                    "_BaseDataLoaderIter.__next__", "DataLoader.__init__",
+                                    "torch.utils.checkpoint.checkpoint",
+                                    "torch.utils.checkpoint.checkpoint_sequential", "Tensor.masked_fill",
+                                    "Tensor.masked_fill_", "torch.nn.functional.scaled_dot_product_attention"]
     assert "manual_seed patched: False" in result.stdout
 
 

@@ -227,6 +227,31 @@ def _leaf_loss(e: Evidence) -> str | None:
     return f"the loss had no graph back to the parameters in {e['steps']} steps"
 
 
+def _unregistered_saved(e: Evidence) -> str | None:
+    saved = e["saved"][0]
+    return (f"the checkpoint holds {_plural(saved['n_keys'], 'key')}, none of the {e['parameters']} parameters of "
+            f"{_names([layer['name'] for layer in e['layers']])}")
+
+
+def _unregistered_by_hand(e: Evidence) -> str | None:
+    if e["not_in_optimizer"]:
+        return None
+    return (f"{e['parameters']} parameters of {_names([layer['name'] for layer in e['layers']])} are in the optimizer "
+            "but not in the model's parameters() or state_dict()")
+
+
+def _plain_container(e: Evidence) -> str | None:
+    return (f"`{e['class']}.{e['attribute']}` is a plain {e['container']} of {_names(sorted(set(e['layers'])))} "
+            f"used in `{e['used_in']}`")
+
+
+def _empty_mask(e: Evidence) -> str | None:
+    shape = "×".join(str(n) for n in e["mask_shape"])
+    losses = (f"; loss {_num(e['first_loss'])} → {_num(e['last_loss'])}"
+              if e.get("first_loss") is not None and e.get("last_loss") is not None else "")
+    return f"the {shape} mask masked nothing in all {e['calls']} sampled calls{losses}"
+
+
 def _constant_loss(e: Evidence) -> str | None:
     losses = e["losses"]
     if len(set(losses)) != 1:
@@ -321,6 +346,7 @@ _PHRASES: list[Callable[[Evidence], str | None]] = [
     _same_order, _ranks_share, _no_set_epoch,
     _lr_by_world_size, _lr_observed, _lr_expression,
     _divisors, _static_divisor,
+    _unregistered_saved, _unregistered_by_hand, _plain_container,
     _still_training, _params("not_in_optimizer", "in no optimizer"),
     _params("never_given_a_gradient", "never received a gradient"), _never_changed,
     _params("frozen", "frozen (requires_grad=False)"), _attribute_freeze,
@@ -328,7 +354,7 @@ _PHRASES: list[Callable[[Evidence], str | None]] = [
     _stale, _not_cleared, _wiped,
     _eval_mode, _graph_path, _lr_at_step_1, _scheduler_per_batch,
     _flat_curve, _shapes, _shuffled_apart, _indexed_apart, _one_column, _leaf_loss, _constant_loss, _chance_level,
-    _replicas, _tiny_batch, _label_blocks, _split_apart, _lists_apart, _pixels,
+    _replicas, _tiny_batch, _label_blocks, _split_apart, _lists_apart, _pixels, _empty_mask,
     _two_runs, _late_seed, _no_seed, _unseeded, _worker_rngs,
     _prefix_saved, _load_mismatch, _wrapper_saved, _unchecked_load,
 ]

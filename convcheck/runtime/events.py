@@ -528,16 +528,56 @@ class AmpDeviceEvent(TypedDict):
 
 
 class UnregisteredModuleEvent(TypedDict):
-    """A layer called in a model's forward that the model does not own (a plain list). ``Probe._check_registered``."""
+    """A layer called in a model's forward that the model does not own (a plain list); ``root`` is the model's
+    index among the "model" events, None when it owns no parameter (and so has none). ``Probe._check_registered``."""
 
     ev: Literal["unregistered_module"]
     cls: str
-    root: int
+    root: int | None
     root_cls: str
     container: str | None
     holder: str | None
     params: list[ParamInfo]
     loc: Loc
+
+
+class ActivationCheckpointEvent(TypedDict):
+    """One of the first torch.utils.checkpoint calls: ``use_reentrant`` as passed (None: not passed, so the
+    reentrant default), whether grad mode was on, whether a tensor input and the output require grad, the trainable
+    parameters of the modules it ran. The ``checkpointing`` recorder."""
+
+    ev: Literal["activation_checkpoint"]
+    use_reentrant: bool | None
+    reentrant: bool
+    sequential: bool
+    grad_enabled: bool
+    n_tensors: int
+    input_requires_grad: bool
+    output_requires_grad: bool | None
+    function: str
+    params: list[int]
+    loc: Loc
+    step: int
+
+
+class AttentionMaskEvent(TypedDict):
+    """A mask applied to attention scores in the first steps: ``masked_fill`` with a -inf (very negative) value or
+    ``scaled_dot_product_attention``'s ``attn_mask``; its shape, whether it is square over the last two dimensions
+    and shared by the batch (``shared``: leading dimensions of 1), and whether it masks nothing. The
+    ``attention_masks`` recorder."""
+
+    ev: Literal["attention_mask"]
+    kind: str
+    mask_shape: list[int]
+    q_len: int | None
+    k_len: int | None
+    square: bool
+    shared: bool
+    masks_nothing: bool
+    fill: float | str | None
+    dtype: str
+    loc: Loc
+    step: int
 
 
 class RepeatBatchEvent(TypedDict):
@@ -780,7 +820,8 @@ SCHEMAS: dict[str, type] = {
     "warning": WarningEvent, "nonfinite": NonfiniteEvent, "histograms": HistogramsEvent, "final": FinalEvent,
     "dist_init": DistInitEvent, "ddp_init": DdpInitEvent, "ddp_module_moved": DdpModuleMovedEvent,
     "ddp_sync": DdpSyncEvent, "amp_device": AmpDeviceEvent,
-    "unregistered_module": UnregisteredModuleEvent, "repeat_batch": RepeatBatchEvent, "stop": StopEvent,
+    "unregistered_module": UnregisteredModuleEvent, "activation_checkpoint": ActivationCheckpointEvent,
+    "attention_mask": AttentionMaskEvent, "repeat_batch": RepeatBatchEvent, "stop": StopEvent,
     "crash": CrashEvent, "end": EndEvent, "probe_error": ProbeErrorEvent, "recorders": RecordersEvent, "epoch_cap": EpochCapEvent, "batch_pairing": BatchPairingEvent, "self_spawn": SelfSpawnEvent,
     "device_map": DeviceMapEvent, "device_map_active": DeviceMapActiveEvent,
     "device_unmappable": DeviceUnmappableEvent, "accelerator_query": AcceleratorQueryEvent,

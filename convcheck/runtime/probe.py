@@ -300,10 +300,13 @@ class Probe:
         if not params or all(self.param_ids.get(id(p)) in self.param_names for _, p in params):
             return
         root = self.active_root
-        root_index = self.root_index.get(id(root))
-        if root is None or root_index is None:
+        if root is None:
             return
+        # None: the model owns no parameter at all (every layer in a plain list), so it has no "model" event.
+        root_index = self.root_index.get(id(root))
         container, where = _plain_container(root, module)
+        if root_index is None and container is None:
+            return  # a model handed to a parameter-free module (a loss that calls it) is no layer of that module
         recorded = []
         for pname, param in params:
             index = self._param_index(param)
@@ -844,9 +847,14 @@ def _install_patches(probe: Probe, torch: Any) -> None:
 
     # autograd has no global pre-backward hook; the loss graph must be read before it is freed.
     # Tensor.backward calls torch.autograd.backward, so this sees both spellings.
+    current_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)
+
     def wrap_backward(original: Any) -> Any:
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-            probe.on_backward(tensors)
+            # A backward started inside another one's graph (reentrant activation checkpointing re-running
+            # its function) is part of that backward, not one of the script's own.
+            if current_task() == -1:
+                probe.on_backward(tensors)
             return original(tensors, *args, **kwargs)
 
         return backward
@@ -1023,7 +1031,8 @@ def _patch_checkpoints(probe: Probe, torch: Any, patches: Patches) -> None:
                     path, redirected = user_path, path
             # internal: a library's torch.save (distributed checkpoint writers, a trainer's own saving).
             probe.emit("save", path=path, redirected_to=redirected, internal=is_library_file(caller_file()),
-                       state_dicts=_state_dict_summaries(obj, torch), loc=_loc(3), step=probe.step_count)
+                       state_dicts=_state_dict_summaries(obj, torch, empty=True), loc=_loc(3),
+                       step=probe.step_count)
             return original(obj, target, *args, **kwargs)
 
         return save
@@ -1324,19 +1333,23 @@ def _path_of(f: Any) -> str | None:
     return getattr(f, "name", None) if isinstance(getattr(f, "name", None), str) else None
 
 
-def _state_dict_summaries(obj: Any, torch: Any, path: tuple[str, ...] = (), depth: int = 0) -> list[dict[str, Any]]:
-    """Every state_dict-like mapping (string keys, tensor values) in a payload, with its keys."""
+def _state_dict_summaries(obj: Any, torch: Any, path: tuple[str, ...] = (), depth: int = 0,
+                          empty: bool = False) -> list[dict[str, Any]]:
+    """Every state_dict-like mapping (string keys, tensor values) in a payload, with its keys; with ``empty``,
+    also a ``Module.state_dict()`` that holds no key (it carries ``_metadata``): a model that owns nothing."""
     found: list[dict[str, Any]] = []
     if not isinstance(obj, dict) or depth > 3:
         return found
     keys = list(obj.keys())
+    if empty and not keys and hasattr(obj, "_metadata"):
+        return [{"path": list(path), "n_keys": 0, "keys": []}]
     tensors = [k for k in keys if isinstance(obj[k], torch.Tensor)]
     if keys and all(isinstance(k, str) for k in keys) and len(tensors) * 2 >= len(keys) and tensors:
         found.append({"path": list(path), "n_keys": len(keys), "keys": [str(k) for k in keys[:_MAX_RECORDED_KEYS]]})
         return found
     for key, value in obj.items():
         if isinstance(value, dict):
-            found.extend(_state_dict_summaries(value, torch, path + (str(key),), depth + 1))
+            found.extend(_state_dict_summaries(value, torch, path + (str(key),), depth + 1, empty))
     return found
 
 

@@ -28,6 +28,8 @@ ENTRY_POINT_GROUP = "convcheck.recorders"
 def builtin_recorders() -> dict[str, type[Recorder]]:
     """The recorders shipped with convcheck, by name."""
     from convcheck.runtime.recorders.ampdevice import AmpDeviceRecorder
+    from convcheck.runtime.recorders.attention import AttentionMaskRecorder
+    from convcheck.runtime.recorders.checkpointing import CheckpointRecorder
     from convcheck.runtime.recorders.datasets import DatasetRecorder
     from convcheck.runtime.recorders.ddpsync import DdpSyncRecorder
     from convcheck.runtime.recorders.graph import LossGraphRecorder
@@ -41,7 +43,8 @@ def builtin_recorders() -> dict[str, type[Recorder]]:
 
     return {cls.name: cls for cls in (SeedingRecorder, SchedulerRecorder, LossGraphRecorder, ModeRecorder,
                                       WarningRecorder, BatchProvenanceRecorder, LabelRecorder, DatasetRecorder,
-                                      InputRecorder, DdpSyncRecorder, AmpDeviceRecorder)}
+                                      InputRecorder, DdpSyncRecorder, AmpDeviceRecorder, CheckpointRecorder,
+                                      AttentionMaskRecorder)}
 
 
 def third_party_recorders() -> dict[str, type[Recorder]]:
