@@ -16,6 +16,7 @@ from convcheck.checks.cc011_scheduler_before_optimizer import SchedulerBeforeOpt
 from convcheck.checks.cc012_loss_not_decreasing import LossNotDecreasing
 from convcheck.checks.cc013_ddp_replicas_diverge import DdpReplicasDiverge
 from convcheck.checks.cc014_batchnorm_tiny_batch import BatchnormTinyBatch
+from convcheck.checks.cc015_loss_diverging import LossDiverging
 from convcheck.checks.cc100_unused_suppression import UnusedSuppression
 
 ALL: list = [
@@ -33,5 +34,6 @@ ALL: list = [
     LossNotDecreasing,
     DdpReplicasDiverge,
     BatchnormTinyBatch,
+    LossDiverging,
     UnusedSuppression,
 ]

@@ -170,6 +170,7 @@ class StepEvent(TypedDict):
     param_norms: NotRequired[list[float]]
     grad_norms: NotRequired[list[float]]
     update_norms: NotRequired[list[float | None]]
+    update_ratios: NotRequired[list[float | None]]
     nonfinite_grad_fraction: NotRequired[float]
     changed: NotRequired[list[int]]
     frozen: NotRequired[list[int]]
