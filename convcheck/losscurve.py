@@ -115,14 +115,14 @@ def _finite_growth(finite: list[tuple[int, float]], uncertain: list[str]) -> Div
         after = values[i + 1:]
         if level <= 0:
             continue
-        middle = statistics.median(after)
-        # Jumped and stayed up: every later loss at least twice the level (or their median 100 times it, when
-        # an adaptive optimizer brings single batches back down now and then).
-        jumped = middle >= GROWTH * level and middle >= values[0] and (
+        middle, steady = statistics.median(after), _steady(values[i:])
+        # Not steady, but jumped and stayed up: every later loss at least twice the level (or their median 100
+        # times it, when an adaptive optimizer brings single batches back down now and then).
+        jumped = steady < STEADY and middle >= GROWTH * level and middle >= values[0] and (
             min(after) >= 2 * level or middle >= 100 * level)
         if not jumped and (tail < GROWTH * level or tail < values[0]):
             continue
-        steady, high = _steady(values[i:]), max(tail, middle) if jumped else tail
+        high = max(tail, middle) if jumped else tail
         found = Divergence(turn_step=finite[i][0], low=level, high=high, high_step=finite[-1][0],
                            growth=high / level, steady=steady, nonfinite_from=None, curve=finite,
                            uncertain=uncertain, jumped=jumped)
