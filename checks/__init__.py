@@ -17,6 +17,7 @@ from convcheck.checks.cc012_loss_not_decreasing import LossNotDecreasing
 from convcheck.checks.cc013_ddp_replicas_diverge import DdpReplicasDiverge
 from convcheck.checks.cc014_batchnorm_tiny_batch import BatchnormTinyBatch
 from convcheck.checks.cc015_loss_diverging import LossDiverging
+from convcheck.checks.cc024_vanishing_or_exploding_gradients import VanishingOrExplodingGradients
 from convcheck.checks.cc100_unused_suppression import UnusedSuppression
 
 ALL: list = [
@@ -35,5 +36,6 @@ ALL: list = [
     DdpReplicasDiverge,
     BatchnormTinyBatch,
     LossDiverging,
+    VanishingOrExplodingGradients,
     UnusedSuppression,
 ]

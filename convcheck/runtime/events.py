@@ -138,6 +138,23 @@ class Histogram(TypedDict):
     counts: list[float]
 
 
+class GradflowLayer(TypedDict):
+    """A weight, embedding or ReLU layer in one forward (first call first): its calls, how many of them saw an
+    all-zero input (weight layers) or gave an all-zero output (ReLU), and for ReLU the share of units zero
+    for every sample on every call; ``param``/``trainable``: the weight it trains."""
+
+    name: str
+    cls: str
+    kind: Literal["weight", "embedding", "relu"]
+    calls: int
+    zero_calls: int
+    measured: int
+    param: NotRequired[int | None]
+    trainable: NotRequired[bool]
+    dead_units: NotRequired[float]
+    batch: NotRequired[int]
+
+
 # -- events ------------------------------------------------------------------------------------------------
 
 
@@ -405,6 +422,16 @@ class SchedStepEvent(TypedDict):
     settings: NotRequired[dict[str, Union[bool, int, float, list[int]]]]
 
 
+class GradflowEvent(TypedDict):
+    """One training forward of the first steps: its layers in call order. The ``gradflow`` recorder."""
+
+    ev: Literal["gradflow"]
+    step: int
+    root: int | None
+    loc: Loc
+    layers: list[GradflowLayer]
+
+
 class TrainModeEvent(TypedDict):
     """The outermost Module.train()/eval() call: the mode set and on which module. The ``modes`` recorder."""
 
@@ -659,7 +686,7 @@ SCHEMAS: dict[str, type] = {
     "sampler": SamplerEvent, "sampler_iter": SamplerIterEvent, "set_epoch": SetEpochEvent, "seed": SeedEvent,
     "save": SaveEvent, "load": LoadEvent, "load_state_dict": LoadStateDictEvent, "scaler": ScalerEvent,
     "scaler_passthrough": ScalerPassthroughEvent, "autocast": AutocastEvent, "clip": ClipEvent,
-    "sched_step": SchedStepEvent, "train_mode": TrainModeEvent, "module_flags": ModuleFlagsEvent,
+    "sched_step": SchedStepEvent, "gradflow": GradflowEvent, "train_mode": TrainModeEvent, "module_flags": ModuleFlagsEvent,
     "warning": WarningEvent, "nonfinite": NonfiniteEvent, "histograms": HistogramsEvent, "final": FinalEvent,
     "dist_init": DistInitEvent, "ddp_init": DdpInitEvent, "ddp_module_moved": DdpModuleMovedEvent,
     "unregistered_module": UnregisteredModuleEvent, "repeat_batch": RepeatBatchEvent, "stop": StopEvent,

@@ -27,6 +27,7 @@ ENTRY_POINT_GROUP = "convcheck.recorders"
 
 def builtin_recorders() -> dict[str, type[Recorder]]:
     """The recorders shipped with convcheck, by name."""
+    from convcheck.runtime.recorders.gradflow import GradFlowRecorder
     from convcheck.runtime.recorders.graph import LossGraphRecorder
     from convcheck.runtime.recorders.modes import ModeRecorder
     from convcheck.runtime.recorders.provenance import BatchProvenanceRecorder
@@ -35,7 +36,7 @@ def builtin_recorders() -> dict[str, type[Recorder]]:
     from convcheck.runtime.recorders.seeding import SeedingRecorder
 
     return {cls.name: cls for cls in (SeedingRecorder, SchedulerRecorder, LossGraphRecorder, ModeRecorder,
-                                      WarningRecorder, BatchProvenanceRecorder)}
+                                      WarningRecorder, BatchProvenanceRecorder, GradFlowRecorder)}
 
 
 def third_party_recorders() -> dict[str, type[Recorder]]:
