@@ -60,7 +60,7 @@ def test_every_check_installs_every_recorder(tmp_path: Path) -> None:
 
     assert result.code == 0, result.stderr
     installed = _installed(tmp_path / "t")
-    assert installed["names"] == ["graph", "modes", "provenance", "schedulers", "warnings"]  # no CC002: no seeding
+    assert installed["names"] == ["gradflow", "graph", "modes", "provenance", "schedulers", "warnings"]  # no CC002: no seeding
     assert installed["patched"] == ["LRScheduler.step", "Module.train", "warnings.showwarning", "Tensor.__getitem__"]
     assert "manual_seed patched: False" in result.stdout
 
