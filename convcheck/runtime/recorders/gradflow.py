@@ -31,8 +31,10 @@ def _kind(torch: Any, module: Any) -> tuple[str, Any] | None:
     if isinstance(module, (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)) or type(module).__name__ == "Conv1D":
         weight = getattr(module, "weight", None)
         return ("weight", weight) if isinstance(weight, nn.Parameter) else None
-    if isinstance(module, nn.RNNBase):
+    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
         weight = getattr(module, "weight_ih_l0", None)
+        if weight is None:
+            weight = getattr(module, "weight_ih", None)
         return ("weight", weight) if isinstance(weight, nn.Parameter) else None
     return None
 
