@@ -14,6 +14,8 @@ from convcheck.static.context import StaticContext
 
 #: ||dw|| / ||w|| per step of stable training (rule of thumb): the target of the suggested lr.
 STABLE_RATIO = 1e-3
+#: Updates this large (10x the stable ratio) explain a divergence; below it the growth may have another cause.
+LARGE_RATIO = 1e-2
 #: Optimizers that scale each parameter's step by its gradient history: their first steps move every weight by
 #: about lr whatever the gradient, which a warmup tempers. RAdam rectifies its own first steps.
 _ADAPTIVE = ("adam", "adamw", "adamax", "nadam", "rmsprop", "adagrad", "adadelta", "adafactor", "sparseadam",
@@ -37,8 +39,9 @@ class LossDiverging(Check):
 
     Severity: error when the run proved it (the loss grew 1000x or more step after step, or grew and turned
     inf/NaN); warning for a steady 8x growth; info when the rise is not steady, when more than one optimizer
-    steps (GANs, actor-critic), when the loss is negative (not a plain minimized loss), or when the measured
-    updates are small (the growth may have another cause).
+    steps (GANs, actor-critic), when the loss is negative (not a plain minimized loss), or when the largest
+    measured update ratio is below 1e-2 (the growth may have another cause, such as targets that grow along
+    an unshuffled dataset).
 
     ## Why is this bad?
     A learning rate far too large makes every step overshoot: the loss climbs instead of falling, the
@@ -131,9 +134,9 @@ def _severity(found: Divergence, update: Update | None) -> tuple[Severity, list[
     why = list(found.uncertain)
     if not found.steady_enough and found.nonfinite_from is None:
         why.append(f"the loss rose at only {found.steady:.0%} of the steps (noisy, not steady growth)")
-    if update is not None and update.ratio < STABLE_RATIO:
+    if update is not None and update.ratio < LARGE_RATIO:
         why.append(f"the largest measured update ratio is only {update.ratio:.2g}, so the step size may not be "
-                   "the cause")
+                   "the cause (the targets or the data may grow instead)")
     if why:
         return Severity.INFO, why
     if found.nonfinite_from is not None or found.growth >= PROVEN_GROWTH:

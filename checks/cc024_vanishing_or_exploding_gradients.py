@@ -107,7 +107,7 @@ class VanishingOrExplodingGradients(Check):
     5-dimensional ones, so a Conv1d's channels are not counted. Gradient norms are those of the sampled steps
     (1-5, 10, 20, ...); the layer order is the order of the first calls in the first forward; weights a
     model uses outside Linear/Conv/RNN modules (`F.linear(x, self.w)`, attention's `in_proj_weight`) are
-    not compared.
+    not compared. A `torch.compile`'d model is not hooked (hooks added and removed would recompile it).
     """
 
     code = "CC024"

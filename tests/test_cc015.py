@@ -121,6 +121,9 @@ def test_growth_with_tiny_updates_is_info() -> None:
     assert "largest measured update ratio is only 1e-05" in finding.message
     assert finding.evidence["suggested_lr"] is None
     assert finding.fix.startswith("Lower the learning rate, 10x at a time from lr=20")
+    [moderate] = runtime(trace(growing(1.0, 1.5, 12), cls="SGD", ratios={1: [5e-3, 1e-3]}))
+    assert moderate.severity.value == "info"
+    assert moderate.evidence["suggested_lr"] == 2.0  # 20 * 1e-3 / 5e-3 = 4 -> 2
 
 
 def test_a_warmup_in_the_lrs_means_no_warmup_advice() -> None:

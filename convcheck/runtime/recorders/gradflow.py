@@ -73,8 +73,8 @@ class GradFlowRecorder(Recorder):
         if step >= SAMPLED_STEPS:
             self.done = True
             return
-        if not module.training or not self.torch.is_grad_enabled():
-            return
+        if not module.training or not self.torch.is_grad_enabled() or type(module).__name__ == "OptimizedModule":
+            return  # evaluation; or a torch.compile'd model, which hooks added and removed would recompile
         if self.forwards.get(step, 0) >= FORWARDS_PER_STEP:
             return
         self.forwards[step] = self.forwards.get(step, 0) + 1
@@ -91,10 +91,13 @@ class GradFlowRecorder(Recorder):
 
     def _find_layers(self, root: Any) -> list[tuple[str, Any, str, Any]]:
         found = []
+        wrapped = type(root).__name__ in ("DistributedDataParallel", "DataParallel")
         for name, sub in root.named_modules():
             kind = _kind(self.torch, sub)
             if kind is not None:
-                found.append((name, sub, kind[0], kind[1]))
+                # Names as the user's model has them, as the probe names parameters.
+                found.append((name[len("module."):] if wrapped and name.startswith("module.") else name, sub,
+                              kind[0], kind[1]))
         return found
 
     def _hook(self, name: str, module: Any, kind: str, weight: Any) -> Any:
