@@ -163,7 +163,8 @@ def test_no_gradflow_events_no_finding() -> None:
     ("--functional", "the input of `head` (Linear) is zero for every sample"),
 ])
 def test_a_dead_relu_layer_end_to_end(flag: str, message: str) -> None:
-    result = convcheck("run", "--format", "json", SCRIPTS / "cc024_dead_relu.py", *filter(None, [flag]))
+    result = convcheck("run", "--format", "json", "--fail-on", "warning", SCRIPTS / "cc024_dead_relu.py",
+                       *filter(None, [flag]))
     assert result.code == 1, result.stdout + result.stderr
     [finding] = result.findings()
     assert (finding["code"], finding["severity"], finding["location"]["line"]) == ("CC024", "warning", 36)
