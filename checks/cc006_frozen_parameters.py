@@ -450,7 +450,8 @@ class ParamTable:
         # A gradient left at zero by zero_grad(set_to_none=False) is no gradient: where norms were measured,
         # only they count.
         measured = any(s.get("grad_norms") is not None for s in proc.of("step"))
-        held = {o.get("opt"): [p for g in o.get("groups", []) for p in g.get("params", [])] for o in proc.of("optimizer")}
+        held = {o.get("opt"): [p for g in o.get("groups", []) for p in g.get("params", [])]
+                for o in proc.of("optimizer")}
         for step in proc.of("step"):
             table.steps += 1
             grads = step.get("grad") or []

@@ -26,19 +26,22 @@ class LossDiverging(Check):
     """## What it does
     Follows the loss over the first steps of a run in float32 (or bfloat16) and reports one that diverges:
 
-    - a finite loss whose running median (over 3 steps, so one noisy batch makes no curve) rises steadily to
-      8x or more its lowest value and above where it started;
+    - a finite loss that ends 8x or more above its level where it turned and above its first value (medians
+      of 3 steps, so one noisy batch makes no curve), rising at 70% or more of the steps since the turn, or
+      that jumped and stayed up (every later loss at least twice the level and their median 8x it, or their
+      median 100x it: Adam at a huge lr jumps at its first step and brings a batch down now and then);
     - a loss that grows 8x or more from its lowest and from its first value and then turns inf/NaN, or turns
       inf/NaN right after a step that moved a weight matrix by more than its own norm.
 
     The finding names the step where the loss turned, the lr, and the largest update ratio ||dw|| / ||w||
-    on the last measured step at or before the turn (the first steps) with the parameter it moved. It suggests an lr from the rule of thumb that
-    stable training moves weights by about 1e-3 of their norm per step (lr x 1e-3 / observed ratio, rounded
-    down to 1, 2 or 5 times a power of ten: an estimate), and a warmup where the optimizer is adaptive
-    (Adam, AdamW, RMSprop, Adagrad...) and the lr does not rise over the first steps.
+    on the last measured step at or before the turn (the first steps) with the parameter it moved. It
+    suggests an lr from the rule of thumb that stable training moves weights by about 1e-3 of their norm
+    per step (lr x 1e-3 / observed ratio, rounded down to 1, 2 or 5 times a power of ten: an estimate),
+    and a warmup where the optimizer is adaptive (Adam, AdamW, RMSprop, Adagrad...) and the lr does not
+    rise over the steps observed.
 
-    Severity: error when the run proved it (the loss grew 1000x or more step after step, or grew and turned
-    inf/NaN); warning for a steady 8x growth; info when the rise is not steady, when more than one optimizer
+    Severity: error when the run proved it (the loss grew 1000x or more, or grew and turned inf/NaN);
+    warning for an 8x growth; info when the rise is not steady, when more than one optimizer
     steps (GANs, actor-critic), when the loss is negative (not a plain minimized loss), or when the largest
     measured update ratio is below 1e-2 (the growth may have another cause, such as targets that grow along
     an unshuffled dataset).
@@ -120,7 +123,8 @@ class LossDiverging(Check):
             severity=severity, headline="growth",
             evidence={"turn_step": found.turn_step, "lowest_loss": found.low, "highest_loss": found.high,
                       "highest_step": found.high_step, "growth": round(found.growth, 4),
-                      "rising_share": round(found.steady, 3), "jumped": found.jumped, "nonfinite_from_step": found.nonfinite_from,
+                      "rising_share": round(found.steady, 3), "jumped": found.jumped,
+                      "nonfinite_from_step": found.nonfinite_from,
                       "curve": [[s, round(v, 6)] for s, v in found.curve[:20]], "optimizer": optimizer.get("cls"),
                       "lr": lr, "largest_update_ratio": update.ratio if update else None,
                       "update_step": update.step if update else None,

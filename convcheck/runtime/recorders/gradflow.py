@@ -50,6 +50,7 @@ class GradFlowRecorder(Recorder):
     def __init__(self, probe: Any) -> None:
         super().__init__(probe)
         self.torch: Any = None
+        self.patches: Any = None
         #: Per model (by id): its layers of interest, found once.
         self.layers: dict[int, list[tuple[str, Any, str, Any]]] = {}
         self.handles: list[Any] = []
@@ -60,6 +61,7 @@ class GradFlowRecorder(Recorder):
 
     def install(self, torch: Any, patches: Any) -> None:
         self.torch = torch
+        self.patches = patches
 
     def after_fork(self) -> None:
         self.handles, self.calls, self.root = [], [], None
@@ -83,7 +85,10 @@ class GradFlowRecorder(Recorder):
             layers = self.layers[id(module)] = self._find_layers(module)
         self.root = module
         for name, sub, kind, weight in layers:
-            self.handles.append(sub.register_forward_hook(self._hook(name, sub, kind, weight)))
+            # Guarded: a tensor type the reductions do not support is reported, never raised into forward().
+            hook = self.patches.hook(f"gradflow hook on {name or type(sub).__name__}",
+                                     self._hook(name, sub, kind, weight))
+            self.handles.append(sub.register_forward_hook(hook))
 
     def on_backward(self, loss: Any) -> None:
         if self.handles:
