@@ -179,8 +179,8 @@ class VanishingOrExplodingGradients(Check):
             if not flat:
                 why.append(f"the loss is decreasing ({curve})")
             message += f" Advice only: {' and '.join(why)}."
-        per_layer = {layer.name: [round(norms[s].get(layer.param, float("nan")), 12) if layer.param is not None
-                                  else None for s in sorted(norms)][:5] for layer in layers[:40]}
+        per_layer = {layer.name: [_rounded(norms[s].get(layer.param))  # type: ignore[arg-type]
+                                  for s in sorted(norms)][:5] for layer in layers[:40]}
         return self.finding(
             message, fix=_FIX_VANISHING if vanishing else _FIX_EXPLODING, location=loc, severity=severity,
             headline="ratio",
@@ -242,6 +242,11 @@ class VanishingOrExplodingGradients(Check):
             ))
             break
         return findings
+
+
+def _rounded(value: float | None) -> float | None:
+    """A gradient norm for the evidence: 4 significant digits; None where it was not measured or not finite."""
+    return float(f"{value:.4g}") if value is not None and math.isfinite(value) else None
 
 
 def _quoted(layer: Event) -> str:
