@@ -14,6 +14,11 @@ from convcheck.static.context import StaticContext
 
 #: ||dw|| / ||w|| per step of stable training (rule of thumb): the target of the suggested lr.
 STABLE_RATIO = 1e-3
+#: An adaptive optimizer's first steps move each weight by about lr (m / sqrt(v) is the gradient's sign), some
+#: ten times its steady-state step: the target ratio on those steps.
+ADAPTIVE_FIRST_RATIO = 1e-2
+#: Steps counted as an adaptive optimizer's first.
+FIRST_STEPS = 3
 #: Updates this large (10x the stable ratio) explain a divergence; below it the growth may have another cause.
 LARGE_RATIO = 1e-2
 #: Optimizers that scale each parameter's step by its gradient history: their first steps move every weight by
@@ -36,7 +41,8 @@ class LossDiverging(Check):
     The finding names the step where the loss turned, the lr, and the largest update ratio ||dw|| / ||w||
     on the last measured step at or before the turn (the first steps) with the parameter it moved. It
     suggests an lr from the rule of thumb that stable training moves weights by about 1e-3 of their norm
-    per step (lr x 1e-3 / observed ratio, rounded down to 1, 2 or 5 times a power of ten: an estimate),
+    per step (lr x 1e-3 / observed ratio, rounded down to 1, 2 or 5 times a power of ten: an estimate; 1e-2
+    on the first 3 steps of an adaptive optimizer, which then moves each weight by about lr),
     and a warmup where the optimizer is adaptive (Adam, AdamW, RMSprop, Adagrad...) and the lr does not
     rise over the steps observed.
 
@@ -110,16 +116,18 @@ class LossDiverging(Check):
                 said += f", and is inf/NaN from step {found.nonfinite_from} on"
         said += f", with {cls} at lr={lr:g}" if isinstance(lr, (int, float)) else f", with {cls}"
         said += ": the run is diverging."
+        target = _target_ratio(update, optimizer)
         if update is not None:
+            first = "; an adaptive optimizer on its first steps, about 1e-2" if target > STABLE_RATIO else ""
             said += (f" At step {update.step} the largest update measured moved `{update.name}` by ||dw||/||w|| = "
                      f"{update.ratio:.3g} (stable training moves weights by about {STABLE_RATIO:g} of their norm "
-                     "per step).")
+                     f"per step{first}).")
         if why:
             said += f" Less certain: {'; '.join(why)}."
-        suggested = _suggested_lr(update)
+        suggested = _suggested_lr(update, target)
         warmup = _needs_warmup(proc, optimizer)
         return self.finding(
-            said, fix=_fix(suggested, lr, warmup, cls), location=optimizer.get("loc") or _loss_loc(proc),
+            said, fix=_fix(suggested, lr, warmup, cls, target), location=optimizer.get("loc") or _loss_loc(proc),
             severity=severity, headline="growth",
             evidence={"turn_step": found.turn_step, "lowest_loss": found.low, "highest_loss": found.high,
                       "highest_step": found.high_step, "growth": round(found.growth, 4),
@@ -158,11 +166,17 @@ def _times(growth: float) -> str:
     return f"{growth:.3g}x"
 
 
-def _suggested_lr(update: Update | None) -> float | None:
-    """lr x 1e-3 / observed ratio, rounded down to 1, 2 or 5 times a power of ten."""
-    if update is None or update.lr is None or update.ratio <= STABLE_RATIO or update.lr <= 0:
+def _target_ratio(update: Update | None, optimizer: Event) -> float:
+    """The update ratio a stable step would have where it was measured."""
+    adaptive = optimizer.get("cls", "").lower() in _ADAPTIVE
+    return ADAPTIVE_FIRST_RATIO if adaptive and update is not None and update.step <= FIRST_STEPS else STABLE_RATIO
+
+
+def _suggested_lr(update: Update | None, target: float) -> float | None:
+    """lr x target / observed ratio, rounded down to 1, 2 or 5 times a power of ten."""
+    if update is None or update.lr is None or update.ratio <= target or update.lr <= 0:
         return None
-    raw = update.lr * STABLE_RATIO / update.ratio
+    raw = update.lr * target / update.ratio
     power = 10.0 ** math.floor(math.log10(raw))
     mantissa = max(m for m in (1, 2, 5) if m * power <= raw * (1 + 1e-9))
     return float(f"{mantissa * power:.3g}")
@@ -177,9 +191,9 @@ def _needs_warmup(proc: ProcessTrace, optimizer: Event) -> bool:
     return not any(b > a * 1.0001 for a, b in zip(lrs, lrs[1:]))
 
 
-def _fix(suggested: float | None, lr: float | None, warmup: bool, cls: str) -> str:
+def _fix(suggested: float | None, lr: float | None, warmup: bool, cls: str, target: float) -> str:
     if suggested is not None:
-        text = (f"Lower the learning rate to about {suggested:g} (an estimate: lr x 1e-3 / the measured update "
+        text = (f"Lower the learning rate to about {suggested:g} (an estimate: lr x {target:g} / the measured update "
                 "ratio; try it and the values around it).")
     elif isinstance(lr, (int, float)):
         text = f"Lower the learning rate, 10x at a time from lr={lr:g}, until the loss falls over the first steps."

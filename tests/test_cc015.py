@@ -45,10 +45,12 @@ def test_steady_growth_is_a_warning_at_the_optimizer_with_a_suggested_lr_and_war
     assert (finding.severity.value, finding.location.line) == ("warning", 12)
     assert finding.message.startswith("The loss rose from 8.67 (step 1) to ")
     assert "with AdamW at lr=20: the run is diverging." in finding.message
-    assert "At step 1 the largest update measured moved `0.weight` by ||dw||/||w|| = 140" in finding.message
-    assert finding.evidence["suggested_lr"] == 0.0001  # 20 * 1e-3 / 140 = 1.4e-4, rounded down to 1e-4
+    assert ("At step 1 the largest update measured moved `0.weight` by ||dw||/||w|| = 140 (stable training moves "
+            "weights by about 0.001 of their norm per step; an adaptive optimizer on its first steps, about 1e-2)."
+            in finding.message)
+    assert finding.evidence["suggested_lr"] == 0.001  # 20 * 1e-2 / 140 = 1.4e-3, rounded down to 1e-3
     assert finding.evidence["suggest_warmup"] is True
-    assert finding.fix.startswith("Lower the learning rate to about 0.0001 (an estimate")
+    assert finding.fix.startswith("Lower the learning rate to about 0.001 (an estimate: lr x 0.01 / the measured")
     assert "warm the lr up" in finding.fix
 
 
@@ -58,6 +60,7 @@ def test_growth_of_three_orders_of_magnitude_is_an_error() -> None:
     assert "orders of magnitude" in finding.message
     assert finding.evidence["suggested_lr"] == 0.005  # 20 * 1e-3 / 3 = 6.7e-3 -> 5e-3
     assert finding.evidence["suggest_warmup"] is False  # SGD
+    assert "an adaptive optimizer" not in finding.message
 
 
 def test_a_jump_that_never_comes_back_is_divergence() -> None:
