@@ -16,6 +16,7 @@ from convcheck.checks.cc011_scheduler_before_optimizer import SchedulerBeforeOpt
 from convcheck.checks.cc012_loss_not_decreasing import LossNotDecreasing
 from convcheck.checks.cc013_ddp_replicas_diverge import DdpReplicasDiverge
 from convcheck.checks.cc014_batchnorm_tiny_batch import BatchnormTinyBatch
+from convcheck.checks.cc015_loss_diverging import LossDiverging
 from convcheck.checks.cc016_unregistered_submodule import UnregisteredSubmodule
 from convcheck.checks.cc017_training_data_not_shuffled import TrainingDataNotShuffled
 from convcheck.checks.cc018_ranks_different_data import RanksDifferentData
@@ -24,6 +25,7 @@ from convcheck.checks.cc020_input_not_normalized import InputNotNormalized
 from convcheck.checks.cc021_save_on_every_rank import SaveOnEveryRank
 from convcheck.checks.cc022_checkpointing_without_input_grad import CheckpointingWithoutInputGrad
 from convcheck.checks.cc023_accumulation_syncs_every_micro_step import AccumulationSyncsEveryMicroStep
+from convcheck.checks.cc024_vanishing_or_exploding_gradients import VanishingOrExplodingGradients
 from convcheck.checks.cc025_fp16_where_bf16_fits import Fp16WhereBf16Fits
 from convcheck.checks.cc100_unused_suppression import UnusedSuppression
 
@@ -42,6 +44,7 @@ ALL: list = [
     LossNotDecreasing,
     DdpReplicasDiverge,
     BatchnormTinyBatch,
+    LossDiverging,
     UnregisteredSubmodule,
     TrainingDataNotShuffled,
     RanksDifferentData,
@@ -50,6 +53,7 @@ ALL: list = [
     SaveOnEveryRank,
     CheckpointingWithoutInputGrad,
     AccumulationSyncsEveryMicroStep,
+    VanishingOrExplodingGradients,
     Fp16WhereBf16Fits,
     UnusedSuppression,
 ]

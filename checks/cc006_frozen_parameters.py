@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convcheck.findings import Finding, Severity
+from convcheck.layerflow import blocked_params
 from convcheck.paths import display_loc
 from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
@@ -108,7 +109,10 @@ class FrozenParameters(Check):
     loop's long epochs are shortened for that), otherwise from the source: a statement inside one of the
     script's own functions counts where the function is called (up to three calls out; a method by its
     name when one class of the script defines it). Functions of other modules are not followed, and an
-    optimizer built from a list filtered on an earlier line is not recognised as filtered.
+    optimizer built from a list filtered on an earlier line is not recognised as filtered. Parameters whose
+    gradient times the lr stays below 1e-6 of their weights' norm are not reported as never changed: such a
+    step does not change the norm float32 compares, and the gradient vanished (CC024); nor are layers below a
+    ReLU layer that CC024 found dead for the whole batch reported as never given a gradient.
     """
 
     code = "CC006"
@@ -267,9 +271,10 @@ class FrozenParameters(Check):
                                    evidence={"modules": evidence_table, "not_in_optimizer": _names(outside, table)},
                                    headline="not_in_optimizer")
         # 2. Held by an optimizer, trainable, but never given a gradient.
-        # Layers run by reentrant checkpointing over inputs that need no grad are CC022's finding.
+        # Layers run by reentrant checkpointing over inputs that need no grad are CC022's finding; below a
+        # dead ReLU layer the gradient is exactly zero although the layers are used: CC024's finding.
         no_grad = [p for p in table.optimized if p not in table.frozen and p not in table.got_grad
-                   and p in table.names and p not in table.checkpointed_without_grad]
+                   and p in table.names and p not in table.checkpointed_without_grad and p not in table.blocked]
         # When nothing got a gradient the loss itself is constant (another check's business), not a module.
         if no_grad and table.steps and table.got_grad:
             modules = _whole_modules(no_grad, table)
@@ -283,8 +288,9 @@ class FrozenParameters(Check):
                                    headline="never_given_a_gradient")
         # 3. Given gradients but never changed on any measured step.
         if table.measured_steps:
+            # A gradient far below its weights' float32 resolution moves nothing: it vanished (CC024's finding).
             still = [p for p in table.optimized if p in table.got_grad and p not in table.changed
-                     and p in table.measured_grad and p in table.names]
+                     and p in table.measured_grad and p in table.names and p in table.movable]
             modules = _whole_modules(still, table)
             if modules:
                 lrs = sorted({table.lr.get(p) for p in still}, key=str)
@@ -328,6 +334,12 @@ class FrozenParameters(Check):
 # -- the table ----------------------------------------------------------------------------------
 
 
+#: A plain step lr * gradient below this share of the weights' norm leaves their float32 norm (what "changed"
+#: compares; float32 resolves 6e-8 of a value) as it was: parameters "never changed" by such gradients have
+#: vanishing gradients.
+_MOVABLE = 1e-6
+
+
 @dataclass
 class ParamTable:
     """What each model parameter did during the run."""
@@ -344,6 +356,10 @@ class ParamTable:
     got_grad: set[int] = field(default_factory=set)
     measured_grad: set[int] = field(default_factory=set)
     changed: set[int] = field(default_factory=set)
+    #: Parameters whose lr * gradient was at least ``_MOVABLE`` of their norm on some measured step.
+    movable: set[int] = field(default_factory=set)
+    #: Parameters below a layer dead for the whole batch (the ``gradflow`` recorder's evidence, when recorded).
+    blocked: set[int] = field(default_factory=set)
     steps: int = 0
     measured_steps: int = 0
     optimizer_loc: Any = None
@@ -396,19 +412,27 @@ class ParamTable:
                         table.optimized_set.add(pid)
                     table.lr[pid] = group.get("lr")
         table.frozen = set(table.initially_frozen)
+        table.blocked = blocked_params(proc)
         sampled_state = False
         # A gradient left at zero by zero_grad(set_to_none=False) is no gradient: where norms were measured,
         # only they count.
         measured = any(s.get("grad_norms") is not None for s in proc.of("step"))
+        held = {o.get("opt"): [p for g in o.get("groups", []) for p in g.get("params", [])]
+                for o in proc.of("optimizer")}
         for step in proc.of("step"):
             table.steps += 1
             grads = step.get("grad") or []
             norms = step.get("grad_norms")
+            weights = dict(zip(held.get(step.get("opt"), []), step.get("param_norms") or []))
             if norms is not None and len(norms) == len(grads):
                 for pid, norm in zip(grads, norms):
                     if norm and norm > 0:
                         table.got_grad.add(pid)
                         table.measured_grad.add(pid)
+                        weight, lr = weights.get(pid), table.lr.get(pid)
+                        scaled = norm * lr if isinstance(lr, (int, float)) and lr > 0 else norm
+                        if weight is None or not weight > 0 or not scaled < _MOVABLE * weight:
+                            table.movable.add(pid)
             elif not measured:
                 table.got_grad.update(grads)
             if "changed" in step:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from convcheck.findings import Finding, Severity
+from convcheck.losscurve import divergence
 from convcheck.paths import display_loc
 from convcheck.registry import Check, RunVariant
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
@@ -69,7 +70,8 @@ class LossNotDecreasing(Check):
     Checks the first steps of training for losses that cannot go down:
 
     - a loss that turns inf/NaN and stays so to the end of the run, with no GradScaler to skip those
-      steps (float16 weights are CC007's): every later update writes NaN into the weights;
+      steps (float16 weights are CC007's; a loss that grew into the inf/NaN is CC015's): every later update
+      writes NaN into the weights;
     - inputs and targets in two DataLoaders shuffled independently and iterated together (`zip`):
       every input gets a random target;
     - inputs and targets drawn by hand from two tensors with different index vectors
@@ -141,7 +143,9 @@ class LossNotDecreasing(Check):
         if proc is None:
             return []
         findings = self._broadcast(proc)
-        nonfinite = self._nonfinite(proc)
+        # A loss that grows before it turns inf/NaN, or keeps growing, is CC015's: one bug, one finding.
+        diverging = divergence(proc) is not None
+        nonfinite = None if diverging else self._nonfinite(proc)
         if nonfinite is not None:
             return [*findings, nonfinite]
         apart = self._shuffled_apart(proc) or self._indexed_apart(proc)
@@ -161,7 +165,7 @@ class LossNotDecreasing(Check):
                 findings.append(constant)
         if overfit is not None and not findings:
             findings.append(overfit)
-        if not findings:
+        if not findings and not diverging:
             initial = self._initial(backwards)
             if initial is not None:
                 findings.append(initial)

@@ -207,12 +207,23 @@ def test_loaders_in_step_or_of_other_sizes_are_quiet() -> None:
 
 
 def test_a_float32_run_whose_loss_diverges_to_nan_never_passes() -> None:
+    # The loss grows for 12 steps before it turns NaN: one finding, CC015's (lower the lr), not a second one here.
     result = convcheck("run", "--format", "json", SCRIPTS / "nonfinite_runs.py", "--diverge")
     assert result.code == 1, result.stdout + result.stderr
     [finding] = result.findings()
-    assert (finding["code"], finding["severity"], finding["location"]["line"]) == ("CC012", "error", 22)
+    assert (finding["code"], finding["severity"], finding["location"]["line"]) == ("CC015", "error", 14)
     assert finding["evidence"]["nonfinite_from_step"] == 13
-    assert finding["message"].startswith("The loss is inf/NaN from step 13 to the last step observed (20)")
+    assert finding["message"].startswith("The loss rose from 1.568 (step 1) to 3.164e+36 (step 12)")
+
+
+def test_a_loss_that_turns_nan_with_no_growth_before_is_reported_here() -> None:
+    [finding] = runtime(trace([0.7, 0.69, 0.68, 0.7, math.nan, math.nan, math.nan]))
+    assert (finding.code, finding.severity.value) == ("CC012", "error")
+    assert finding.message.startswith("The loss is inf/NaN from step 5 to the last step observed (7)")
+
+
+def test_a_loss_that_grows_into_nan_is_left_to_cc015() -> None:
+    assert runtime(trace([1.5, 1.3e3, 3.5e6, 6.3e9, 7.7e12, math.nan, math.nan, math.nan])) == []
 
 
 # -- inputs and labels drawn by two index vectors ----------------------------------------------------------

@@ -48,7 +48,13 @@ def test_each_schema_documents_its_kind_and_declares_it() -> None:
 
 @pytest.mark.parametrize("event", [
     STEP,
-    {**STEP, "loc": None, "lrs": [1, None, "tensor([0.1])"], "update_norms": [0.5, None], "closure": True},
+    {**STEP, "loc": None, "lrs": [1, None, "tensor([0.1])"], "update_norms": [0.5, None], "update_ratios": [0.01, None],
+     "closure": True},
+    {"ev": "gradflow", "step": 1, "root": 0, "loc": ["t.py", 3], "layers": [
+        {"name": "0", "cls": "Linear", "kind": "weight", "calls": 1, "zero_calls": 0, "measured": 1, "param": 0,
+         "trainable": True},
+        {"name": "1", "cls": "ReLU", "kind": "relu", "calls": 2, "zero_calls": 2, "measured": 2, "dead_units": 1.0,
+         "batch": 32}]},
     {**STEP, "param_norms": [1, 2.5, float("nan")], "extra_field_of_a_newer_writer": {"a": 1}},
     {"ev": "backward", "n": 1, "step": 0, "loss": float("inf"), "loc": None,
      "graph": [{"name": "MeanBackward0", "depth": 0, "parent": -1, "attrs": {"self_sym_sizes": [4, 2]}}],
@@ -69,6 +75,9 @@ def test_fitting_events_and_undeclared_kinds_are_usable(event: dict) -> None:
     ({**STEP, "loc": ["train.py", 12, 3]}, "field 'loc' is not [file, line] or None: ['train.py', 12, 3]"),
     ({**STEP, "grad": [0, "1"]}, "field 'grad' is not list[int]: [1] is str"),
     ({**STEP, "update_norms": [1.0, "x"]}, "field 'update_norms' is not list[float | None]: [1] is str"),
+    ({"ev": "gradflow", "step": 1, "root": None, "loc": None,
+      "layers": [{"name": "0", "cls": "Tanh", "kind": "tanh", "calls": 1, "zero_calls": 0, "measured": 1}]},
+     "field 'layers' is not list[GradflowLayer]: [0]['kind'] is 'tanh'"),
     ({"ev": "backward", "n": 1, "step": 0, "loss": "0.5", "loc": None}, "field 'loss' is str, not float or None"),
     ({"ev": "backward", "n": 1, "step": 0, "loss": None, "loc": None, "stale_grads": {"opt": 0, "present": 1, "of": 1}},
      "field 'stale_grads' is not StaleGrads: ['norm'] is missing"),

@@ -60,8 +60,8 @@ def test_every_check_installs_every_recorder(tmp_path: Path) -> None:
 
     assert result.code == 0, result.stderr
     installed = _installed(tmp_path / "t")
-    assert installed["names"] == ["amp_device", "attention_masks", "checkpointing", "datasets", "ddp_sync", "graph",
-                                  "inputs", "labels", "modes", "provenance", "schedulers",
+    assert installed["names"] == ["amp_device", "attention_masks", "checkpointing", "datasets", "ddp_sync", "gradflow",
+                                  "graph", "inputs", "labels", "modes", "provenance", "schedulers",
                                   "warnings"]  # no CC002: no seeding
     assert installed["patched"] == ["LRScheduler.step", "Module.train", "warnings.showwarning", "Tensor.__getitem__",
                                     "_BaseDataLoaderIter.__next__", "DataLoader.__init__",

@@ -138,6 +138,23 @@ class Histogram(TypedDict):
     counts: list[float]
 
 
+class GradflowLayer(TypedDict):
+    """A weight, embedding or ReLU layer in one forward (first call first): its calls, how many of them saw an
+    all-zero input (weight layers) or gave an all-zero output (ReLU), and for ReLU the share of units zero
+    for every sample on every call; ``param``/``trainable``: the weight it trains."""
+
+    name: str
+    cls: str
+    kind: Literal["weight", "embedding", "relu"]
+    calls: int
+    zero_calls: int
+    measured: int
+    param: NotRequired[int | None]
+    trainable: NotRequired[bool]
+    dead_units: NotRequired[float]
+    batch: NotRequired[int]
+
+
 # -- events ------------------------------------------------------------------------------------------------
 
 
@@ -170,6 +187,7 @@ class StepEvent(TypedDict):
     param_norms: NotRequired[list[float]]
     grad_norms: NotRequired[list[float]]
     update_norms: NotRequired[list[float | None]]
+    update_ratios: NotRequired[list[float | None]]
     nonfinite_grad_fraction: NotRequired[float]
     changed: NotRequired[list[int]]
     frozen: NotRequired[list[int]]
@@ -403,6 +421,16 @@ class SchedStepEvent(TypedDict):
     lrs: list[Scalar]
     loc: Loc
     settings: NotRequired[dict[str, Union[bool, int, float, list[int]]]]
+
+
+class GradflowEvent(TypedDict):
+    """One training forward of the first steps: its layers in call order. The ``gradflow`` recorder."""
+
+    ev: Literal["gradflow"]
+    step: int
+    root: int | None
+    loc: Loc
+    layers: list[GradflowLayer]
 
 
 class TrainModeEvent(TypedDict):
@@ -816,7 +844,7 @@ SCHEMAS: dict[str, type] = {
     "sampler": SamplerEvent, "sampler_iter": SamplerIterEvent, "set_epoch": SetEpochEvent, "seed": SeedEvent,
     "save": SaveEvent, "load": LoadEvent, "load_state_dict": LoadStateDictEvent, "scaler": ScalerEvent,
     "scaler_passthrough": ScalerPassthroughEvent, "autocast": AutocastEvent, "clip": ClipEvent,
-    "sched_step": SchedStepEvent, "train_mode": TrainModeEvent, "module_flags": ModuleFlagsEvent,
+    "sched_step": SchedStepEvent, "gradflow": GradflowEvent, "train_mode": TrainModeEvent, "module_flags": ModuleFlagsEvent,
     "warning": WarningEvent, "nonfinite": NonfiniteEvent, "histograms": HistogramsEvent, "final": FinalEvent,
     "dist_init": DistInitEvent, "ddp_init": DdpInitEvent, "ddp_module_moved": DdpModuleMovedEvent,
     "ddp_sync": DdpSyncEvent, "amp_device": AmpDeviceEvent,

@@ -80,6 +80,9 @@ def measure(torch: Any, before: Snapshot, params: list[Any], grads: list[Any]) -
                 torch._foreach_sub_([c for c, _ in pairs], [p for _, p in pairs])
             measured = iter(norms(torch, [c for c, _ in pairs]))
             stats["update_norms"] = [next(measured) if c is not None else None for c in before.copies]
+            # ||dw|| / ||w|| against the weights before the step: how far one step moved each parameter.
+            stats["update_ratios"] = [u / w if u is not None and w > 0 and math.isfinite(w) else None
+                                      for u, w in zip(stats["update_norms"], before.norms)]
     total = sum(g.numel() for g in grads)
     stats["nonfinite_grad_fraction"] = 0.0
     suspects = [g for g, n in zip(grads, stats["grad_norms"]) if not math.isfinite(n)]

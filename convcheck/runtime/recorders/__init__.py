@@ -32,6 +32,7 @@ def builtin_recorders() -> dict[str, type[Recorder]]:
     from convcheck.runtime.recorders.checkpointing import CheckpointRecorder
     from convcheck.runtime.recorders.datasets import DatasetRecorder
     from convcheck.runtime.recorders.ddpsync import DdpSyncRecorder
+    from convcheck.runtime.recorders.gradflow import GradFlowRecorder
     from convcheck.runtime.recorders.graph import LossGraphRecorder
     from convcheck.runtime.recorders.inputs import InputRecorder
     from convcheck.runtime.recorders.labels import LabelRecorder
@@ -44,7 +45,7 @@ def builtin_recorders() -> dict[str, type[Recorder]]:
     return {cls.name: cls for cls in (SeedingRecorder, SchedulerRecorder, LossGraphRecorder, ModeRecorder,
                                       WarningRecorder, BatchProvenanceRecorder, LabelRecorder, DatasetRecorder,
                                       InputRecorder, DdpSyncRecorder, AmpDeviceRecorder, CheckpointRecorder,
-                                      AttentionMaskRecorder)}
+                                      AttentionMaskRecorder, GradFlowRecorder)}
 
 
 def third_party_recorders() -> dict[str, type[Recorder]]:
