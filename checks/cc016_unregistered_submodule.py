@@ -119,7 +119,7 @@ class UnregisteredSubmodule(Check):
                             source="static", headline="attribute",
                             evidence={"class": site.cls, "attribute": site.attr, "container": site.kind,
                                       "layers": site.layers[:20], "used_in": site.used_in,
-                                      "evidence": "from the source"})
+                                      "has_forward": site.has_forward, "evidence": "from the source"})
 
     # -- runtime -----------------------------------------------------------------------------
 
@@ -137,9 +137,10 @@ class UnregisteredSubmodule(Check):
             twin = _take_twin(pending, layers)
             findings.append(self._runtime_finding(proc, table, root, layers, twin, ctx))
         # The run trained and checked every layer its models called: what the source suspected did not happen
-        # (the layers were frozen, registered another way, or never called).
+        # (the layers were frozen, registered another way, or never called). A class with no forward of its own
+        # (its methods call the layers one by one) is out of the run's sight: its finding stands.
         if proc.steps:
-            pending = []
+            pending = [f for f in pending if f.evidence.get("has_forward") is False]
         return [*findings, *pending]
 
     def _runtime_finding(self, proc: ProcessTrace, table: ParamTable, root: Any, layers: list[Event],
@@ -244,6 +245,8 @@ class PlainLayers:
     kind: str
     layers: list[str] = field(default_factory=list)
     used_in: str = "forward"
+    #: Whether the class defines forward: the run sees only layers called inside a model's forward.
+    has_forward: bool = True
 
 
 def plain_layer_containers(ctx: StaticContext) -> list[PlainLayers]:
@@ -372,12 +375,18 @@ def _in_class(cls: ast.ClassDef, aliases: dict[str, str], classes: dict[str, ast
                     if _is_self_attr(target):
                         assigned.setdefault(target.attr, []).append((node, method))
     found = []
+    has_forward = any(getattr(m, "name", "") == "forward" for m in methods)
     for attr, places in assigned.items():
-        node, method = places[0]
-        if len(places) > 1 or f"self.{attr}" in registered:
+        # `self.x = self.x + [layer]` fills the container; any other second assignment replaces it.
+        grown = [n for n, _ in places if isinstance(n.value, ast.BinOp) and isinstance(n.value.op, ast.Add)
+                 and _is_self_attr(n.value.left, attr)]
+        places = [(n, m) for n, m in places if n not in grown]
+        if len(places) != 1 or f"self.{attr}" in registered:
             continue  # reassigned (wrapped in nn.ModuleList later) or handed to a registering container
+        node, method = places[0]
         container = _container(node.value, aliases, classes)
-        layers: list[str] = []
+        layers: list[str] = [name for n in grown if (inner := _container(n.value.right, aliases, classes))
+                             for name in inner.layers]
         if container is None and isinstance(node.value, ast.Name):
             # layers = [...]; self.layers = layers: the local's own value, and what was appended to it.
             local = node.value.id
@@ -389,14 +398,14 @@ def _in_class(cls: ast.ClassDef, aliases: dict[str, str], classes: dict[str, ast
                 continue
             container = _container(values[0], aliases, classes)
             if container is not None:
-                layers = _filled(method, lambda e, n=local: isinstance(e, ast.Name) and e.id == n, aliases, classes)
+                layers += _filled(method, lambda e, n=local: isinstance(e, ast.Name) and e.id == n, aliases, classes)
         if container is None:
             continue
         layers = container.layers + layers + [name for m in methods for name in _filled(
             m, lambda e, a=attr: _is_self_attr(e, a), aliases, classes)]
         used = _used_in(methods, attr, method)
         if layers and used:
-            found.append(PlainLayers(cls.name, attr, node.lineno, container.kind, layers, used))
+            found.append(PlainLayers(cls.name, attr, node.lineno, container.kind, layers, used, has_forward))
     return found
 
 

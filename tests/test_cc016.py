@@ -147,6 +147,15 @@ BUGGY = {
     def forward(self, x):
         return self.blocks[-1](x)
     """,
+    "grown by concatenation": """
+        self.layers = []
+        for _ in range(3):
+            self.layers = self.layers + [Block()]
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+    """,
     "local list": """
         layers = []
         for _ in range(3):
@@ -232,6 +241,27 @@ def test_plain_containers_of_layers_in_the_source(case: str) -> None:
 @pytest.mark.parametrize("case", sorted(QUIET))
 def test_correct_containers_are_quiet(case: str) -> None:
     assert plain_layer_containers(_ctx(_snippet(QUIET[case]))) == []
+
+
+def test_a_module_without_forward_keeps_its_source_finding_after_training() -> None:
+    # Each layer trains on its own (its own optimizer) and the model calls them from other methods: no forward
+    # of the model runs, so the run cannot see the layers it does not own; state_dict() of the model is empty.
+    source = HEADER + textwrap.dedent("""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = []
+            for _ in range(2):
+                self.layers = self.layers + [nn.Linear(4, 4)]
+
+        def predict(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+    """)
+    [finding] = _run(_trace(frozen=(1, 2)), source)
+    assert (finding.source, finding.severity.value, finding.location.line) == ("static", "warning", 8)
+    assert finding.evidence["used_in"] == "predict" and finding.evidence["has_forward"] is False
 
 
 def test_a_class_that_is_no_module_is_quiet() -> None:
