@@ -16,13 +16,16 @@ momentum, gloo) instead, alternating in each round: ``python script.py`` against
 (single process), then for each world size N ``python -m torch.distributed.run --nproc-per-node N``
 against ``convcheck run --nproc-per-node N`` with the same steps, and ``convcheck run --ignore CC002``
 (no repeat run) to show what the repeat costs. Medians of the rounds and their ratios to the plain
-run are printed. Targets: single-process verdict <= 1.1x plain, DDP verdict <= 1.0x torchrun.
+run are printed, of wall time and of the CPU time of each command's whole process tree (the work
+done; steadier than wall time on a busy machine). Targets: single-process verdict <= 1.1x plain, DDP
+verdict <= 1.0x torchrun (wall time).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import resource
 import statistics
 import shlex
 import shutil
@@ -41,6 +44,14 @@ def wall(cmd: list[str], cwd: Path, timeout: float = 300) -> tuple[float, int]:
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout)
     return time.perf_counter() - start, proc.returncode
+
+
+def wall_and_cpu(cmd: list[str], cwd: Path, timeout: float = 300) -> tuple[float, float, int]:
+    """Seconds a command takes, the CPU seconds of its whole process tree (children reaped), and its exit code."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds, code = wall(cmd, cwd, timeout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, code
 
 
 def example_args(path: Path) -> list[str]:
@@ -104,14 +115,16 @@ def by_world_size(quick: bool) -> None:
                      [*verdict, "--nproc-per-node", str(n), str(script)],
                      [*verdict, "--nproc-per-node", str(n), "--ignore", "CC002", str(script)]))
     times: dict[str, list[list[float]]] = {label: [[], [], []] for label, *_ in rows}
+    cpu: dict[str, list[list[float]]] = {label: [[], [], []] for label, *_ in rows}
     notes: dict[str, set[str]] = {label: set() for label, *_ in rows}
     print(f"time to a verdict by world size: {rounds} round(s), {steps} steps, gloo on CPU")
     for _ in range(rounds):
         for label, *commands in rows:
             for kind, cmd in enumerate(commands):
                 # The script's own --steps: the plain run makes as many steps as convcheck's budget.
-                seconds, code = wall([*cmd, "--steps", str(steps)], scratch)
+                seconds, cpu_seconds, code = wall_and_cpu([*cmd, "--steps", str(steps)], scratch)
                 times[label][kind].append(seconds)
+                cpu[label][kind].append(cpu_seconds)
                 if code != 0:
                     notes[label].add(f"{('plain', 'convcheck', '--ignore CC002')[kind]} exit {code}")
     print(f"{'run':<20} {'plain':>8} {'convcheck':>10} {'ratio':>6} {'--ignore CC002':>15} {'ratio':>6}")
@@ -121,6 +134,10 @@ def by_world_size(quick: bool) -> None:
         spread = " ".join(f"{min(t):.1f}-{max(t):.1f}" for t in times[label])
         print(f"{label:<20} {plain:7.2f}s {full:9.2f}s ratio {full / plain:.2f} {no_repeat:14.2f}s "
               f"ratio {no_repeat / plain:.2f}   (rounds, s: {spread}){note}")
+    print("CPU seconds of the whole process tree (medians):")
+    for label, *_ in rows:
+        plain, full, no_repeat = (statistics.median(t) for t in cpu[label])
+        print(f"{label:<20} {plain:7.2f}s {full:9.2f}s ({full / plain:.2f}x) {no_repeat:14.2f}s ({no_repeat / plain:.2f}x)")
     shutil.rmtree(scratch, ignore_errors=True)
 
 
