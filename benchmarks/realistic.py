@@ -236,7 +236,7 @@ def lstm_run(sizes: Sizes) -> tuple[nn.Module, Step]:
             position = 0
         x, y = columns[position:position + bptt], columns[position + 1:position + 1 + bptt]
         position += bptt
-        state = tuple(s.detach() for s in state)
+        state = (state[0].detach(), state[1].detach())  # truncated backpropagation: cut the graph here
         model.zero_grad()
         logits, state = model(x, state)
         F.cross_entropy(logits.view(-1, vocab), y.reshape(-1)).backward()
