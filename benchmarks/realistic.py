@@ -2,6 +2,7 @@
 
     python benchmarks/realistic.py             # three models, 3 rounds of 20-step runs each
     python benchmarks/realistic.py --memory    # and peak RSS, plain vs instrumented (one process each)
+    python benchmarks/realistic.py --rounds 0 --memory   # peak RSS only
     python benchmarks/realistic.py --quick     # tiny sizes, one round (CI smoke run): prints, asserts nothing
 
 The models are written with torch.nn only and fed synthetic data (nothing is downloaded):
@@ -341,7 +342,8 @@ def main() -> None:
     """Run the benchmark and print one line per model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny models, one round (smoke test)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per model (default 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds per model (default 3; 0: no timing, with --memory only RSS)")
     parser.add_argument("--steps", type=int, default=20, help="steps per run (default 20, convcheck's budget)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: stable timings)")
     parser.add_argument("--models", default=",".join(MODELS), help="which models, comma-separated")
@@ -362,7 +364,8 @@ def main() -> None:
     names = [n for n in args.models.split(",") if n]
     for name in names:
         print(f"# {MODELS[name][0]}" + (" (quick: tiny sizes)" if args.quick else ""))
-        measure(name, sizes, rounds, args.steps)
+        if rounds:
+            measure(name, sizes, rounds, args.steps)
     if args.memory:
         print(f"peak RSS of one process, one {args.steps}-step run:")
         for name in names:
