@@ -16,7 +16,7 @@ _RATIO = re.compile(r"ratio\s+(\d+\.\d+)")
 
 
 @pytest.mark.parametrize("name", ["overhead.py", "memory.py", "fix_state_dict.py", "trace_validation.py",
-                                  "indexing.py"])
+                                  "indexing.py", "realistic.py"])
 def test_benchmark_prints_ratios(name: str) -> None:
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / name), "--quick"], capture_output=True, text=True, timeout=300
@@ -48,4 +48,17 @@ def test_overhead_compares_every_checks_recorders_with_a_single_checks() -> None
              "provenance, schedulers, seeding, warnings")
     assert f"recorders: every check: {every}; --select CC004: none" in out.stdout
     assert len(_RATIO.findall(out.stdout)) == 6  # three models, two selections each
+    print(out.stdout)
+
+
+def test_time_to_verdict_by_world_size_quick() -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "time_to_verdict.py"), "--world", "--quick"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [line[:20].strip() for line in out.stdout.splitlines() if _RATIO.search(line)]
+    assert rows == ["python (1 process)", "torchrun N=1", "torchrun N=2"], out.stdout
+    assert len(_RATIO.findall(out.stdout)) == 6  # convcheck and --ignore CC002 against each plain run
+    assert "exit" not in out.stdout, out.stdout  # every run, plain or not, ended cleanly
     print(out.stdout)
