@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -46,6 +47,15 @@ def convcheck(
         env={**os.environ, **(env or {})},
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def sigint_as_from_a_terminal() -> None:
+    """``preexec_fn`` of a command a test interrupts: SIGINT handled by default, as under a terminal.
+
+    A suite started as a background job of a shell inherits SIGINT ignored, and Python leaves an
+    ignored SIGINT ignored: the test's Ctrl-C would then never arrive.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def read_traces(trace_dir: Path) -> list[list[dict]]:

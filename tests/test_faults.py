@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cc_testing import REPO, processes_running
+from cc_testing import REPO, processes_running, sigint_as_from_a_terminal
 from convcheck.exitcodes import ExitCode
 from convcheck.runtime import reaper, sandbox
 from convcheck.runtime.launcher import site_dir
@@ -77,6 +77,7 @@ class Project:
         return subprocess.Popen(
             [sys.executable, "-m", "convcheck", *map(str, args)], cwd=self.dir, env=self.env(),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+            preexec_fn=sigint_as_from_a_terminal,
         )
 
     def state(self) -> dict[str, str]:
@@ -780,6 +781,7 @@ def test_fix_state_dict_killed_mid_write_leaves_nothing(project: Project, mode: 
     proc = subprocess.Popen(
         [sys.executable, "-m", "convcheck", "fix-state-dict", source, *([mode] if mode == "--in-place" else [mode, out])],
         cwd=project.dir, env=project.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=sigint_as_from_a_terminal,
     )
     wait_for(lambda: any(p.name.endswith(".partial") for p in project.dir.iterdir()), timeout=60)
 

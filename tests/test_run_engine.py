@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cc_testing import SCRIPTS, convcheck, processes_running, read_traces
+from cc_testing import SCRIPTS, convcheck, processes_running, read_traces, sigint_as_from_a_terminal
 
 
 def _trainers(traces: list[list[dict]]) -> list[list[dict]]:
@@ -213,6 +213,7 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         [sys.executable, "-m", "convcheck", "run", "--ignore", "CC002", "--timeout", "600", "--trace-dir", traces,
          script],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=sigint_as_from_a_terminal,
     )
     try:
         # Ctrl-C once the script is in its endless loop: its one training step is in the trace.
