@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from convcheck.findings import Finding, Severity
+from convcheck.losscurve import is_fp16_region
 from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext, dotted_name
@@ -330,12 +331,6 @@ def _iterations(proc: ProcessTrace) -> list[list[Event]]:
         if current is not None and event["ev"] in ("scaler", "clip", "step", "backward"):
             current.append(event)
     return chunks
-
-
-def is_fp16_region(event: Event) -> bool:
-    """Whether an ``autocast`` event entered an enabled float16 region."""
-    dtype = str(event.get("dtype"))
-    return bool(event.get("enabled")) and "float16" in dtype and "bfloat16" not in dtype
 
 
 def fp16_backwards(proc: ProcessTrace) -> int:

@@ -6,10 +6,9 @@ import ast
 from collections.abc import Iterable
 from typing import Any
 
-from convcheck.checks.cc007_fp16_overflow import (
-    confirmed_overflows, fp16_backwards, is_fp16_region, scale_collapses,
-)
+from convcheck.checks.cc007_fp16_overflow import confirmed_overflows, fp16_backwards, scale_collapses
 from convcheck.findings import Finding, Severity
+from convcheck.losscurve import is_fp16_region
 from convcheck.registry import Check
 from convcheck.runtime.trace import Event, ProcessTrace, RunTrace
 from convcheck.static.flow import user_location

@@ -10,7 +10,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from convcheck.runtime.trace import ProcessTrace
+from convcheck.runtime.trace import Event, ProcessTrace
 
 #: A finite loss whose recent median reaches this many times its lowest median has grown by about an order of
 #: magnitude (a real AdamW run at lr 20 went 8.67 -> 83.2 in 8 steps: 9.6x).
@@ -55,12 +55,17 @@ class Divergence:
         return self.jumped or self.steady >= STEADY
 
 
+def is_fp16_region(event: Event) -> bool:
+    """Whether an ``autocast`` event entered an enabled float16 region."""
+    dtype = str(event.get("dtype"))
+    return bool(event.get("enabled")) and "float16" in dtype and "bfloat16" not in dtype
+
+
 def fp16_run(proc: ProcessTrace) -> bool:
     """fp16 autocast, an enabled GradScaler, or float16 parameters that trained: CC007's domain, not divergence."""
     if proc.of("scaler"):
         return True
-    if any(e.get("enabled") and "float16" in str(e.get("dtype")) and "bfloat16" not in str(e.get("dtype"))
-           for e in proc.of("autocast")):
+    if any(is_fp16_region(e) for e in proc.of("autocast")):
         return True
     trained = {i for e in proc.of("step") for i in e.get("grad") or []}
     return any(p.get("dtype") == "torch.float16" for m in proc.of("model") for p in m.get("params", [])
