@@ -193,6 +193,28 @@ def test_wrappers_step_aside_while_torch_compile_traces(owner: type[_Owner]) -> 
         patches.undo_all()
 
 
+def test_eager_hooks_leave_dynamo_unimported_until_the_script_imports_it() -> None:
+    # Importing dynamo costs about a second per process: the probe must not be the one to pay it.
+    code = """
+import sys
+import torch
+from convcheck.runtime.patches import Patches
+
+seen = []
+hook = Patches().hook("test", lambda x: seen.append(x), eager_under_compile=True)
+hook(1)
+assert "torch._dynamo" not in sys.modules, "the probe imported dynamo"
+compiled = torch.compile(lambda t: (hook(2), t + 1)[1], backend="eager")
+assert compiled(torch.ones(2)).tolist() == [2.0, 2.0]
+assert compiled(torch.ones(2)).tolist() == [2.0, 2.0]
+print("SEEN", seen)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    # Once the script compiled, the hook ran eagerly on every call, outside the traced graph.
+    assert "SEEN [1, 2, 2]" in out.stdout
+
+
 def _plain_result(script: Path) -> str:
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True, timeout=300)
     return next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from convcheck.runtime.importhook import after_import
 from convcheck.runtime.typeslots import SEQUENCE_DUNDERS, empty_sequence_item, sequence_item_empty
 
 ErrorSink = Callable[[str, BaseException], None]
@@ -33,10 +34,38 @@ def compile_probe() -> Callable[[], bool]:
 
 
 def _eager(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``function`` run outside dynamo's tracing: torch.compile breaks its graph around the call."""
+    """``function`` run outside dynamo's tracing: torch.compile breaks its graph around the call.
+
+    ``torch.compiler.disable`` imports dynamo, about a second of CPU that a script which never
+    compiles would not pay. Until the script imports dynamo itself, the call goes through a
+    stand-in; the moment dynamo is imported, before it can trace anything, the stand-in starts
+    calling the disabled function instead.
+    """
     torch = sys.modules.get("torch")
-    disable = getattr(getattr(torch, "compiler", None), "disable", None)
-    return disable(function) if disable is not None else function
+    if getattr(torch, "compiler", None) is None or not hasattr(torch.compiler, "disable"):
+        return function
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.disable(function)
+    target = [function]
+
+    def eager(*args: Any, **kwargs: Any) -> Any:
+        return target[0](*args, **kwargs)
+
+    def dynamo_imported(_module: Any) -> None:
+        target[0] = torch.compiler.disable(function)
+
+    _DEFERRED.append(dynamo_imported)
+    after_import("torch._dynamo", _disable_deferred)
+    return eager
+
+
+#: Stand-ins waiting for dynamo's import to switch to their disabled functions.
+_DEFERRED: list[Callable[[Any], None]] = []
+
+
+def _disable_deferred(module: Any) -> None:
+    while _DEFERRED:
+        _DEFERRED.pop()(module)
 
 
 class _Call:
