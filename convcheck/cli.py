@@ -71,6 +71,12 @@ class ProtectFiles(str, Enum):
     python = "python"
 
 
+class StartMethod(str, Enum):
+    auto = "auto"
+    forkserver = "forkserver"
+    spawn = "spawn"
+
+
 class FailOn(str, Enum):
     error = "error"
     warning = "warning"
@@ -189,6 +195,13 @@ def run(
                      help="How your files are kept untouched: auto (default: a kernel-level overlay where Linux "
                      "allows it, else Python-level), kernel (refuse to run without it) or python."),
     ] = None,
+    start_method: Annotated[
+        Optional[StartMethod],
+        typer.Option(metavar="METHOD", show_default=False,
+                     help="How worker processes start: auto (default: the processes of a several-process run are "
+                     "forked from one that imported torch once, on Linux), forkserver (even a single process) or "
+                     "spawn (a fresh interpreter each, as torchrun starts them)."),
+    ] = None,
 ) -> None:
     """Run SCRIPT for a few steps under instrumentation and report why it may not converge.
 
@@ -205,6 +218,7 @@ def run(
         show_output=show_output, trace_dir=trace_dir, static_only=static_only, baseline=baseline,
         write_baseline=write_baseline, device=device.value, pretend_cuda=pretend_cuda, cuda_devices=cuda_devices,
         tensorboard=tensorboard, protect_files=protect_files.value if protect_files else None,
+        start_method=start_method.value if start_method else None,
     )
     try:
         options = resolve_options(script, list(script_args or []), flags)

@@ -30,6 +30,7 @@ class FileConfig(BaseModel):
     #: None: training loops' epochs shortened automatically (runtime/epochcap.py); 0: full epochs.
     max_batches_per_epoch: int | None = Field(None, alias="max-batches-per-epoch", ge=0, strict=True)
     protect_files: Literal["auto", "kernel", "python"] = Field("auto", alias="protect-files")
+    start_method: Literal["auto", "forkserver", "spawn"] = Field("auto", alias="start-method")
     #: glob pattern (relative to the pyproject.toml's folder) -> codes or names to ignore there.
     per_file_ignores: dict[str, list[str]] = Field(default_factory=dict, alias="per-file-ignores", strict=True)
     #: per-check options: ``[tool.convcheck.checks.CC005] ...`` (code or name -> table).

@@ -29,6 +29,8 @@ class RunOptions:
     max_batches_per_epoch: int | None = None
     #: How the user's files are kept untouched: "auto", "kernel" or "python" (``runtime.sandbox.MODES``).
     protect_files: str = "auto"
+    #: How workers start: "auto", "forkserver" or "spawn" (``runtime.launcher.LaunchSpec.start_method``).
+    start_method: str = "auto"
     timeout: float = 300.0
     formats: list[str] = field(default_factory=lambda: ["text"])
     outputs: list[Path] = field(default_factory=list)
@@ -57,7 +59,7 @@ class UserError(Exception):
 
 #: Settings that both ``[tool.convcheck]`` and the command line can give (the flag wins).
 MERGED_SETTINGS = ("select", "ignore", "fail_on", "steps", "nproc_per_node", "timeout", "max_batches_per_epoch",
-                   "protect_files")
+                   "protect_files", "start_method")
 
 
 def resolve_options(script: Path, script_args: list[str], flags: dict) -> RunOptions:
@@ -362,6 +364,7 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
                 device=options.device, pretend_cuda=options.pretend_cuda,
                 cuda_devices=options.cuda_devices or nproc or 1, repeat_first_batch=repeat_first_batch,
                 terminal_stdin=folder == run_dir, protect_files=options.protect_files, recorders=recorders,
+                start_method=options.start_method,
                 epoch_steps=auto_epoch_steps(options),
             )
 

@@ -25,6 +25,6 @@ def _torch_imported(torch) -> None:  # noqa: ANN001
 
 def activate() -> None:
     """Arrange for the probe when the run's environment asks for it; torch is not imported here."""
-    if not os.environ.get(env.TRACE_DIR):
-        return
+    if not os.environ.get(env.TRACE_DIR) or os.environ.get(env.FORKSERVER):
+        return  # not a run, or a fork server: each worker forked from it installs its own probe
     after_import("torch", _torch_imported)

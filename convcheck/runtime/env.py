@@ -18,3 +18,5 @@ REPEAT_FIRST_BATCH = "CONVCHECK_REPEAT_FIRST_BATCH"
 NPROC_PER_NODE = "CONVCHECK_NPROC_PER_NODE"
 #: Comma-separated names of the recorders to install (absent: every available one).
 RECORDERS = "CONVCHECK_RECORDERS"
+#: Set in the environment of a run's fork server (runtime/forkserver.py): torch is imported there without the probe.
+FORKSERVER = "CONVCHECK_FORKSERVER"

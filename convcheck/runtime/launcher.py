@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convcheck.runtime import env, sandbox
+from convcheck.runtime import env, forkserver, sandbox
 from convcheck.runtime.trace import pid_of, process_tag
 
 _POLL_S = 0.05
@@ -58,6 +58,9 @@ class LaunchSpec:
     recorders: list[str] | None = None
     #: Optimizer steps a training loop's epoch lasts when no epoch length was chosen (None: not shortened).
     epoch_steps: int | None = None
+    #: "auto" (fork the workers of a several-process run from one server that imported torch, where
+    #: the platform allows), "forkserver" (fork even a single process) or "spawn" (a fresh interpreter each).
+    start_method: str = "auto"
 
 
 @dataclass
@@ -195,12 +198,13 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
     become_subreaper()
     port = free_port()
     count = spec.nproc_per_node or 1
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen | forkserver.ForkedWorker] = []
     logs = []
     result = LaunchResult(workers=[], trace_dir=trace_dir, scratch_dir=scratch_dir)
     layer = _protect(spec, result)
     join = layer.join(os.getcwd()) if layer is not None else None
     start = time.monotonic()
+    server = None
     try:
         for rank in range(count):
             out_path = spec.run_dir / f"stdout-{rank}.txt"
@@ -208,12 +212,25 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
             stdout = None if spec.show_output else open(out_path, "wb")
             stderr = None if spec.show_output else open(err_path, "wb")
             logs.append((out_path, err_path, stdout, stderr))
+        if _forks(spec, count):
+            # Whatever the server prints while importing torch goes where the first worker's output goes.
+            server = forkserver.ForkServer(spec.python, worker_env(spec, 0, port), logs[0][2], logs[0][3])
+        for rank in range(count):
+            _, _, stdout, stderr = logs[rank]
             target = ["-m", spec.module] if spec.module else [str(spec.script)]
+            environ = worker_env(spec, rank, port)
+            terminal = rank == 0 and _terminal_stdin(spec)
+            if server is not None and not server.gone:
+                try:
+                    procs.append(_fork_worker(server, [*target, *spec.script_args], environ, terminal,
+                                              stdout, stderr, layer))
+                    continue
+                except forkserver.ServerGone:
+                    pass  # started below as a fresh interpreter, as without a server
             cmd = [spec.python, "-m", "convcheck.runtime.worker", *target, *spec.script_args]
             procs.append(
                 subprocess.Popen(
-                    cmd, env=worker_env(spec, rank, port), stdin=None if rank == 0 and _terminal_stdin(spec)
-                    else subprocess.DEVNULL,
+                    cmd, env=environ, stdin=None if terminal else subprocess.DEVNULL,
                     stdout=stdout, stderr=stderr, start_new_session=True, preexec_fn=join,
                 )
             )
@@ -224,6 +241,8 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
         if result.timed_out:
             result.stacks = _dump_stacks(procs, trace_dir)
         _kill_all(procs, trace_dir, layer)
+        if server is not None:
+            server.close()
         result.wall_seconds = time.monotonic() - start
         if layer is not None:
             layer.close()
@@ -249,6 +268,32 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
         result.workers.append(worker)
     result.script_started = any(trace_dir.glob("begun-*"))
     return result
+
+
+def _forks(spec: LaunchSpec, count: int) -> bool:
+    """Should this launch fork its workers from a server that imported torch once?"""
+    if spec.start_method == "spawn" or not forkserver.usable():
+        return False
+    return count > 1 or spec.start_method == "forkserver"
+
+
+def _fork_worker(server: forkserver.ForkServer, argv: list[str], environ: dict[str, str], terminal: bool,
+                 stdout, stderr, layer) -> forkserver.ForkedWorker:  # noqa: ANN001
+    """One worker forked by the server, with the descriptors a spawned one would have been given."""
+    opened = []
+    try:
+        if terminal:
+            stdin_fd = sys.stdin.fileno()
+        else:
+            stdin_fd = os.open(os.devnull, os.O_RDONLY)
+            opened.append(stdin_fd)
+        stdio = [stdin_fd, (stdout or sys.stdout).fileno(), (stderr or sys.stderr).fileno()]
+        namespace = layer.fds() if layer is not None else ()
+        pid = server.start(argv, environ, os.getcwd(), stdio, namespace)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    return forkserver.ForkedWorker(server, pid)
 
 
 def launch_many(specs: dict[str, LaunchSpec]) -> dict[str, LaunchResult]:

@@ -77,16 +77,11 @@ class Layer:
 
     def join(self, cwd: str) -> Callable[[], None]:
         """A ``preexec_fn`` that moves the new process into the namespace (and into the overlaid cwd)."""
-        setns = _libc().setns
+        libc = _libc()
         user_fd, mnt_fd = self.user_fd, self.mnt_fd
 
         def enter() -> None:
-            if user_fd is not None and setns(user_fd, _CLONE_NEWUSER) != 0:
-                raise OSError("setns(user) failed")
-            if setns(mnt_fd, _CLONE_NEWNS) != 0:
-                raise OSError("setns(mnt) failed")
-            # The inherited cwd is the folder under the overlay: resolve it again inside the namespace.
-            os.chdir(cwd)
+            enter_namespace(mnt_fd, user_fd, cwd, libc)
 
         return enter
 
@@ -110,6 +105,17 @@ class Layer:
     def describe(self) -> dict:
         """The report's view of the layer."""
         return {"level": "kernel", "overlaid": sorted(self.overlays), "passed_through": self.passed}
+
+
+def enter_namespace(mnt_fd: int, user_fd: int | None, cwd: str, libc=None) -> None:  # noqa: ANN001
+    """Move this (single-threaded) process into a layer's namespace and into the overlaid ``cwd``."""
+    setns = (libc or _libc()).setns
+    if user_fd is not None and setns(user_fd, _CLONE_NEWUSER) != 0:
+        raise OSError("setns(user) failed")
+    if setns(mnt_fd, _CLONE_NEWNS) != 0:
+        raise OSError("setns(mnt) failed")
+    # The inherited cwd is the folder under the overlay: resolve it again inside the namespace.
+    os.chdir(cwd)
 
 
 def _libc():  # noqa: ANN202

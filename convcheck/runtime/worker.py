@@ -100,7 +100,7 @@ def leave(code: int) -> None:
     os._exit(code)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: be killed when the launcher dies, even by SIGKILL, so no worker is orphaned."""
     if not sys.platform.startswith("linux"):
         return
@@ -119,7 +119,7 @@ def _die_with_parent() -> None:
 
 def main() -> None:
     """Run the script given on the command line, then leave."""
-    _die_with_parent()
+    die_with_parent()
     if sys.argv[1] == "-m":
         # sys.argv[0] is replaced by the module's file when runpy finds it.
         outcome = run_entry(sys.argv[2], sys.argv[2:], module=sys.argv[2])

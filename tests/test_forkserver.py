@@ -1,0 +1,171 @@
+"""Workers forked from one process that imported torch: each must start as a fresh process would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from cc_testing import SCRIPTS, convcheck
+
+from convcheck.runtime import forkserver
+
+pytestmark = pytest.mark.skipif(not forkserver.usable(), reason="workers are forked on Linux only")
+
+
+def _states(stdout: str) -> list[dict[str, str]]:
+    rows = []
+    for line in stdout.splitlines():
+        if line.startswith("STATE "):
+            rows.append(dict(item.split("=", 1) for item in line.split()[1:]))
+    return sorted(rows, key=lambda row: row["rank"])
+
+
+def _run(tmp_path: Path, *options: str) -> list[dict[str, str]]:
+    result = convcheck("run", "--show-output", "--select", "CC004", "--nproc-per-node", "2", "--steps", "3",
+                       *options, SCRIPTS / "ddp_fresh_state.py", cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    states = _states(result.stdout)
+    assert [s["rank"] for s in states] == ["0", "1"], result.stdout
+    return states
+
+
+def test_the_ranks_of_a_run_are_forked_from_one_process_that_imported_torch(tmp_path: Path) -> None:
+    states = _run(tmp_path)
+    assert all(s["preloaded"] == "True" for s in states)
+    assert states[0]["parent"] == states[1]["parent"]
+
+
+def test_a_forked_rank_starts_as_a_fresh_process_would(tmp_path: Path) -> None:
+    states = _run(tmp_path)
+    for state in states:
+        assert state["env_rank"] == state["rank"] == state["local_rank"]
+        assert state["session_leader"] == "True"
+        assert state["stdin_empty"] == "True"
+        assert state["cwd"] == str(tmp_path)
+    # Each rank seeds its RNGs from the OS, as a new process does: a fork alone would copy one state.
+    for rng in ("torch_seed", "numpy", "python"):
+        assert states[0][rng] != states[1][rng], rng
+
+
+def test_spawn_starts_a_fresh_interpreter_for_each_rank(tmp_path: Path) -> None:
+    states = _run(tmp_path, "--start-method", "spawn")
+    assert all(s["preloaded"] == "False" for s in states)
+    for rng in ("torch_seed", "numpy", "python", "hash"):
+        assert states[0][rng] != states[1][rng], rng
+
+
+def test_the_repeat_run_has_its_own_server_and_so_its_own_hash_seed(tmp_path: Path) -> None:
+    # The ranks of one run share Python's string-hash seed (a documented limit); two runs must not,
+    # or CC002 could not see a script whose result depends on set order.
+    script = tmp_path / "set_order.py"
+    script.write_text(textwrap.dedent("""
+        import torch
+        import torch.distributed as dist
+        import torch.nn as nn
+
+        torch.manual_seed(0)
+        dist.init_process_group("gloo")
+        words = list({"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"})
+        model = nn.parallel.DistributedDataParallel(nn.Embedding(8, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(4):
+            ids = torch.tensor([words.index("alpha"), words.index("beta")])
+            loss = model(ids).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    """))
+    found = set()
+    for _ in range(3):  # one chance in 8 that two hash seeds put "alpha" and "beta" where they were
+        result = convcheck("run", "--select", "CC002", "--format", "json", "--nproc-per-node", "2", "--steps", "4",
+                           script, cwd=tmp_path)
+        assert result.code in (0, 1), result.stderr
+        found |= {f["code"] for f in result.report["findings"]}
+        if "CC002" in found:
+            break
+    assert "CC002" in found
+
+
+def _server_script(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "drive.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_a_server_that_cannot_start_leaves_the_launch_to_fresh_interpreters(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(textwrap.dedent("""
+        import torch
+        model = torch.nn.Linear(2, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(2):
+            loss = model(torch.randn(4, 2)).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    """))
+    drive = _server_script(tmp_path, f"""
+        from pathlib import Path
+        from convcheck.runtime import forkserver, launcher
+
+        class Broken(forkserver.ForkServer):
+            def __init__(self, python, environ, stdout, stderr):
+                super().__init__("/bin/false", environ, stdout, stderr)
+
+        launcher.forkserver.ForkServer = Broken
+        spec = launcher.LaunchSpec(script=Path({str(tmp_path / 'train.py')!r}), script_args=[],
+                                   run_dir=Path({str(tmp_path / 'run')!r}), steps=2, timeout=120,
+                                   nproc_per_node=2, protect_files="python")
+        result = launcher.launch(spec)
+        print("CODES", [w.returncode for w in result.workers])
+        print("STEPS", [w.outcome.get("steps") for w in result.workers])
+    """)
+    proc = subprocess.run([sys.executable, drive], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "CODES [0, 0]" in proc.stdout
+    assert "STEPS [2, 2]" in proc.stdout
+
+
+def test_the_server_reports_how_each_worker_ended(tmp_path: Path) -> None:
+    drive = _server_script(tmp_path, """
+        import os, signal, sys, time
+        from convcheck.runtime import forkserver
+
+        out = open("out.txt", "wb")
+        server = forkserver.ForkServer(sys.executable, dict(os.environ), out, out)
+        null = os.open(os.devnull, os.O_RDONLY)
+        workers = {}
+        for name, code in (("ok", "print('hello', flush=True)"), ("three", "raise SystemExit(3)"),
+                           ("sleeps", "import time; time.sleep(60)")):
+            with open(name + ".py", "w") as script:
+                script.write(code)
+            pid = server.start([name + ".py"], dict(os.environ), os.getcwd(), [null, out.fileno(), out.fileno()])
+            workers[name] = forkserver.ForkedWorker(server, pid)
+        workers["ok"].wait(60)
+        workers["three"].wait(60)
+        os.kill(workers["sleeps"].pid, signal.SIGKILL)
+        workers["sleeps"].wait(60)
+        print("CODES", workers["ok"].returncode, workers["three"].returncode, workers["sleeps"].returncode)
+        server.close()
+        out.close()
+        print("OUT", open("out.txt").read().split())
+    """)
+    proc = subprocess.run([sys.executable, drive], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "CODES 0 3 -9" in proc.stdout
+    assert "'hello'" in proc.stdout
+
+
+def test_a_server_that_is_gone_refuses_to_start_a_worker(tmp_path: Path) -> None:
+    with open(tmp_path / "out.txt", "wb") as out:
+        server = forkserver.ForkServer("/bin/false", dict(os.environ), out, out)
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            with pytest.raises(forkserver.ServerGone):
+                server.start(["x.py"], dict(os.environ), str(tmp_path), [null, out.fileno(), out.fileno()])
+        finally:
+            os.close(null)
+            server.close()
