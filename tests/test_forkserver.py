@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -169,3 +170,58 @@ def test_a_server_that_is_gone_refuses_to_start_a_worker(tmp_path: Path) -> None
         finally:
             os.close(null)
             server.close()
+
+
+def test_the_runs_beside_the_main_run_share_one_server_of_their_own(tmp_path: Path) -> None:
+    traces = tmp_path / "traces"
+    result = convcheck("run", "--format", "json", "--nproc-per-node", "2", "--steps", "6", "--trace-dir", traces,
+                       SCRIPTS / "ddp_fresh_state.py", cwd=tmp_path)
+    assert result.code in (0, 1), result.stderr
+
+    def parents(folder: Path) -> dict[int, int]:
+        """Parent pid of each process that trained, by its rank."""
+        found = {}
+        for path in (folder / "trace").glob("trace-*.jsonl"):
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if any(e.get("ev") == "step" for e in lines):
+                found[lines[0]["rank"] or 0] = lines[0]["ppid"]
+        return found
+
+    main = parents(traces)
+    repeat = parents(traces / "variants" / "repeat")
+    alone = parents(traces / "variants" / "world-size-1")
+    assert sorted(main) == sorted(repeat) == [0, 1] and list(alone) == [0]
+    assert len(set(main.values())) == 1 and len(set(repeat.values())) == 1
+    # CC002's repeat and CC005's one-process run come from one server; the main run has its own.
+    assert set(repeat.values()) == set(alone.values()) != set(main.values())
+    # The one-step run ended long before the repeat: stopping it left the shared server serving.
+    assert all(p["steps"] == 3 for p in result.report["run"]["processes"])
+
+
+def test_a_worker_of_the_shared_server_writes_into_its_own_runs_copy(tmp_path: Path) -> None:
+    # The Python-level guard alone: the server's guard served another folder than the worker's run.
+    script = tmp_path / "writes.py"
+    script.write_text(textwrap.dedent("""
+        import os
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        with open(f"written-by-world-{os.environ['WORLD_SIZE']}-rank-{os.environ['RANK']}.txt", "w") as out:
+            out.write("from the run")
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(2):
+            loss = model(torch.randn(4, 2)).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    """))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = convcheck("run", "--protect-files", "python", "--format", "json", "--nproc-per-node", "2",
+                       "--steps", "2", script, cwd=tmp_path)
+    assert result.code in (0, 1), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    written = {Path(row["path"]).name for row in result.report["run"]["file_changes"]}
+    assert {"written-by-world-2-rank-0.txt", "written-by-world-2-rank-1.txt",
+            "written-by-world-1-rank-0.txt"} <= written

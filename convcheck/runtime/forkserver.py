@@ -26,6 +26,7 @@ import os
 import select
 import socket
 import sys
+import threading
 import traceback
 
 from convcheck.runtime import env
@@ -118,8 +119,9 @@ def _become_worker(sock: socket.socket, request: dict, fds: list[int]) -> None:
             if fd > 2:
                 os.close(fd)
         _fresh_random_state()
-        from convcheck.runtime import bootstrap, worker
+        from convcheck.runtime import bootstrap, fsguard, worker
 
+        fsguard.retarget_from_env()
         bootstrap.activate()
         sys.argv = [worker.__file__, *request["argv"]]
         worker.main()  # leaves with os._exit
@@ -184,21 +186,24 @@ class ForkServer:
         self.sock = ours
         self.codes: dict[int, int] = {}
         self.gone = False
+        # Runs launched side by side (each in its own thread) may share one server.
+        self._lock = threading.RLock()
 
     def start(self, argv: list[str], environ: dict[str, str], cwd: str, stdio: list[int],
               namespace: tuple[int, ...] = ()) -> int:
         """Ask for one worker; its pid once the server has forked it."""
         message = json.dumps({"argv": argv, "env": environ, "cwd": cwd}).encode()
-        try:
-            socket.send_fds(self.sock, [message], [*stdio, *namespace])
-        except OSError as exc:
-            raise ServerGone(str(exc)) from exc
-        while True:
-            reply = self._receive(timeout=_POLL_S)
-            if reply is not None and "started" in reply:
-                return int(reply["started"])
-            if self.gone or self.proc.poll() is not None:
-                raise ServerGone("the fork server ended")
+        with self._lock:
+            try:
+                socket.send_fds(self.sock, [message], [*stdio, *namespace])
+            except OSError as exc:
+                raise ServerGone(str(exc)) from exc
+            while True:
+                reply = self._receive(timeout=_POLL_S)
+                if reply is not None and "started" in reply:
+                    return int(reply["started"])
+                if self.gone or self.proc.poll() is not None:
+                    raise ServerGone("the fork server ended")
 
     def _receive(self, timeout: float) -> dict | None:
         """One message (exit reports are recorded on the way); None when there is none yet."""
@@ -224,6 +229,10 @@ class ForkServer:
 
     def returncode(self, pid: int) -> int | None:
         """How worker ``pid`` ended, as ``Popen.returncode`` says it; None while it runs."""
+        with self._lock:
+            return self._returncode(pid)
+
+    def _returncode(self, pid: int) -> int | None:
         self._receive(timeout=0)
         if pid in self.codes:
             return self.codes[pid]
@@ -243,7 +252,9 @@ class ForkServer:
         """Let the server go (its workers have been stopped) and collect it."""
         import subprocess
 
-        self.sock.close()
+        with self._lock:
+            self.sock.close()
+            self.gone = True
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

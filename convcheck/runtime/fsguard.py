@@ -761,7 +761,8 @@ def install(scratch_dir: str, trace_dir: str | None) -> Guard | None:
     for name, hook in _AFTER_IMPORT.items():
         if name in sys.modules:
             hook(sys.modules[name])
-    sys.meta_path.insert(0, _ImportWatcher())
+    if not any(isinstance(finder, _ImportWatcher) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ImportWatcher())
     if "torch" in sys.modules:
         guard_torch(sys.modules["torch"])
     return _guard
@@ -773,6 +774,15 @@ def install_from_env() -> Guard | None:
     if not scratch or not os.path.isdir(scratch):
         return None
     return install(scratch, os.environ.get(TRACE_ENV) or None)
+
+
+def retarget_from_env() -> Guard | None:
+    """In a worker forked from a fork server: guard for this worker's run, whose folders may not be the server's."""
+    global _guard
+    scratch = os.environ.get(SCRATCH_ENV)
+    if _guard is not None and scratch and os.path.abspath(scratch) != _guard.root:
+        _guard = None  # the patches stay: they look the guard up at each call
+    return install_from_env()
 
 
 def redirect_write(path: Any) -> str | None:

@@ -186,8 +186,13 @@ def _terminal_stdin(spec: LaunchSpec) -> bool:
         return False
 
 
-def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchResult:
-    """Start the workers, wait for them under the watchdog, and clean up every process."""
+def launch(spec: LaunchSpec, cancel: threading.Event | None = None,
+           server: forkserver.ForkServer | None = None) -> LaunchResult:
+    """Start the workers, wait for them under the watchdog, and clean up every process.
+
+    ``server``: fork the workers from this server (shared with other launches, which close it);
+    without it, a several-process launch starts a server of its own where it may.
+    """
     trace_dir = spec.run_dir / "trace"
     scratch_dir = spec.run_dir / "scratch"
     trace_dir.mkdir(parents=True, exist_ok=True)
@@ -204,7 +209,7 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
     layer = _protect(spec, result)
     join = layer.join(os.getcwd()) if layer is not None else None
     start = time.monotonic()
-    server = None
+    own_server = None
     try:
         for rank in range(count):
             out_path = spec.run_dir / f"stdout-{rank}.txt"
@@ -212,9 +217,9 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
             stdout = None if spec.show_output else open(out_path, "wb")
             stderr = None if spec.show_output else open(err_path, "wb")
             logs.append((out_path, err_path, stdout, stderr))
-        if _forks(spec, count):
+        if server is None and _forks(spec, count):
             # Whatever the server prints while importing torch goes where the first worker's output goes.
-            server = forkserver.ForkServer(spec.python, worker_env(spec, 0, port), logs[0][2], logs[0][3])
+            server = own_server = forkserver.ForkServer(spec.python, worker_env(spec, 0, port), logs[0][2], logs[0][3])
         for rank in range(count):
             _, _, stdout, stderr = logs[rank]
             target = ["-m", spec.module] if spec.module else [str(spec.script)]
@@ -241,8 +246,8 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None) -> LaunchRes
         if result.timed_out:
             result.stacks = _dump_stacks(procs, trace_dir)
         _kill_all(procs, trace_dir, layer)
-        if server is not None:
-            server.close()
+        if own_server is not None:
+            own_server.close()
         result.wall_seconds = time.monotonic() - start
         if layer is not None:
             layer.close()
@@ -297,21 +302,53 @@ def _fork_worker(server: forkserver.ForkServer, argv: list[str], environ: dict[s
 
 
 def launch_many(specs: dict[str, LaunchSpec]) -> dict[str, LaunchResult]:
-    """Launch several runs side by side (a check's extra runs next to the main one)."""
+    """Launch several runs side by side (a check's extra runs next to the main one).
+
+    The first run forks its workers from a server of its own (when it has several); the runs after it,
+    which are there to be compared with it, share one, so a side run costs a fork rather than an
+    interpreter importing torch. The two servers draw their own string-hash seeds, as two launches of
+    the script would.
+    """
     if len(specs) == 1:
         return {label: launch(spec) for label, spec in specs.items()}
     from concurrent.futures import ThreadPoolExecutor
 
     cancel = threading.Event()
-    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
-        futures = {label: pool.submit(launch, spec, cancel) for label, spec in specs.items()}
-        try:
-            return {label: future.result() for label, future in futures.items()}
-        except KeyboardInterrupt:
-            # Ctrl-C reaches this thread only: tell the launches to stop, clean up, and
-            # report what they gathered (each result says it was interrupted).
-            cancel.set()
-            return {label: future.result() for label, future in futures.items()}
+    shared = _shared_server(list(specs.values())[1:])
+    try:
+        with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+            futures = {label: pool.submit(launch, spec, cancel, shared if index else None)
+                       for index, (label, spec) in enumerate(specs.items())}
+            try:
+                return {label: future.result() for label, future in futures.items()}
+            except KeyboardInterrupt:
+                # Ctrl-C reaches this thread only: tell the launches to stop, clean up, and
+                # report what they gathered (each result says it was interrupted).
+                cancel.set()
+                return {label: future.result() for label, future in futures.items()}
+    finally:
+        if shared is not None:
+            shared.close()
+
+
+def _shared_server(specs: list[LaunchSpec]) -> forkserver.ForkServer | None:
+    """One server for these runs when together they start several processes (None: each starts its own way)."""
+    if not specs or not all(_forks(spec, sum(s.nproc_per_node or 1 for s in specs)) for spec in specs):
+        return None
+    if len({s.python for s in specs}) > 1:
+        return None
+    home = Path(os.path.commonpath([str(s.run_dir) for s in specs])) / "forkserver"
+    (home / "trace").mkdir(parents=True, exist_ok=True)
+    (home / "scratch").mkdir(parents=True, exist_ok=True)
+    environ = worker_env(specs[0], 0, 0)
+    # Not the trace folder of any run: stopping one run must not stop the server the others fork from.
+    environ[env.TRACE_DIR] = str(home / "trace")
+    environ[env.SCRATCH_DIR] = str(home / "scratch")
+    log = open(home / "output.txt", "wb")
+    try:
+        return forkserver.ForkServer(specs[0].python, environ, log, log)
+    finally:
+        log.close()
 
 
 def _wait(
