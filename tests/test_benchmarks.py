@@ -59,6 +59,18 @@ def test_time_to_verdict_by_world_size_quick() -> None:
     assert out.returncode == 0, out.stderr
     rows = [line[:20].strip() for line in out.stdout.splitlines() if _RATIO.search(line)]
     assert rows == ["python (1 process)", "torchrun N=1", "torchrun N=2"], out.stdout
-    assert len(_RATIO.findall(out.stdout)) == 6  # convcheck and --ignore CC002 against each plain run
+    # convcheck, --ignore CC002 and --start-method spawn against each plain run
+    assert len(_RATIO.findall(out.stdout)) == 9
     assert "exit" not in out.stdout, out.stdout  # every run, plain or not, ended cleanly
+    print(out.stdout)
+
+
+def test_time_to_verdict_of_the_realistic_model_quick() -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "time_to_verdict.py"), "--world", "--model", "gpt", "--quick"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "(gpt)" in out.stdout and len(_RATIO.findall(out.stdout)) == 9, out.stdout
+    assert "exit" not in out.stdout, out.stdout
     print(out.stdout)

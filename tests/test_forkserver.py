@@ -196,6 +196,7 @@ def test_the_runs_beside_the_main_run_share_one_server_of_their_own(tmp_path: Pa
     assert set(repeat.values()) == set(alone.values()) != set(main.values())
     # The one-step run ended long before the repeat: stopping it left the shared server serving.
     assert all(p["steps"] == 3 for p in result.report["run"]["processes"])
+    assert sorted(p.name for p in (traces / "variants").iterdir()) == ["repeat", "world-size-1"]
 
 
 def test_a_worker_of_the_shared_server_writes_into_its_own_runs_copy(tmp_path: Path) -> None:
@@ -225,3 +226,21 @@ def test_a_worker_of_the_shared_server_writes_into_its_own_runs_copy(tmp_path: P
     written = {Path(row["path"]).name for row in result.report["run"]["file_changes"]}
     assert {"written-by-world-2-rank-0.txt", "written-by-world-2-rank-1.txt",
             "written-by-world-1-rank-0.txt"} <= written
+
+
+def test_the_server_never_touches_cuda_before_it_forks() -> None:
+    # CUDA initialised in a parent cannot be used in its forked children.
+    code = """
+import torch
+calls = []
+for name in ("is_available", "device_count", "init", "_lazy_init", "current_device", "get_device_properties"):
+    setattr(torch.cuda, name, lambda *a, _name=name, **k: calls.append(_name))
+from convcheck.runtime import forkserver
+forkserver._preload()
+import torch._dynamo
+assert torch.cuda.is_initialized() is False
+print("CALLS", calls)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "CALLS []" in out.stdout

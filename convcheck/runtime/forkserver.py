@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 import traceback
+from pathlib import Path
 
 from convcheck.runtime import env
 
@@ -169,8 +170,12 @@ class ServerGone(RuntimeError):
 class ForkServer:
     """The launcher's handle on one run's fork server."""
 
-    def __init__(self, python: str, environ: dict[str, str], stdout, stderr) -> None:  # noqa: ANN001
+    def __init__(self, python: str, environ: dict[str, str], stdout, stderr,  # noqa: ANN001
+                 home: Path | None = None) -> None:
+        """Start the server; ``home``: a folder of its own, removed when it is closed."""
         import subprocess
+
+        self.home = home
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         server_env = {k: v for k, v in environ.items() if k not in RANK_VARIABLES}
@@ -260,6 +265,10 @@ class ForkServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.home is not None:
+            import shutil
+
+            shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _zombie(pid: int) -> bool:

@@ -337,7 +337,7 @@ def _shared_server(specs: list[LaunchSpec]) -> forkserver.ForkServer | None:
         return None
     if len({s.python for s in specs}) > 1:
         return None
-    home = Path(os.path.commonpath([str(s.run_dir) for s in specs])) / "forkserver"
+    home = Path(os.path.commonpath([str(s.run_dir.parent) for s in specs])) / ".forkserver"
     (home / "trace").mkdir(parents=True, exist_ok=True)
     (home / "scratch").mkdir(parents=True, exist_ok=True)
     environ = worker_env(specs[0], 0, 0)
@@ -346,7 +346,7 @@ def _shared_server(specs: list[LaunchSpec]) -> forkserver.ForkServer | None:
     environ[env.SCRATCH_DIR] = str(home / "scratch")
     log = open(home / "output.txt", "wb")
     try:
-        return forkserver.ForkServer(specs[0].python, environ, log, log)
+        return forkserver.ForkServer(specs[0].python, environ, log, log, home=home)
     finally:
         log.close()
 
