@@ -52,6 +52,7 @@ def test_a_forked_rank_starts_as_a_fresh_process_would(tmp_path: Path) -> None:
         assert states[0][rng] != states[1][rng], rng
 
 
+@pytest.mark.slow
 def test_spawn_starts_a_fresh_interpreter_for_each_rank(tmp_path: Path) -> None:
     states = _run(tmp_path, "--start-method", "spawn")
     assert all(s["preloaded"] == "False" for s in states)
@@ -59,6 +60,7 @@ def test_spawn_starts_a_fresh_interpreter_for_each_rank(tmp_path: Path) -> None:
         assert states[0][rng] != states[1][rng], rng
 
 
+@pytest.mark.slow
 def test_the_repeat_run_has_its_own_server_and_so_its_own_hash_seed(tmp_path: Path) -> None:
     # The ranks of one run share Python's string-hash seed (a documented limit); two runs must not,
     # or CC002 could not see a script whose result depends on set order.
@@ -199,6 +201,7 @@ def test_the_runs_beside_the_main_run_share_one_server_of_their_own(tmp_path: Pa
     assert sorted(p.name for p in (traces / "variants").iterdir()) == ["repeat", "world-size-1"]
 
 
+@pytest.mark.slow
 def test_a_worker_of_the_shared_server_writes_into_its_own_runs_copy(tmp_path: Path) -> None:
     # The Python-level guard alone: the server's guard served another folder than the worker's run.
     script = tmp_path / "writes.py"

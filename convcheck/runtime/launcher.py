@@ -61,6 +61,8 @@ class LaunchSpec:
     #: "auto" (fork the workers of a several-process run from one server that imported torch, where
     #: the platform allows), "forkserver" (fork even a single process) or "spawn" (a fresh interpreter each).
     start_method: str = "auto"
+    #: OMP_NUM_THREADS for a single-process run that shares the machine with other runs (None: not set).
+    omp_threads: int | None = None
 
 
 @dataclass
@@ -162,6 +164,9 @@ def worker_env(spec: LaunchSpec, rank: int, port: int) -> dict[str, str]:
         environ.pop(env.RECORDERS, None)
     else:
         environ[env.RECORDERS] = ",".join(spec.recorders)
+    threads = 1 if (spec.nproc_per_node or 1) > 1 else spec.omp_threads  # several processes: as torchrun does
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        environ["OMP_NUM_THREADS"] = str(threads)
     environ["PYTHONUNBUFFERED"] = "1"
     # Importing the user's own modules must not leave __pycache__ folders in their project.
     environ["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -313,6 +318,8 @@ def launch_many(specs: dict[str, LaunchSpec]) -> dict[str, LaunchResult]:
         return {label: launch(spec) for label, spec in specs.items()}
     from concurrent.futures import ThreadPoolExecutor
 
+    specs = _share_cores(specs)
+
     cancel = threading.Event()
     shared = _shared_server(list(specs.values())[1:])
     try:
@@ -331,11 +338,31 @@ def launch_many(specs: dict[str, LaunchSpec]) -> dict[str, LaunchResult]:
             shared.close()
 
 
+def _share_cores(specs: dict[str, LaunchSpec]) -> dict[str, LaunchSpec]:
+    """Give a single-process run its share of the cores when other runs' processes run beside it.
+
+    torch starts one OpenMP thread per core in every process; two processes each spinning a thread per
+    core on the same cores can take several times as long as one (a 2.5 s script took 7 s beside its
+    repeat). A run of several processes already has one thread each, as under torchrun.
+    """
+    import dataclasses
+
+    total = sum(spec.nproc_per_node or 1 for spec in specs.values())
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    share = max(1, cores // total)
+    return {label: dataclasses.replace(spec, omp_threads=share) if (spec.nproc_per_node or 1) == 1 else spec
+            for label, spec in specs.items()}
+
+
 def _shared_server(specs: list[LaunchSpec]) -> forkserver.ForkServer | None:
     """One server for these runs when together they start several processes (None: each starts its own way)."""
     if not specs or not all(_forks(spec, sum(s.nproc_per_node or 1 for s in specs)) for spec in specs):
         return None
-    if len({s.python for s in specs}) > 1:
+    # OpenMP reads its thread count once, when the server imports torch: every worker must want the same.
+    if len({(s.python, worker_env(s, 0, 0).get("OMP_NUM_THREADS")) for s in specs}) > 1:
         return None
     home = Path(os.path.commonpath([str(s.run_dir.parent) for s in specs])) / ".forkserver"
     (home / "trace").mkdir(parents=True, exist_ok=True)
