@@ -1,7 +1,8 @@
 """The process the launcher starts: runs the user's script as ``__main__`` under the probe.
 
 Usage (set up by the launcher): ``python -m convcheck.runtime.worker SCRIPT [ARGS...]``, or
-``... -m MODULE [ARGS...]`` to run a module as ``python -m MODULE`` does.
+``... -m MODULE [ARGS...]`` to run a module as ``python -m MODULE`` does. A worker forked by the
+fork server (``forkserver.py``) calls ``main`` with the same arguments.
 How the script ended goes to ``exit-<host>-<pid>.json`` in the trace folder, even when the
 script crashed before importing torch (and so before any probe existed).
 """
