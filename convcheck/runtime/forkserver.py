@@ -116,6 +116,8 @@ def _become_worker(sock: socket.socket, request: dict, fds: list[int]) -> None:
             from convcheck.runtime.sandbox import enter_namespace
 
             enter_namespace(namespace[0], namespace[1] if len(namespace) > 1 else None, request["cwd"])
+        else:
+            os.chdir(request["cwd"])
         for fd in fds:
             if fd > 2:
                 os.close(fd)
