@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
-from cc_testing import SCRIPTS, convcheck
+from cc_testing import SCRIPTS, convcheck, sigint_as_from_a_terminal
 
 from convcheck.runtime import forkserver
 
@@ -247,3 +250,91 @@ print("CALLS", calls)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "CALLS []" in out.stdout
+
+
+def _processes_of_run(trace_dir: Path) -> list[int]:
+    """Live processes whose environment names this run's folder (forked workers carry their server's)."""
+    found = []
+    wanted = str(trace_dir).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if wanted in environ and "State:\tZ" not in status:
+            found.append(int(entry.name))
+    return found
+
+
+_HANGS = """
+        import time
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss = model(torch.randn(4, 2)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        while True:
+            time.sleep(0.1)  # stuck here
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_forked_ranks_and_their_server(tmp_path: Path) -> None:
+    script = tmp_path / "hangs.py"
+    script.write_text(textwrap.dedent(_HANGS))
+    traces = tmp_path / "traces"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convcheck", "run", "--nproc-per-node", "2", "--timeout", "600", "--trace-dir",
+         traces, script], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=sigint_as_from_a_terminal,
+    )
+    try:
+        deadline = time.monotonic() + 300  # only a bound against a run that never starts
+        while len(list((traces / "trace").glob("begun-*"))) < 2 or not _stepped(traces, 2):
+            assert time.monotonic() < deadline and proc.poll() is None, "the ranks never reached their loop"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err
+    assert _processes_of_run(traces) == []
+
+
+def _stepped(traces: Path, ranks: int) -> bool:
+    """Have ``ranks`` processes of the main run written their first step?"""
+    count = 0
+    for path in (traces / "trace").glob("trace-*.jsonl"):
+        if '"ev": "step"' in path.read_text():
+            count += 1
+    return count >= ranks
+
+
+@pytest.mark.slow
+def test_forked_ranks_that_hang_are_located_and_stopped_at_the_timeout(tmp_path: Path) -> None:
+    script = tmp_path / "hangs.py"
+    script.write_text(textwrap.dedent(_HANGS))
+    traces = tmp_path / "traces"
+    # A busy machine can use up a short timeout before the first step: then again with a longer one.
+    for timeout in ("20", "90", "240"):
+        shutil.rmtree(traces, ignore_errors=True)
+        result = convcheck("run", "--ignore", "CC002", "--nproc-per-node", "2", "--timeout", timeout, "--format",
+                           "json", "--trace-dir", traces, script, cwd=tmp_path)
+        if result.code == 4 and all(p["steps"] == 1 for p in result.report["run"]["processes"]):
+            break
+    assert result.code == 4, result.stderr
+    run = result.report["run"]
+    assert run["status"] == "timeout"
+    assert len(run["hung_at"]) == 2 and all('hangs.py", line 14' in where for where in run["hung_at"])
+    assert _processes_of_run(traces) == []
