@@ -108,6 +108,9 @@ class RunSummary(BaseModel):
     unprotected_mounts: list[dict[str, Any]] = Field(default_factory=list)
     protection_note: str | None = None
     script_argv: list[str] = Field(default_factory=list)
+    #: How the main run's workers started: "forkserver" (forked from one process that imported torch;
+    #: they share Python's string-hash seed) or "spawn" (a fresh interpreter each); None when not run here.
+    worker_start: str | None = None
     #: CUDA usage that was mapped onto the CPU (first use of each kind, with the user's line).
     device_mapping: list[dict[str, Any]] = Field(default_factory=list)
     #: CUDA features with no CPU equivalent that stopped the run.

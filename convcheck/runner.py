@@ -454,6 +454,7 @@ def _protection(summary: RunSummary, launched) -> None:  # noqa: ANN001
     """Say which level kept the user's files untouched, where, and why not more."""
     protection = launched.protection
     summary.file_protection = protection.get("level", "python")
+    summary.worker_start = launched.worker_start
     summary.protected_folders = list(protection.get("overlaid", []))
     summary.unprotected_mounts = list(protection.get("passed_through", []))
     summary.protection_note = protection.get("why")

@@ -202,6 +202,7 @@ def test_the_runs_beside_the_main_run_share_one_server_of_their_own(tmp_path: Pa
     # The one-step run ended long before the repeat: stopping it left the shared server serving.
     assert all(p["steps"] == 3 for p in result.report["run"]["processes"])
     assert sorted(p.name for p in (traces / "variants").iterdir()) == ["repeat", "world-size-1"]
+    assert result.report["run"]["worker_start"] == "forkserver"
 
 
 @pytest.mark.slow

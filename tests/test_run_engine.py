@@ -28,6 +28,7 @@ def test_single_process_trace_and_user_files_untouched(tmp_path: Path) -> None:
     report = result.report
     assert report["run"]["status"] == "stopped-at-budget"
     assert report["run"]["script_argv"] == ["--lr", "0.25", "--ckpt", str(ckpt)]
+    assert report["run"]["worker_start"] == "spawn"  # one process: a fresh interpreter, as python starts it
     # The script's torch.save went to the scratch folder, reported, and the user's file is intact.
     assert ckpt.read_bytes() == b"the user's precious checkpoint"
     assert report["run"]["redirected_saves"] == [

@@ -96,6 +96,8 @@ class LaunchResult:
     exited_at: dict[int, float] = field(default_factory=dict)
     #: Did any worker start the user's script before the launch ended?
     script_started: bool = False
+    #: How the workers started: "forkserver" (forked from a server that imported torch) or "spawn".
+    worker_start: str = "spawn"
     #: What kept the user's files untouched: {"level", "overlaid", "passed_through", "why"}.
     protection: dict = field(default_factory=lambda: {"level": "python"})
     #: Changes the kernel-level layer caught under the protected folders (writers that bypass Python).
@@ -277,6 +279,8 @@ def launch(spec: LaunchSpec, cancel: threading.Event | None = None,
                 pass
         result.workers.append(worker)
     result.script_started = any(trace_dir.glob("begun-*"))
+    if any(isinstance(proc, forkserver.ForkedWorker) for proc in procs):
+        result.worker_start = "forkserver"
     return result
 
 
