@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cc_testing import SCRIPTS, convcheck, sigint_as_from_a_terminal
+from cc_testing import SCRIPTS, convcheck, read_traces, sigint_as_from_a_terminal
 
 from convcheck.runtime import forkserver
 
@@ -203,6 +203,10 @@ def test_the_runs_beside_the_main_run_share_one_server_of_their_own(tmp_path: Pa
     assert all(p["steps"] == 3 for p in result.report["run"]["processes"])
     assert sorted(p.name for p in (traces / "variants").iterdir()) == ["repeat", "world-size-1"]
     assert result.report["run"]["worker_start"] == "forkserver"
+    # Each rank's probe wrote its header as a fresh worker's does: the entry process, the script's argv.
+    for path in (traces / "trace").glob("trace-*.jsonl"):
+        header = json.loads(path.read_text().splitlines()[0])
+        assert (header["role"], header["argv"]) == ("entry", [str(SCRIPTS / "ddp_fresh_state.py")])
 
 
 @pytest.mark.slow
@@ -339,3 +343,77 @@ def test_forked_ranks_that_hang_are_located_and_stopped_at_the_timeout(tmp_path:
     assert run["status"] == "timeout"
     assert len(run["hung_at"]) == 2 and all('hangs.py", line 14' in where for where in run["hung_at"])
     assert _processes_of_run(traces) == []
+
+
+@pytest.mark.slow
+def test_a_forked_rank_spawns_dataloader_workers_that_are_probed_and_stopped(tmp_path: Path) -> None:
+    script = tmp_path / "spawning_loader.py"
+    script.write_text(textwrap.dedent("""
+        import torch
+        import torch.distributed as dist
+        import torch.nn as nn
+        from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+
+        def main():
+            torch.manual_seed(0)
+            dist.init_process_group("gloo")
+            data = TensorDataset(torch.randn(256, 8), torch.randint(0, 2, (256,)))
+            sampler = DistributedSampler(data, seed=0)
+            loader = DataLoader(data, batch_size=16, sampler=sampler, num_workers=1, multiprocessing_context="spawn")
+            model = nn.parallel.DistributedDataParallel(nn.Linear(8, 2))
+            opt = torch.optim.SGD(model.parameters(), lr=0.1 * dist.get_world_size())
+            for epoch in range(3):
+                sampler.set_epoch(epoch)
+                for x, y in loader:
+                    loss = nn.functional.cross_entropy(model(x), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+
+
+        if __name__ == "__main__":
+            main()
+    """))
+    traces = tmp_path / "traces"
+    result = convcheck("run", "--ignore", "CC002", "--nproc-per-node", "2", "--steps", "4", "--max-batches-per-epoch",
+                       "0", "--format", "json", "--trace-dir", traces, script, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    run = result.report["run"]
+    assert (run["status"], run["worker_start"]) == ("stopped-at-budget", "forkserver")
+    assert sorted((p["rank"], p["steps"]) for p in run["processes"]) == [(0, 4), (1, 4)]
+    # Each rank's spawned loader worker loaded the probe as well: one trace each.
+    roles = sorted(t[0]["role"] for t in read_traces(traces))
+    assert roles == ["child", "child", "entry", "entry"]
+    assert _processes_of_run(traces) == []
+
+
+@pytest.mark.slow
+def test_a_forked_rank_runs_a_module_as_python_m_does(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("WIDTH = 4\n")
+    (package / "train.py").write_text(textwrap.dedent("""
+        import sys
+        import torch
+        import torch.distributed as dist
+        from .helpers import WIDTH
+
+        dist.init_process_group("gloo")
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(WIDTH, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            loss = model(torch.randn(8, WIDTH)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    """))
+    traces = tmp_path / "traces"
+    result = convcheck("run", "--select", "CC004", "--nproc-per-node", "2", "--steps", "3", "--format", "json",
+                       "--trace-dir", traces, "-m", "pkg.train", "--flag", cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert result.report["run"]["worker_start"] == "forkserver"
+    headers = [json.loads(p.read_text().splitlines()[0]) for p in (traces / "trace").glob("trace-*.jsonl")]
+    assert len(headers) == 2
+    assert all((h["role"], h["argv"]) == ("entry", [str(package / "train.py"), "--flag"]) for h in headers)

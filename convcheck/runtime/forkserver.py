@@ -125,9 +125,10 @@ def _become_worker(sock: socket.socket, request: dict, fds: list[int]) -> None:
         from convcheck.runtime import bootstrap, fsguard, worker
 
         fsguard.retarget_from_env()
-        bootstrap.activate()
         sys.argv = [worker.__file__, *request["argv"]]
-        worker.main()  # leaves with os._exit
+        # The probe is installed where a fresh worker's would be, at `import torch`: once the
+        # script's argv and the entry process are set, just before its first line.
+        worker.main(before_run=bootstrap.activate)  # leaves with os._exit
     except BaseException:  # noqa: BLE001 - whatever happens, this process must not return to the server loop
         traceback.print_exc()
         sys.stderr.flush()

@@ -13,6 +13,7 @@ import os
 import runpy
 import sys
 import traceback
+from collections.abc import Callable
 
 from convcheck.runtime import env
 from convcheck.runtime import probe as probe_mod
@@ -55,8 +56,13 @@ def _run(script: str, module: str | None = None) -> dict:
     return {"status": "completed", "code": 0}
 
 
-def run_entry(script: str, argv: list[str], module: str | None = None) -> dict:
-    """Run the script (or ``module``, as ``python -m``) as ``__main__`` here and record how it ended."""
+def run_entry(script: str, argv: list[str], module: str | None = None,
+              before_run: Callable[[], None] | None = None) -> dict:
+    """Run the script (or ``module``, as ``python -m``) as ``__main__`` here and record how it ended.
+
+    ``before_run`` is called just before the script's first line, with ``sys.argv`` as the script
+    will see it: a forked worker, whose torch is already imported, installs its probe there.
+    """
     script = os.path.abspath(script)
     sys.argv = [argv[0] if argv else script, *argv[1:]]
     # `python script.py` puts the script's folder first on sys.path; `python -m` the working folder.
@@ -66,6 +72,10 @@ def run_entry(script: str, argv: list[str], module: str | None = None) -> dict:
     if trace_dir:
         probe_mod.register_stack_dump(trace_dir)
         _mark_begun(trace_dir)
+    if before_run is not None:
+        if module is not None:
+            sys.argv[0] = _module_path(module)  # what runpy will set once the module runs
+        before_run()
 
     outcome = _run(script, module)
     probe = probe_mod.active_probe()
@@ -78,6 +88,16 @@ def run_entry(script: str, argv: list[str], module: str | None = None) -> dict:
         probe.finish(outcome["status"])
     probe_mod.write_exit_record(outcome)
     return outcome
+
+
+def _module_path(module: str) -> str:
+    """The file ``python -m module`` runs (the module name itself when it cannot be found)."""
+    from convcheck.modules import ModuleNotRunnable, module_file
+
+    try:
+        return str(module_file(module))
+    except (ModuleNotRunnable, OSError):
+        return module
 
 
 def _mark_begun(trace_dir: str) -> None:
@@ -118,14 +138,14 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def main() -> None:
-    """Run the script given on the command line, then leave."""
+def main(before_run: Callable[[], None] | None = None) -> None:
+    """Run the script given on the command line, then leave (``before_run``: see ``run_entry``)."""
     die_with_parent()
     if sys.argv[1] == "-m":
         # sys.argv[0] is replaced by the module's file when runpy finds it.
-        outcome = run_entry(sys.argv[2], sys.argv[2:], module=sys.argv[2])
+        outcome = run_entry(sys.argv[2], sys.argv[2:], module=sys.argv[2], before_run=before_run)
     else:
-        outcome = run_entry(sys.argv[1], sys.argv[1:])
+        outcome = run_entry(sys.argv[1], sys.argv[1:], before_run=before_run)
     leave(int(outcome["code"]))
 
 
