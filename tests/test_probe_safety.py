@@ -275,3 +275,25 @@ def test_a_recording_failure_is_reported_and_training_goes_on(tmp_path: Path) ->
     assert _run_result(traces) == _plain_result(script)
     text = convcheck("run", script)
     assert "convcheck could not record at forward_pre_hook" in " ".join(text.stdout.split())
+
+
+def test_every_callback_waiting_for_one_module_runs_once_it_is_imported(tmp_path: Path, monkeypatch) -> None:
+    from convcheck.runtime.importhook import after_import
+
+    (tmp_path / "awaited_module.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "awaited_module", raising=False)
+    seen: list[str] = []
+
+    def first(module) -> None:
+        seen.append(f"first {module.VALUE}")
+
+    after_import("awaited_module", first)
+    after_import("awaited_module", lambda module: seen.append(f"second {module.VALUE}"))
+    after_import("awaited_module", first)  # already waiting: not called twice
+    import awaited_module  # noqa: F401
+
+    assert seen == ["first 1", "second 1"]
+    after_import("awaited_module", lambda module: seen.append("late"))  # imported: called at once
+    assert seen[-1] == "late"
+    monkeypatch.delitem(sys.modules, "awaited_module")

@@ -1,4 +1,4 @@
-"""Run a function right after a module finishes importing, without importing it first."""
+"""Run functions right after a module finishes importing, without importing it first."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Wraps the loader of one module so that ``callback`` runs once its body has executed."""
+    """Wraps the loader of one module so that its callbacks run, in order, once its body has executed."""
 
-    def __init__(self, fullname: str, callback: Callable[[Any], None]) -> None:
+    def __init__(self, fullname: str) -> None:
         self.fullname = fullname
-        self.callback = callback
+        self.callbacks: list[Callable[[Any], None]] = []
 
     def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001, ANN201
         if fullname != self.fullname:
@@ -25,22 +25,29 @@ class _AfterImport(importlib.abc.MetaPathFinder):
             return spec
         loader = spec.loader
         original_exec = loader.exec_module
-        callback = self.callback
+        callbacks = self.callbacks
 
         def exec_module(module):  # noqa: ANN001, ANN202
             original_exec(module)
-            callback(module)
+            for callback in callbacks:
+                callback(module)
 
         loader.exec_module = exec_module
         return spec
 
 
 def after_import(fullname: str, callback: Callable[[Any], None]) -> None:
-    """Call ``callback(module)`` when ``fullname`` has been imported: now if it already is, else right after."""
+    """Call ``callback(module)`` when ``fullname`` has been imported: now if it already is, else right after.
+
+    Several callbacks may wait for one module; a callback already waiting is not added twice.
+    """
     module = sys.modules.get(fullname)
     if module is not None:
         callback(module)
         return
-    if not any(isinstance(f, _AfterImport) and f.fullname == fullname and f.callback is callback
-               for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport(fullname, callback))
+    finder = next((f for f in sys.meta_path if isinstance(f, _AfterImport) and f.fullname == fullname), None)
+    if finder is None:
+        finder = _AfterImport(fullname)
+        sys.meta_path.insert(0, finder)
+    if callback not in finder.callbacks:
+        finder.callbacks.append(callback)

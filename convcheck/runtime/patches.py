@@ -54,18 +54,8 @@ def _eager(function: Callable[..., Any]) -> Callable[..., Any]:
     def dynamo_imported(_module: Any) -> None:
         target[0] = torch.compiler.disable(function)
 
-    _DEFERRED.append(dynamo_imported)
-    after_import("torch._dynamo", _disable_deferred)
+    after_import("torch._dynamo", dynamo_imported)
     return eager
-
-
-#: Stand-ins waiting for dynamo's import to switch to their disabled functions.
-_DEFERRED: list[Callable[[Any], None]] = []
-
-
-def _disable_deferred(module: Any) -> None:
-    while _DEFERRED:
-        _DEFERRED.pop()(module)
 
 
 class _Call:
