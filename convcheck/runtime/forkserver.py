@@ -13,9 +13,8 @@ What a fork cannot give a worker of its own is Python's string-hash seed: the wo
 one run share it (under torchrun every rank draws one). Each run (the main run, CC002's
 repeat) has its own server, so two runs still differ in it as two launches of a script do.
 
-Protocol, over a SOCK_SEQPACKET socket pair: the launcher sends ``{"argv", "env", "cwd",
-"namespace"}`` with the descriptors stdin, stdout, stderr (then the namespace's mount and
-user descriptors); the server answers ``{"started": pid}``, and later ``{"exited": pid,
+Protocol, over a SOCK_SEQPACKET socket pair: the launcher sends ``{"argv", "env", "cwd"}``
+with the descriptors stdin, stdout, stderr (then the namespace's mount and user descriptors); the server answers ``{"started": pid}``, and later ``{"exited": pid,
 "code": code}`` for every worker, ``code`` as ``Popen.returncode`` has it.
 """
 
@@ -24,13 +23,16 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import socket
+import subprocess
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 
-from convcheck.runtime import env
+from convcheck.runtime import env, reaper
 
 _MAX_MESSAGE = 1 << 20
 _MAX_FDS = 8
@@ -176,8 +178,6 @@ class ForkServer:
     def __init__(self, python: str, environ: dict[str, str], stdout, stderr,  # noqa: ANN001
                  home: Path | None = None) -> None:
         """Start the server; ``home``: a folder of its own, removed when it is closed."""
-        import subprocess
-
         self.home = home
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -250,7 +250,7 @@ class ForkServer:
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                return None if os.path.exists(f"/proc/{pid}") and not _zombie(pid) else self.codes.setdefault(pid, -9)
+                return None if reaper.alive(pid) else self.codes.setdefault(pid, -9)
             if done:
                 self.codes[pid] = os.waitstatus_to_exitcode(status)
                 return self.codes[pid]
@@ -258,8 +258,6 @@ class ForkServer:
 
     def close(self) -> None:
         """Let the server go (its workers have been stopped) and collect it."""
-        import subprocess
-
         with self._lock:
             self.sock.close()
             self.gone = True
@@ -269,18 +267,7 @@ class ForkServer:
             self.proc.kill()
             self.proc.wait()
         if self.home is not None:
-            import shutil
-
             shutil.rmtree(self.home, ignore_errors=True)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError:
-        return True
-    return text[text.rfind(")") + 2:].startswith("Z")
 
 
 class ForkedWorker:
@@ -299,9 +286,6 @@ class ForkedWorker:
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait until it ends (``subprocess.TimeoutExpired`` after ``timeout`` seconds)."""
-        import subprocess
-        import time
-
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
             if deadline is not None and time.monotonic() > deadline:

@@ -46,6 +46,12 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rfind(")") + 2:].split()
 
 
+def alive(pid: int) -> bool:
+    """Is ``pid`` a live process (not gone, not a zombie)?"""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
 def start_ticks(pid: int) -> int | None:
     """When the process started, in clock ticks since boot (tells a pid from a reused one)."""
     fields = _stat_fields(pid)
@@ -144,15 +150,15 @@ def stop_run(worker_pids: list[int], trace_dir: Path, ns_inode: int | None = Non
         doomed.update(tagged(trace_dir, descendants(os.getpid())))
         if ns_inode is not None:
             doomed.update(members(ns_inode))
-        alive = [pid for pid in doomed if _stat_fields(pid) is not None and _stat_fields(pid)[0] != "Z"]
-        if not alive:
+        living = [pid for pid in doomed if alive(pid)]
+        if not living:
             return
         for pid in worker_pids:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        kill(sorted(set(alive) - set(worker_pids)))
+        kill(sorted(set(living) - set(worker_pids)))
         for pid in worker_pids:
             try:
                 os.kill(pid, signal.SIGKILL)
