@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from convcheck.findings import Finding, Severity
-from convcheck.registry import Check, RunVariant
+from convcheck.registry import Check, CheckOptionError, RunVariant
 from convcheck.runtime.trace import ProcessTrace, RunTrace
 from convcheck.static.context import StaticContext, dotted_name
 from convcheck.static.flow import import_aliases, last_segment, resolved_call, user_location
@@ -79,10 +79,20 @@ class UnseededRng(Check):
     a seeded `generator`, and reseed dataset-owned RNGs in a `worker_init_fn`. A script whose two runs match
     is not reported.
 
+    The repeat compares the first 5 steps (`repeat-steps = N` under `[tool.convcheck.checks.CC002]`; 0 makes
+    no repeat, and what the run saw of its RNGs is then a warning at most). It runs beside the main run when
+    the machine has a core for each of its processes. When the main run's processes already fill the cores,
+    each repeated step would be training added to the verdict, so the repeat is made after the main run and
+    only when there is a reason to doubt: an RNG drawn from before it was seeded, a seed that looks like the
+    clock, a script that seeds too late or not at all. `repeat-always = true` makes it anyway. The JSON
+    report's `run.extra_runs` says whether the repeat was made, when, and for how many steps.
+
     ## Known limits
     It compares the first steps of two runs on this machine: nondeterminism that only a GPU shows (cuDNN
     kernel choice, atomics in scatter/index_add) cannot appear on the CPU, and an unseeded RNG first used
-    after the step budget is not seen. Several processes updating shared weights without locks (Hogwild)
+    after the compared steps is not seen. When the cores are full and the run gave no reason to doubt, seeds
+    taken from the clock in a way that does not look like it, the order of sets and unseeded local generators
+    (`np.random.default_rng()`) are not compared. Several processes updating shared weights without locks (Hogwild)
     differ by design and are not judged. The line named as an RNG's first draw comes from the source and can
     miss draws made inside libraries.
     """
@@ -96,8 +106,17 @@ class UnseededRng(Check):
     _pending: list[Finding]
 
     def extra_runs(self, nproc_per_node: int | None, steps: int, ctx: StaticContext) -> dict[str, RunVariant]:
-        # The repeat verifies what the source suggests.
-        return {"repeat": RunVariant(nproc_per_node=nproc_per_node, steps=min(steps, COMPARED_STEPS))}
+        compared = repeat_steps(self.options.get("repeat-steps", COMPARED_STEPS))
+        if compared == 0:
+            return {}
+        always = self.options.get("repeat-always", False)
+        if not isinstance(always, bool):
+            raise CheckOptionError(f"repeat-always = {always!r}: give true or false.")
+        # The repeat verifies what the source and the main run suggest. Where it would take cores from the
+        # main run, it is made only when the main run gave a reason to doubt its seeding.
+        return {"repeat": RunVariant(nproc_per_node=nproc_per_node, steps=min(steps, compared),
+                                     needed=None if always else lambda run: doubtful(run, ctx),
+                                     left_out=_LEFT_OUT)}
 
     # -- static ------------------------------------------------------------------------------
 
@@ -232,6 +251,47 @@ class UnseededRng(Check):
 
 
 # -- comparing two runs -------------------------------------------------------------------------
+
+
+def repeat_steps(option: Any) -> int:
+    """How many steps the repeat run compares, from the ``repeat-steps`` option (0: no repeat)."""
+    if isinstance(option, bool) or not isinstance(option, int) or option < 0:
+        raise CheckOptionError(f"repeat-steps = {option!r}: give a whole number of steps (0 makes no repeat run).")
+    return option
+
+
+_LEFT_OUT = (
+    "the run drew from no RNG before seeding it and the source seeds before building anything, so seeds "
+    "taken from the clock, the order of sets and unseeded local generators were not compared "
+    "(`repeat-always = true` under `[tool.convcheck.checks.CC002]` makes the repeat anyway)"
+)
+
+
+def doubtful(run: RunTrace, ctx: StaticContext) -> bool:
+    """Whether the main run or the source gives a reason to think two runs differ (the repeat then proves it)."""
+    trainers = run.trainers
+    if _hogwild(trainers):
+        return False  # differs by design; seeding is not judged
+    facts = static_seeding(ctx)
+    if facts.late_seed is not None or (not facts.seed_lines and facts.first_draw is not None):
+        return True
+    for proc in trainers:
+        # Benchmark mode picks GPU kernels; a CPU repeat cannot show what it does.
+        if any(c["kind"] != "cudnn-benchmark" for c in causes_of(proc, ctx)[0]):
+            return True
+        if any(_like_the_clock(e.get("value")) for e in proc.of("seed")):
+            return True
+    return False
+
+
+def _like_the_clock(value: Any) -> bool:
+    """A seed within a day of now in seconds, milliseconds, microseconds or nanoseconds since the epoch."""
+    import time
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    now = time.time()
+    return any(abs(value / scale - now) < 86_400 for scale in (1, 1e3, 1e6, 1e9))
 
 
 _FIX_HOGWILD = (

@@ -111,6 +111,9 @@ class RunSummary(BaseModel):
     #: How the main run's workers started: "forkserver" (forked from one process that imported torch;
     #: they share Python's string-hash seed) or "spawn" (a fresh interpreter each); None when not run here.
     worker_start: str | None = None
+    #: The runs checks asked for beside the main run, as evidence: ``{"label", "check", "processes",
+    #: "steps", "steps_made"}`` (``steps`` the budget asked for, ``steps_made`` the most one process made).
+    extra_runs: list[dict[str, Any]] = Field(default_factory=list)
     #: CUDA usage that was mapped onto the CPU (first use of each kind, with the user's line).
     device_mapping: list[dict[str, Any]] = Field(default_factory=list)
     #: CUDA features with no CPU equivalent that stopped the run.

@@ -6,8 +6,8 @@ Which checks exist, and which are selected, is the catalog's job (``convcheck.ca
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from convcheck.findings import Finding, Location, Severity
@@ -15,6 +15,10 @@ from convcheck.findings import Finding, Location, Severity
 if TYPE_CHECKING:
     from convcheck.runtime.trace import RunTrace
     from convcheck.static.context import StaticContext
+
+
+class CheckOptionError(ValueError):
+    """A value under ``[tool.convcheck.checks.CODE]`` the check cannot use; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,13 @@ class RunVariant:
     steps: int
     #: Every DataLoader repeats its first batch (can the model fit one batch?).
     repeat_first_batch: bool = False
+    #: Where the main run's processes leave no core for this run's, this run is made after the main run
+    #: instead of beside it, and only if ``needed`` says the main run's trace calls for it. None: always
+    #: made, beside the main run.
+    needed: Callable[[RunTrace], bool] | None = field(default=None, compare=False)
+    #: Why the run may be left out and what is then not checked, for the report: completes "… run was
+    #: not made, …".
+    left_out: str = field(default="", compare=False)
 
 
 class Check:

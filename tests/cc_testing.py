@@ -35,16 +35,19 @@ class Result:
 
 
 def convcheck(
-    *args: str | os.PathLike, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None
+    *args: str | os.PathLike, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None,
+    cores: set[int] | None = None,
 ) -> Result:
     """Run ``python -m convcheck ARGS`` and capture its output (``env`` adds to the environment).
 
     The timeout only bounds a run that hangs: a busy machine may be many times slower than a quiet one.
+    ``cores`` pins convcheck and everything it starts to those CPU cores.
     """
     proc = subprocess.run(
         [sys.executable, "-m", "convcheck", *map(str, args)],
         capture_output=True, text=True, cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
+        preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores),
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

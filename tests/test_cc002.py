@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import textwrap
 from pathlib import Path
 
 import pytest
-from cc_testing import SCRIPTS, convcheck
+from cc_testing import EXAMPLES, SCRIPTS, convcheck
 
-from convcheck.checks.cc002_unseeded_rng import UnseededRng, compare, static_seeding
-from convcheck.registry import RunVariant
+from convcheck.checks.cc002_unseeded_rng import UnseededRng, compare, doubtful, repeat_steps, static_seeding
+from convcheck.registry import CheckOptionError, RunVariant
 from convcheck.runtime.trace import RunTrace, load_events
 from convcheck.static.context import StaticContext
 
@@ -44,7 +45,9 @@ def _run(main, repeat) -> RunTrace:
 def test_identical_runs_are_quiet_even_if_the_source_has_no_seed() -> None:
     ctx = _ctx("import torch\nmodel = torch.nn.Linear(2, 2)\n")
     check = UnseededRng()
-    assert check.extra_runs(2, 20, ctx) == {"repeat": RunVariant(nproc_per_node=2, steps=5)}
+    check.options = {"repeat-steps": 4}
+    assert check.extra_runs(2, 20, ctx) == {"repeat": RunVariant(nproc_per_node=2, steps=4)}
+    assert check.extra_runs(2, 3, ctx) == {"repeat": RunVariant(nproc_per_node=2, steps=3)}
     check.runtime_follows = True  # as the analysis sets it when a run's traces follow
     assert list(check.check_static(ctx)) == []
     assert list(check.check_runtime(_run(_proc([0.7, 0.6]), _proc([0.7, 0.6], pid=2)), ctx)) == []
@@ -244,3 +247,110 @@ def test_a_seed_drawn_at_random_is_one_cause_not_also_a_late_seed() -> None:
     [finding] = result.findings("CC002")
     assert finding["evidence"]["causes"] == ["changing-seed:python", "changing-seed:torch"]
     assert "built before the seed" not in finding["message"]
+
+
+@pytest.mark.parametrize("value", [True, -1, "5", 2.5, None])
+def test_a_repeat_length_that_is_not_a_number_of_steps_is_refused(value) -> None:  # noqa: ANN001
+    with pytest.raises(CheckOptionError, match="repeat-steps"):
+        repeat_steps(value)
+    assert repeat_steps(0) == 0 and repeat_steps(7) == 7
+
+
+def test_no_repeat_run_when_repeat_steps_is_zero() -> None:
+    check = UnseededRng()
+    check.options = {"repeat-steps": 0}
+    assert check.extra_runs(1, 20, _ctx()) == {}
+
+
+_SEEDED = "import torch\ntorch.manual_seed(0)\nmodel = torch.nn.Linear(2, 2)\n"
+
+
+@pytest.mark.parametrize(("source", "proc", "doubt"), [
+    (_SEEDED, {}, False),
+    (_SEEDED, {"unseeded": ["numpy"]}, True),
+    (_SEEDED, {"seeds": [("torch", 2, True)]}, True),  # seeded after a draw
+    ("import torch\nmodel = torch.nn.Linear(2, 2)\n", {}, True),  # no seed in the source
+    ("import torch\nmodel = torch.nn.Linear(2, 2)\ntorch.manual_seed(0)\n", {}, True),  # seeded too late
+])
+def test_what_calls_for_the_repeat_when_the_cores_are_full(source: str, proc: dict, doubt: bool) -> None:
+    run = RunTrace(processes=[_proc([0.7, 0.6], **proc)])
+    assert doubtful(run, _ctx(source)) is doubt
+
+
+def test_a_seed_taken_from_the_clock_calls_for_the_repeat() -> None:
+    import time
+
+    for value, doubt in [(int(time.time()), True), (time.time_ns(), True), (int(time.time() * 1000), True),
+                         (0, False), (1337, False), (2**32 - 1, False)]:
+        proc = _proc([0.7])
+        proc.events.insert(1, {"ev": "seed", "rng": "torch", "value": value, "loc": ["train.py", 1],
+                               "internal": False, "drawn_before": False})
+        assert doubtful(RunTrace(processes=[proc]), _ctx(_SEEDED)) is doubt, value
+
+
+def test_benchmark_mode_alone_does_not_call_for_a_cpu_repeat() -> None:
+    proc = _proc([0.7])
+    proc.events[-1].update(cudnn_benchmark=True, cudnn_deterministic=True)
+    assert doubtful(RunTrace(processes=[proc]), _ctx(_SEEDED)) is False
+
+
+def _with_config(tmp_path: Path, script: Path, table: str) -> Path:
+    copy = tmp_path / script.name
+    copy.write_text(script.read_text())
+    (tmp_path / "pyproject.toml").write_text(f"[tool.convcheck.checks.CC002]\n{table}\n")
+    return copy
+
+
+def test_repeat_steps_zero_leaves_what_the_run_saw_as_a_warning(tmp_path: Path) -> None:
+    script = _with_config(tmp_path, EXAMPLES / "cc002_seed_after_model.py", "repeat-steps = 0")
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC002", script)
+    assert result.code == 0, result.stderr
+    assert result.report["run"]["extra_runs"] == []
+    severities = {f["severity"] for f in result.findings("CC002")}
+    assert "error" not in severities and "warning" in severities
+
+
+def test_a_bad_repeat_steps_is_a_one_paragraph_error(tmp_path: Path) -> None:
+    script = _with_config(tmp_path, SCRIPTS / "single.py", 'repeat-steps = "many"')
+    result = convcheck("run", "--select", "CC002", script)
+    assert result.code == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "[tool.convcheck.checks.CC002]" in result.stderr and "repeat-steps = 'many'" in result.stderr
+    assert str(tmp_path / "pyproject.toml") in result.stderr
+
+
+def _pinned(*args) -> dict:  # noqa: ANN002
+    """``convcheck run --format json`` pinned to one core, so that the main run's one process fills the cores."""
+    result = convcheck("run", "--format", "json", "--fail-on", "never", "--select", "CC002", *args,
+                       cores={min(os.sched_getaffinity(0))})
+    assert result.code == 0, result.stderr
+    return result.report
+
+
+def test_on_full_cores_a_seeded_script_is_not_repeated_and_the_report_says_why(tmp_path: Path) -> None:
+    report = _pinned("--steps", "6", SCRIPTS / "single.py", "--ckpt", tmp_path / "ckpt.pt")
+    [row] = report["run"]["extra_runs"]
+    assert (row["check"], row["label"], row["when"], row["steps_made"]) == ("CC002", "repeat", "left-out", 0)
+    assert row["why"].startswith("CC002's repeat run was not made: the main run's 1 process fills the 1 core")
+    assert "clock" in row["why"] and "repeat-always = true" in row["why"]
+    assert report["findings"] == []
+    text = convcheck("run", "--select", "CC002", "--steps", "6", SCRIPTS / "single.py", "--ckpt", tmp_path / "c.pt",
+                     cores={min(os.sched_getaffinity(0))}, env={"COLUMNS": "400"})
+    assert "CC002's repeat run was not made" in text.stdout
+
+
+def test_on_full_cores_a_script_that_seeds_too_late_is_repeated_after_the_main_run() -> None:
+    report = _pinned(EXAMPLES / "cc002_seed_after_model.py")
+    [row] = report["run"]["extra_runs"]
+    assert (row["when"], row["steps_made"]) == ("after", 5) and "why" not in row
+    [error] = [f for f in report["findings"] if f["code"] == "CC002" and f["severity"] == "error"]
+    assert "Two runs of this script differ" in error["message"]
+
+
+@pytest.mark.slow
+def test_repeat_always_makes_the_repeat_on_full_cores(tmp_path: Path) -> None:
+    script = _with_config(tmp_path, SCRIPTS / "single.py", "repeat-always = true")
+    report = _pinned("--steps", "6", script, "--ckpt", tmp_path / "ckpt.pt")
+    [row] = report["run"]["extra_runs"]
+    assert (row["when"], row["steps"], row["steps_made"]) == ("beside", 5, 5)
+    assert report["findings"] == []

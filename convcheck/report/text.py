@@ -83,6 +83,9 @@ class ReportView:
         note = epochs_note(run)
         if note:
             yield Text(note, style="dim")
+        for row in run.extra_runs:
+            if row.get("why"):
+                yield Text(display_paths_in(row["why"]), style="dim")
         yield Text("")
         if run.error:
             style = "red" if run.status in ("crashed", "timeout") else "yellow"

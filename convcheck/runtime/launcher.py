@@ -352,13 +352,17 @@ def _share_cores(specs: dict[str, LaunchSpec]) -> dict[str, LaunchSpec]:
     import dataclasses
 
     total = sum(spec.nproc_per_node or 1 for spec in specs.values())
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    share = max(1, cores // total)
+    share = max(1, usable_cores() // total)
     return {label: dataclasses.replace(spec, omp_threads=share) if (spec.nproc_per_node or 1) == 1 else spec
             for label, spec in specs.items()}
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _shared_server(specs: list[LaunchSpec]) -> forkserver.ForkServer | None:
