@@ -87,11 +87,11 @@ class CharGPT(nn.Module):
         return self.head(self.norm(self.blocks(self.tokens(idx) + self.positions(pos))))
 
 
-def gpt_run(sizes: Sizes) -> tuple[nn.Module, Step]:
+def gpt_run(sizes: Sizes, device: str = "cpu") -> tuple[nn.Module, Step]:
     """The char model and one training step: random windows of a synthetic character stream, AdamW."""
     vocab, block, batch = 65, sizes.gpt_block, 8
-    stream = torch.randint(0, vocab, (200_000,))
-    model = CharGPT(vocab, block, sizes.gpt_dim, sizes.gpt_heads, sizes.gpt_layers)
+    stream = torch.randint(0, vocab, (200_000,)).to(device)
+    model = CharGPT(vocab, block, sizes.gpt_dim, sizes.gpt_heads, sizes.gpt_layers).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95))
 
     def step() -> None:
@@ -146,12 +146,12 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1), 1))
 
 
-def resnet_run(sizes: Sizes) -> tuple[nn.Module, Step]:
+def resnet_run(sizes: Sizes, device: str = "cpu") -> tuple[nn.Module, Step]:
     """The conv net and one training step: a shuffled DataLoader over synthetic images, SGD with momentum."""
     images, labels = torch.randn(1024, 3, 32, 32), torch.randint(0, 10, (1024,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=32,
                                          shuffle=True, drop_last=True)
-    model = ResNet18(sizes.resnet_widths)
+    model = ResNet18(sizes.resnet_widths).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     batches = iter(loader)
 
@@ -162,6 +162,7 @@ def resnet_run(sizes: Sizes) -> tuple[nn.Module, Step]:
         except StopIteration:
             batches = iter(loader)
             x, y = next(batches)
+        x, y = x.to(device), y.to(device)
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
@@ -188,14 +189,14 @@ class LSTMLanguageModel(nn.Module):
         return self.decoder(self.drop(out)), state
 
 
-def lstm_run(sizes: Sizes) -> tuple[nn.Module, Step]:
+def lstm_run(sizes: Sizes, device: str = "cpu") -> tuple[nn.Module, Step]:
     """The LSTM model and one step of truncated backpropagation through time, SGD with clip_grad_norm_."""
     vocab, hidden, bptt, batch = sizes.lstm_vocab, sizes.lstm_hidden, 35, 20
-    stream = torch.randint(0, vocab, (batch * bptt * 64 + 1,))
+    stream = torch.randint(0, vocab, (batch * bptt * 64 + 1,)).to(device)
     columns = stream[: (len(stream) // batch) * batch].view(batch, -1).t().contiguous()
-    model = LSTMLanguageModel(vocab, hidden)
+    model = LSTMLanguageModel(vocab, hidden).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=20.0)
-    state = (torch.zeros(2, batch, hidden), torch.zeros(2, batch, hidden))
+    state = (torch.zeros(2, batch, hidden, device=device), torch.zeros(2, batch, hidden, device=device))
     position = 0
 
     def step() -> None:
@@ -214,7 +215,7 @@ def lstm_run(sizes: Sizes) -> tuple[nn.Module, Step]:
     return model, step
 
 
-MODELS: dict[str, tuple[str, Callable[[Sizes], tuple[nn.Module, Step]]]] = {
+MODELS: dict[str, tuple[str, Callable[[Sizes, str], tuple[nn.Module, Step]]]] = {
     "gpt": ("GPT-style char model, 6 layers, d=384, block 128, batch 8, AdamW", gpt_run),
     "resnet": ("ResNet-18 shape, 32x32 images, batch 32, DataLoader, SGD momentum", resnet_run),
     "lstm": ("2-layer LSTM LM, 650 hidden, vocab 10000, bptt 35, batch 20, SGD + clipping", lstm_run),

@@ -4,6 +4,7 @@
     python benchmarks/realistic.py --memory    # and peak RSS, plain vs instrumented (one process each)
     python benchmarks/realistic.py --rounds 0 --memory   # peak RSS only
     python benchmarks/realistic.py --quick     # tiny sizes, one round (CI smoke run): prints, asserts nothing
+    python benchmarks/realistic.py --device cuda --rounds 2   # on a GPU: wall time per step is what counts
 
 The models are written with torch.nn only and fed synthetic data (nothing is downloaded):
 
@@ -50,8 +51,8 @@ from models import FULL, MODELS, QUICK, Sizes, Step  # noqa: E402
 # -- measuring -----------------------------------------------------------------------------------
 
 
-def one_run(make: Callable[[Sizes], tuple[nn.Module, Step]], sizes: Sizes, steps: int,
-            trace_dir: str | None) -> tuple[float, float, float, int]:
+def one_run(make: Callable[[Sizes, str], tuple[nn.Module, Step]], sizes: Sizes, steps: int,
+            trace_dir: str | None, device: str = "cpu") -> tuple[float, float, float, int]:
     """Build the model afresh and run ``steps`` steps; under a fresh probe when a trace folder is given.
 
     Returns the wall and CPU seconds the steps took, the seconds spent installing the probe and writing
@@ -67,10 +68,12 @@ def one_run(make: Callable[[Sizes], tuple[nn.Module, Step]], sizes: Sizes, steps
         fixed += time.perf_counter() - start
     try:
         # Built under the probe, as a script run by convcheck builds them (optimizer and DataLoader patches).
-        model, step = make(sizes)
+        model, step = make(sizes, device)
+        _synchronize(device)
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
             step()
+        _synchronize(device)  # a GPU step has ended when its kernels have, not when Python returns
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         if probe is not None:
@@ -81,21 +84,26 @@ def one_run(make: Callable[[Sizes], tuple[nn.Module, Step]], sizes: Sizes, steps
     return elapsed, cpu, fixed, sum(p.numel() for p in model.parameters())
 
 
-def measure(name: str, sizes: Sizes, rounds: int, steps: int) -> None:
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(name: str, sizes: Sizes, rounds: int, steps: int, device: str = "cpu") -> None:
     """Alternate plain and instrumented whole runs; print ms/step of each and the ratio of the medians."""
     label, make = MODELS[name]
-    one_run(make, sizes, 2, None)  # warm-up: kernels, allocator
+    one_run(make, sizes, 2, None, device)  # warm-up: kernels, allocator
     plain: dict[str, list[float]] = {"wall": [], "cpu": []}
     probed: dict[str, list[float]] = {"wall": [], "cpu": []}
     fixed: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for index in range(rounds):
-            wall, cpu, _, params = one_run(make, sizes, steps, None)
+            wall, cpu, _, params = one_run(make, sizes, steps, None, device)
             plain["wall"].append(wall / steps)
             plain["cpu"].append(cpu / steps)
             trace_dir = Path(tmp) / f"round{index}"
             trace_dir.mkdir()
-            wall, cpu, setup, _ = one_run(make, sizes, steps, str(trace_dir))
+            wall, cpu, setup, _ = one_run(make, sizes, steps, str(trace_dir), device)
             probed["wall"].append(wall / steps)
             probed["cpu"].append(cpu / steps)
             fixed.append(setup)
@@ -141,6 +149,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: stable timings)")
     parser.add_argument("--models", default=",".join(MODELS), help="which models, comma-separated")
     parser.add_argument("--memory", action="store_true", help="also peak RSS, plain vs instrumented")
+    parser.add_argument("--device", default="cpu", help="where the models train: cpu (default) or cuda")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -152,13 +161,14 @@ def main() -> None:
     # The recorders `convcheck run` installs with the default selection of checks.
     recorders = needed_by(select_checks([], []))
     os.environ[env.RECORDERS] = ",".join(recorders)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {rounds} round(s) of {args.steps}-step runs, "
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"torch {torch.__version__}, {where}, {args.threads} thread(s), {rounds} round(s) of {args.steps}-step runs, "
           f"recorders: {', '.join(recorders) or 'none'}")
     names = [n for n in args.models.split(",") if n]
     for name in names:
         print(f"# {MODELS[name][0]}" + (" (quick: tiny sizes)" if args.quick else ""))
         if rounds:
-            measure(name, sizes, rounds, args.steps)
+            measure(name, sizes, rounds, args.steps, args.device)
     if args.memory:
         print(f"peak RSS of one process, one {args.steps}-step run:")
         for name in names:

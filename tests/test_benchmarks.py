@@ -79,3 +79,28 @@ def test_time_to_verdict_of_the_realistic_model_quick() -> None:
     assert "(gpt)" in out.stdout and len(_RATIO.findall(out.stdout)) == 9, out.stdout
     assert not _verdict_exits(out.stdout), out.stdout
     print(out.stdout)
+
+
+def test_gpu_check_rehearses_on_the_cpu() -> None:
+    # The same runs a GPU machine makes, with the scripts' CUDA usage mapped onto the CPU.
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick", "--jobs", "2"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "8 of 8 scripts as expected" in out.stdout
+    assert {"amp_overflow.py", "amp_overflow_fixed.py", "nccl_sampler.py", "nccl_sampler_fixed.py"} <= set(
+        re.findall(r"^ok\s+(\S+)", out.stdout, re.MULTILINE))
+    assert len(_RATIO.findall(out.stdout)) == 6  # three models, wall and CPU time
+    print(out.stdout)
+
+
+def test_gpu_check_without_cuda_says_so() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py")], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 1 and "CUDA is not available here" in out.stderr
+    assert "Traceback" not in out.stderr
