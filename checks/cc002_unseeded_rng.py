@@ -84,8 +84,9 @@ class UnseededRng(Check):
     the machine has a core for each of its processes. When the main run's processes already fill the cores,
     each repeated step would be training added to the verdict, so the repeat is made after the main run and
     only when there is a reason to doubt: an RNG drawn from before it was seeded, a seed that looks like the
-    clock, a script that seeds too late or not at all. `repeat-always = true` makes it anyway. The JSON
-    report's `run.extra_runs` says whether the repeat was made, when, and for how many steps.
+    clock, a script that seeds too late or not at all; it is then stopped as soon as it differs from the
+    main run. `repeat-always = true` makes it anyway. The JSON report's `run.extra_runs` says whether the
+    repeat was made, when, and for how many steps.
 
     ## Known limits
     It compares the first steps of two runs on this machine: nondeterminism that only a GPU shows (cuDNN
@@ -116,7 +117,7 @@ class UnseededRng(Check):
         # main run, it is made only when the main run gave a reason to doubt its seeding.
         return {"repeat": RunVariant(nproc_per_node=nproc_per_node, steps=min(steps, compared),
                                      needed=None if always else lambda run: doubtful(run, ctx),
-                                     left_out=_LEFT_OUT)}
+                                     left_out=_LEFT_OUT, settled=differ)}
 
     # -- static ------------------------------------------------------------------------------
 
@@ -261,8 +262,9 @@ def repeat_steps(option: Any) -> int:
 
 
 _LEFT_OUT = (
-    "the run drew from no RNG before seeding it and the source seeds before building anything, so seeds "
-    "taken from the clock, the order of sets and unseeded local generators were not compared "
+    "nothing in the run or the source suggests its seeding is wrong (no RNG drawn from before its seed, no seed "
+    "set too late or from the clock), so seeds from other changing values, the order of sets and unseeded "
+    "local generators were not compared "
     "(`repeat-always = true` under `[tool.convcheck.checks.CC002]` makes the repeat anyway)"
 )
 
@@ -280,6 +282,16 @@ def doubtful(run: RunTrace, ctx: StaticContext) -> bool:
         if any(c["kind"] != "cudnn-benchmark" for c in causes_of(proc, ctx)[0]):
             return True
         if any(_like_the_clock(e.get("value")) for e in proc.of("seed")):
+            return True
+    return False
+
+
+def differ(main: RunTrace, repeat: RunTrace) -> bool:
+    """Whether the repeat, as far as it got, already differs from the main run (more steps cannot undo it)."""
+    others = repeat.trainers
+    for mine in main.trainers:
+        theirs = _same_rank(mine, others)
+        if theirs is not None and compare(mine, theirs) is not None:
             return True
     return False
 

@@ -111,8 +111,10 @@ class RunSummary(BaseModel):
     #: How the main run's workers started: "forkserver" (forked from one process that imported torch;
     #: they share Python's string-hash seed) or "spawn" (a fresh interpreter each); None when not run here.
     worker_start: str | None = None
-    #: The runs checks asked for beside the main run, as evidence: ``{"label", "check", "processes",
-    #: "steps", "steps_made"}`` (``steps`` the budget asked for, ``steps_made`` the most one process made).
+    #: The runs checks asked for besides the main run, as evidence: ``{"label", "check", "processes",
+    #: "steps", "steps_made", "when"}`` (``steps`` the budget asked for, ``steps_made`` the most one
+    #: process made; ``when``: "beside" the main run, "after" it, or "left-out" with ``why``).
+    #: ``stopped_early``: a run made after the main one was stopped once it had settled its check.
     extra_runs: list[dict[str, Any]] = Field(default_factory=list)
     #: CUDA usage that was mapped onto the CPU (first use of each kind, with the user's line).
     device_mapping: list[dict[str, Any]] = Field(default_factory=list)

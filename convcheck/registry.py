@@ -34,8 +34,11 @@ class RunVariant:
     #: made, beside the main run.
     needed: Callable[[RunTrace], bool] | None = field(default=None, compare=False)
     #: Why the run may be left out and what is then not checked, for the report: completes "… run was
-    #: not made, …".
+    #: not made: the main run's N processes fill the N cores, and …".
     left_out: str = field(default="", compare=False)
+    #: For a run made after the main run: whether what it has made so far already settles the check's
+    #: question, given the main run's trace; it is then stopped instead of run to its budget.
+    settled: Callable[[RunTrace, RunTrace], bool] | None = field(default=None, compare=False)
 
 
 class Check:

@@ -385,10 +385,13 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
         launched = launches.pop("main")
         trace = read_trace_dir(launched.trace_dir, world_size=options.nproc_per_node or 1, steps_budget=options.steps)
         left_out: dict[str, str] = {}
+        settled_early: set[str] = set()
         for label in later:
             why = _not_needed(variants[label], launched, trace, options.nproc_per_node or 1, cores)
             if why is None:
-                launches.update(launch_many({label: specs[label]}))
+                launches[label], stopped = _launch_after(specs[label], variants[label], trace)
+                if stopped:
+                    settled_early.add(label)
             else:
                 left_out[label] = f"{asked_by[label]}'s {label} run was not made: {why}."
         for label, other in launches.items():
@@ -397,7 +400,7 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
                 other.trace_dir, world_size=variant.nproc_per_node or 1, steps_budget=variant.steps
             )
         summary = summarize_run(launched, trace, options)
-        summary.extra_runs = _extra_runs(variants, asked_by, trace, later, left_out)
+        summary.extra_runs = _extra_runs(variants, asked_by, trace, later, left_out, settled_early)
         summary.file_changes = _file_changes([launched, *launches.values()])
         _protection(summary, launched)
         findings, check_errors = run_checks(checks, ctx, trace, runtime=True)
@@ -430,6 +433,46 @@ def _made_later(variants: dict, main_processes: int, cores: int) -> set[str]:
             if variant.needed is not None and main_processes + (variant.nproc_per_node or 1) > cores}
 
 
+def _launch_after(spec, variant, main_trace):  # noqa: ANN001, ANN202
+    """Make an extra run after the main one; stop it as soon as what it made settles its check's question.
+
+    Returns the launch's result and whether it was stopped for that.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Pending
+
+    from convcheck.runtime.launcher import launch
+    from convcheck.runtime.trace import read_trace_dir
+
+    if variant.settled is None:
+        return launch(spec), False
+    cancel = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(launch, spec, cancel)
+        try:
+            while True:
+                try:
+                    return future.result(timeout=_SETTLED_POLL_S), False
+                except Pending:
+                    pass
+                so_far = read_trace_dir(spec.run_dir / "trace", world_size=variant.nproc_per_node or 1)
+                try:
+                    settled = variant.settled(main_trace, so_far)
+                except Exception:  # noqa: BLE001 - a check's own failure: let the run make its budget
+                    settled = False
+                if settled:
+                    cancel.set()
+                    return future.result(), True
+        except KeyboardInterrupt:
+            cancel.set()
+            return future.result(), False
+
+
+#: How often a run made after the main one is looked at while it runs (seconds).
+_SETTLED_POLL_S = 0.25
+
+
 def _not_needed(variant, launched, trace, main_processes: int, cores: int) -> str | None:  # noqa: ANN001
     """Why an extra run made after the main one is left out; None when the main run calls for it."""
     if launched.interrupted:
@@ -449,7 +492,7 @@ def _not_needed(variant, launched, trace, main_processes: int, cores: int) -> st
 
 
 def _extra_runs(variants: dict, asked_by: dict[str, str], trace, later: set[str],  # noqa: ANN001
-                left_out: dict[str, str]) -> list[dict]:
+                left_out: dict[str, str], settled_early: set[str]) -> list[dict]:
     """One row per extra run for the report: which check asked, its size, when it ran, or why not."""
     rows = []
     for label, variant in variants.items():
@@ -459,6 +502,8 @@ def _extra_runs(variants: dict, asked_by: dict[str, str], trace, later: set[str]
                "when": "left-out" if label in left_out else "after" if label in later else "beside"}
         if label in left_out:
             row["why"] = left_out[label]
+        if label in settled_early:
+            row["stopped_early"] = True  # what it had made already answered the check
         rows.append(row)
     return rows
 
