@@ -323,8 +323,9 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
     Returns the run summary, the findings, the checks that failed, and the main trace.
     """
     from convcheck.analysis import run_checks
+    from convcheck.extraruns import launch_after, launch_together, made_later, not_needed, report_rows
     from convcheck.registry import CheckOptionError, RunVariant
-    from convcheck.runtime.launcher import LaunchSpec, launch_many, usable_cores
+    from convcheck.runtime.launcher import LaunchSpec, usable_cores
     from convcheck.static.ports import binds_fixed_port
     from convcheck.runtime.trace import read_trace_dir
 
@@ -379,17 +380,18 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
             specs[label] = spec_for(run_dir / "variants" / label, variant.nproc_per_node, variant.steps, False,
                                     variant.repeat_first_batch)
         cores = usable_cores()
-        later = _made_later(variants, options.nproc_per_node or 1, cores)
-        launches = _launch({label: spec for label, spec in specs.items() if label not in later},
-                           one_after_another=binds_fixed_port(ctx))
+        later = made_later(variants, options.nproc_per_node or 1, cores)
+        # Runs side by side would fight over a port the script chose itself.
+        launches = launch_together({label: spec for label, spec in specs.items() if label not in later},
+                                   one_after_another=binds_fixed_port(ctx))
         launched = launches.pop("main")
         trace = read_trace_dir(launched.trace_dir, world_size=options.nproc_per_node or 1, steps_budget=options.steps)
         left_out: dict[str, str] = {}
         settled_early: set[str] = set()
         for label in later:
-            why = _not_needed(variants[label], launched, trace, options.nproc_per_node or 1, cores)
+            why = not_needed(variants[label], launched, trace, options.nproc_per_node or 1, cores)
             if why is None:
-                launches[label], stopped = _launch_after(specs[label], variants[label], trace)
+                launches[label], stopped = launch_after(specs[label], variants[label], trace)
                 if stopped:
                     settled_early.add(label)
             else:
@@ -400,7 +402,7 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
                 other.trace_dir, world_size=variant.nproc_per_node or 1, steps_budget=variant.steps
             )
         summary = summarize_run(launched, trace, options)
-        summary.extra_runs = _extra_runs(variants, asked_by, trace, later, left_out, settled_early)
+        summary.extra_runs = report_rows(variants, asked_by, trace, later, left_out, settled_early)
         summary.file_changes = _file_changes([launched, *launches.values()])
         _protection(summary, launched)
         findings, check_errors = run_checks(checks, ctx, trace, runtime=True)
@@ -412,100 +414,6 @@ def _instrumented(options: RunOptions, checks: list, ctx):  # noqa: ANN001, ANN2
         if options.trace_dir is None:
             shutil.rmtree(run_dir, ignore_errors=True)
     return summary, findings, check_errors, trace
-
-
-def _launch(specs: dict, one_after_another: bool) -> dict:
-    """Launch these runs side by side, or one after the other when they would fight over a port."""
-    from convcheck.runtime.launcher import launch_many
-
-    if one_after_another:
-        # Runs side by side would fight over the port the script chose.
-        return {label: launch_many({label: spec})[label] for label, spec in specs.items()}
-    return launch_many(specs)
-
-
-def _made_later(variants: dict, main_processes: int, cores: int) -> set[str]:
-    """The extra runs made after the main run, if at all: those that allow it and find no core beside it.
-
-    Beside a main run that fills the cores, every step of another run is training added to the verdict.
-    """
-    return {label for label, variant in variants.items()
-            if variant.needed is not None and main_processes + (variant.nproc_per_node or 1) > cores}
-
-
-def _launch_after(spec, variant, main_trace):  # noqa: ANN001, ANN202
-    """Make an extra run after the main one; stop it as soon as what it made settles its check's question.
-
-    Returns the launch's result and whether it was stopped for that.
-    """
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-    from concurrent.futures import TimeoutError as Pending
-
-    from convcheck.runtime.launcher import launch
-    from convcheck.runtime.trace import read_trace_dir
-
-    if variant.settled is None:
-        return launch(spec), False
-    cancel = threading.Event()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(launch, spec, cancel)
-        try:
-            while True:
-                try:
-                    return future.result(timeout=_SETTLED_POLL_S), False
-                except Pending:
-                    pass
-                so_far = read_trace_dir(spec.run_dir / "trace", world_size=variant.nproc_per_node or 1)
-                try:
-                    settled = variant.settled(main_trace, so_far)
-                except Exception:  # noqa: BLE001 - a check's own failure: let the run make its budget
-                    settled = False
-                if settled:
-                    cancel.set()
-                    return future.result(), True
-        except KeyboardInterrupt:
-            cancel.set()
-            return future.result(), False
-
-
-#: How often a run made after the main one is looked at while it runs (seconds).
-_SETTLED_POLL_S = 0.25
-
-
-def _not_needed(variant, launched, trace, main_processes: int, cores: int) -> str | None:  # noqa: ANN001
-    """Why an extra run made after the main one is left out; None when the main run calls for it."""
-    if launched.interrupted:
-        return "the main run was interrupted"
-    if not trace.trainers:
-        return "the main run made no training step to compare with"
-    try:
-        needed = variant.needed(trace)
-    except Exception:  # noqa: BLE001 - a check's own failure must not cost the user evidence
-        needed = True
-    if needed:
-        return None
-    several = main_processes != 1
-    fill = (f"the main run's {main_processes} process{'es fill' if several else ' fills'} the {cores} "
-            f"core{'s' if cores != 1 else ''}")
-    return f"{fill}, and {variant.left_out or 'the main run did not call for it'}"
-
-
-def _extra_runs(variants: dict, asked_by: dict[str, str], trace, later: set[str],  # noqa: ANN001
-                left_out: dict[str, str], settled_early: set[str]) -> list[dict]:
-    """One row per extra run for the report: which check asked, its size, when it ran, or why not."""
-    rows = []
-    for label, variant in variants.items():
-        ran = trace.variants.get(label)
-        row = {"label": label, "check": asked_by[label], "processes": variant.nproc_per_node or 1,
-               "steps": variant.steps, "steps_made": max((p.steps for p in ran.trainers), default=0) if ran else 0,
-               "when": "left-out" if label in left_out else "after" if label in later else "beside"}
-        if label in left_out:
-            row["why"] = left_out[label]
-        if label in settled_early:
-            row["stopped_early"] = True  # what it had made already answered the check
-        rows.append(row)
-    return rows
 
 
 def _recorders_for(checks: list) -> list[str]:
