@@ -84,7 +84,7 @@ class UnseededRng(Check):
     the machine has a core for each of its processes. When the main run's processes already fill the cores,
     each repeated step would be training added to the verdict, so the repeat is made after the main run and
     only when there is a reason to doubt: an RNG drawn from before it was seeded, a seed that looks like the
-    clock, a script that seeds too late or not at all; it is then stopped as soon as it differs from the
+    clock or none given (`random.seed()`), a script that seeds too late or not at all; it is then stopped as soon as it differs from the
     main run. `repeat-always = true` makes it anyway. The JSON report's `run.extra_runs` says whether the
     repeat was made, when, and for how many steps.
 
@@ -281,7 +281,9 @@ def doubtful(run: RunTrace, ctx: StaticContext) -> bool:
         # Benchmark mode picks GPU kernels; a CPU repeat cannot show what it does.
         if any(c["kind"] != "cudnn-benchmark" for c in causes_of(proc, ctx)[0]):
             return True
-        if any(_like_the_clock(e.get("value")) for e in proc.of("seed")):
+        # A seed taken from the clock, or none at all (`random.seed()` draws one from the OS).
+        if any(_like_the_clock(e.get("value")) or e.get("value") is None
+               for e in proc.of("seed") if not e.get("internal")):
             return True
     return False
 

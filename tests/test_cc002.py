@@ -288,6 +288,15 @@ def test_a_seed_taken_from_the_clock_calls_for_the_repeat() -> None:
         assert doubtful(RunTrace(processes=[proc]), _ctx(_SEEDED)) is doubt, value
 
 
+def test_a_seed_call_without_a_value_calls_for_the_repeat_unless_torch_made_it() -> None:
+    for internal, doubt in [(False, True), (True, False)]:
+        proc = _proc([0.7])
+        # `np.random.seed()` seeds from the OS; torch seeds each DataLoader worker itself (internal).
+        proc.events.insert(1, {"ev": "seed", "rng": "numpy", "value": None, "loc": ["train.py", 1],
+                               "internal": internal, "drawn_before": False})
+        assert doubtful(RunTrace(processes=[proc]), _ctx(_SEEDED)) is doubt
+
+
 def test_benchmark_mode_alone_does_not_call_for_a_cpu_repeat() -> None:
     proc = _proc([0.7])
     proc.events[-1].update(cudnn_benchmark=True, cudnn_deterministic=True)
