@@ -84,17 +84,17 @@ class UnseededRng(Check):
     the machine has a core for each of its processes. When the main run's processes already fill the cores,
     each repeated step would be training added to the verdict, so the repeat is made after the main run and
     only when there is a reason to doubt: an RNG drawn from before it was seeded, a seed that looks like the
-    clock or none given (`random.seed()`), a script that seeds too late or not at all; it is then stopped as soon as it differs from the
-    main run. `repeat-always = true` makes it anyway. The JSON report's `run.extra_runs` says whether the
-    repeat was made, when, and for how many steps.
+    clock or none given (`random.seed()`), a script that seeds too late or not at all; it is then stopped
+    as soon as it differs from the main run. `repeat-always = true` makes it anyway. The JSON report's
+    `run.extra_runs` says whether the repeat was made, when, and for how many steps.
 
     ## Known limits
     It compares the first steps of two runs on this machine: nondeterminism that only a GPU shows (cuDNN
     kernel choice, atomics in scatter/index_add) cannot appear on the CPU, and an unseeded RNG first used
     after the compared steps is not seen. When the cores are full and the run gave no reason to doubt, seeds
     taken from the clock in a way that does not look like it, the order of sets and unseeded local generators
-    (`np.random.default_rng()`) are not compared. Several processes updating shared weights without locks (Hogwild)
-    differ by design and are not judged. The line named as an RNG's first draw comes from the source and can
+    (`np.random.default_rng()`) are not compared. Several processes updating shared weights without locks
+    (Hogwild) differ by design and are not judged. The line named as an RNG's first draw comes from the source and can
     miss draws made inside libraries.
     """
 
