@@ -262,10 +262,9 @@ def repeat_steps(option: Any) -> int:
 
 
 _LEFT_OUT = (
-    "nothing in the run or the source suggests its seeding is wrong (no RNG drawn from before its seed, no seed "
-    "set too late or from the clock), so seeds from other changing values, the order of sets and unseeded "
-    "local generators were not compared "
-    "(`repeat-always = true` under `[tool.convcheck.checks.CC002]` makes the repeat anyway)"
+    "nothing in the run or the source casts doubt on its seeding; seeds from changing values, set order and "
+    "unseeded local generators were not compared (`repeat-always = true` under `[tool.convcheck.checks.CC002]` "
+    "makes the repeat)"
 )
 
 

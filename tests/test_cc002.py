@@ -341,7 +341,7 @@ def test_on_full_cores_a_seeded_script_is_not_repeated_and_the_report_says_why(t
     [row] = report["run"]["extra_runs"]
     assert (row["check"], row["label"], row["when"], row["steps_made"]) == ("CC002", "repeat", "left-out", 0)
     assert row["why"].startswith("CC002's repeat run was not made: the main run's 1 process fills the 1 core")
-    assert "clock" in row["why"] and "repeat-always = true" in row["why"]
+    assert "seeds from changing values" in row["why"] and "repeat-always = true" in row["why"]
     assert report["findings"] == []
     text = convcheck("run", "--select", "CC002", "--steps", "6", SCRIPTS / "single.py", "--ckpt", tmp_path / "c.pt",
                      cores={min(os.sched_getaffinity(0))}, env={"COLUMNS": "400"})
