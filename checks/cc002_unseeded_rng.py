@@ -354,7 +354,7 @@ def _changing_seeds(a: ProcessTrace, b: ProcessTrace, ctx: StaticContext) -> lis
             at = f" on line {loc[1]}" if loc else ""
             found.append({"kind": f"changing-seed:{x.get('rng')}", "loc": x.get("loc"),
                           "text": f"{_RNG_LABELS.get(x.get('rng'), x.get('rng'))} is seeded{at} with a value that "
-                                  f"changes from run to run ({_g(x.get('value'))} and {_g(y.get('value'))})"})
+                                  f"changes from run to run ({' and '.join(_apart(x.get('value'), y.get('value')))})"})
     return found
 
 
@@ -371,7 +371,8 @@ def compare(a: ProcessTrace, b: ProcessTrace) -> dict[str, Any] | None:
     losses_b = [e.get("loss") for e in b.of("backward") if (e.get("step") or 0) < steps]
     for index, (x, y) in enumerate(zip(losses_a, losses_b)):
         if not _same(x, y):
-            return {"what": f"the loss of backward pass {index + 1} was {_g(x)} in one run and {_g(y)} in the other",
+            one, other = _apart(x, y)
+            return {"what": f"the loss of backward pass {index + 1} was {one} in one run and {other} in the other",
                     "backward": index + 1, "losses": [x, y], "steps_compared": steps}
     norms_a = {e.get("n"): e.get("param_norms") for e in a.of("step") if e.get("param_norms") is not None}
     norms_b = {e.get("n"): e.get("param_norms") for e in b.of("step") if e.get("param_norms") is not None}
@@ -380,13 +381,14 @@ def compare(a: ProcessTrace, b: ProcessTrace) -> dict[str, Any] | None:
             continue
         pa, pb = norms_a[n], norms_b[n]
         if len(pa) != len(pb) or not all(_same(x, y) for x, y in zip(pa, pb)):
-            return {"what": f"the parameters after step {n} differ (norms {_g(sum(pa))} and {_g(sum(pb))})",
+            return {"what": f"the parameters after step {n} differ (norms {' and '.join(_apart(sum(pa), sum(pb)))})",
                     "step": n, "steps_compared": steps}
     final_a, final_b = a.first("final"), b.first("final")
     if final_a and final_b and final_a.get("steps") == final_b.get("steps") and \
             not _same(final_a.get("param_sum"), final_b.get("param_sum")):
-        return {"what": f"the parameters after step {final_a.get('steps')} differ (sums {_g(final_a.get('param_sum'))} "
-                        f"and {_g(final_b.get('param_sum'))})", "steps_compared": steps}
+        return {"what": f"the parameters after step {final_a.get('steps')} differ "
+                        f"(sums {' and '.join(_apart(final_a.get('param_sum'), final_b.get('param_sum')))})",
+                "steps_compared": steps}
     return None
 
 
@@ -451,6 +453,16 @@ def _same(x: Any, y: Any) -> bool:
             return True
         return math.isclose(x, y, rel_tol=_REL_TOL, abs_tol=1e-12)
     return x == y
+
+
+def _apart(x: Any, y: Any) -> tuple[str, str]:
+    """Two values written with as many digits as it takes to tell them apart (6 at least, 17 at most)."""
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+        for digits in range(6, 18):
+            a, b = f"{x:.{digits}g}", f"{y:.{digits}g}"
+            if a != b:
+                return a, b
+    return _g(x), _g(y)
 
 
 def _g(value: Any) -> str:

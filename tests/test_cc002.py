@@ -376,3 +376,10 @@ def test_a_repeat_made_after_the_main_run_stops_once_it_differs(tmp_path: Path) 
     [finding] = report["findings"]
     assert (finding["code"], finding["severity"]) == ("CC002", "error")
     assert "the loss of backward pass 1 was" in finding["message"]
+
+
+def test_losses_that_differ_past_six_digits_are_written_so_that_they_differ() -> None:
+    # 2e-6 apart, beyond the comparison's tolerance (1e-6); six digits would write both as 2.
+    run = _run(_proc([2.0000001, 0.6]), _proc([2.0000041, 0.6], pid=2))
+    (finding,) = UnseededRng().check_runtime(run, _ctx())
+    assert "was 2 in one run and 2.000004 in the other" in finding.message
