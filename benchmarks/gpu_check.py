@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-_ARGS = re.compile(r"#\s*convcheck-args:\s*(.+)$", re.MULTILINE)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from time_to_verdict import example_args  # noqa: E402
+
 _EXPECT = re.compile(r"#\s*expect:\s*(CC\d{3})\s+(error|warning|info)\b")
 
 AMP_SCRIPT = '''
@@ -104,20 +105,17 @@ def cuda_scripts(folder: Path, gpus: int) -> list[tuple[Path, list[str]]]:
     return runs
 
 
-def expectations(path: Path) -> tuple[list[str], set[tuple[str, str, int]]]:
-    """The options an example declares and the (code, severity, line) findings it expects."""
-    text = path.read_text()
-    match = _ARGS.search(text)
-    expected = {(m.group(1), m.group(2), number) for number, line in enumerate(text.splitlines(), start=1)
-                for m in _EXPECT.finditer(line)}
-    return shlex.split(match.group(1)) if match else [], expected
+def expectations(path: Path) -> set[tuple[str, str, int]]:
+    """The (code, severity, line) findings a script's ``# expect:`` lines declare."""
+    return {(m.group(1), m.group(2), number) for number, line in enumerate(path.read_text().splitlines(), start=1)
+            for m in _EXPECT.finditer(line)}
 
 
 def verdict(path: Path, options: list[str], device: str) -> tuple[str, bool, str]:
     """Run convcheck on one script; (name, as expected, what differed)."""
-    declared, expected = expectations(path)
+    expected = expectations(path)
     cmd = [sys.executable, "-m", "convcheck", "run", "--device", device, "--format", "json", "--fail-on", "never",
-           *declared, *options, str(path)]
+           *example_args(path), *options, str(path)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=path.parent, timeout=600)
     if out.returncode != 0:
         return path.name, False, f"exit {out.returncode}: {out.stderr.strip()[-300:]}"
