@@ -383,9 +383,11 @@ def compare(a: ProcessTrace, b: ProcessTrace) -> dict[str, Any] | None:
         if len(pa) != len(pb) or not all(_same(x, y) for x, y in zip(pa, pb)):
             return {"what": f"the parameters after step {n} differ (norms {' and '.join(_apart(sum(pa), sum(pb)))})",
                     "step": n, "steps_compared": steps}
-    final_a, final_b = a.first("final"), b.first("final")
-    if final_a and final_b and final_a.get("steps") == final_b.get("steps") and \
-            not _same(final_a.get("param_sum"), final_b.get("param_sum")):
+    final_a, final_b = a.first("final") or {}, b.first("final") or {}
+    # A digest one run lacks, or took over other parameters (an optimizer already collected), is no evidence.
+    digests = [(f.get("steps"), f.get("params_summed")) for f in (final_a, final_b)]
+    if final_a.get("param_sum") is not None and final_b.get("param_sum") is not None and \
+            digests[0] == digests[1] and not _same(final_a.get("param_sum"), final_b.get("param_sum")):
         return {"what": f"the parameters after step {final_a.get('steps')} differ "
                         f"(sums {' and '.join(_apart(final_a.get('param_sum'), final_b.get('param_sum')))})",
                 "steps_compared": steps}

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from cc_testing import EXAMPLES, SCRIPTS, convcheck
+from cc_testing import EXAMPLES, SCRIPTS, convcheck, read_traces
 
 from convcheck.checks.cc002_unseeded_rng import UnseededRng, compare, doubtful, repeat_steps, static_seeding
 from convcheck.registry import CheckOptionError, RunVariant
@@ -24,7 +24,7 @@ def _ctx(source: str = "") -> StaticContext:
 
 
 def _proc(losses: list[float], *, norms: float = 1.0, seeds=(), unseeded=(), loaders=(), pid: int = 1,
-          final_sum: float = 3.0):
+          final_sum: float | None = 3.0):
     events: list[dict] = [{"ev": "process", "pid": pid, "role": "entry"}]
     events += [{"ev": "seed", "rng": rng, "value": 0, "loc": ["train.py", line], "internal": False,
                 "drawn_before": late} for rng, line, late in seeds]
@@ -72,6 +72,22 @@ def test_parameters_differ_with_equal_losses() -> None:
     assert compare(_proc([0.7, 0.6]), _proc([0.7, 0.6], norms=1.5)) is not None
     assert compare(_proc([0.7, 0.6]), _proc([0.7, 0.6], final_sum=3.5)) is not None
     assert compare(_proc([0.7, 0.6, 0.5]), _proc([0.7, 0.6], pid=2)) is None  # only common steps count
+
+
+def test_a_parameter_digest_one_run_lacks_or_took_over_other_parameters_is_no_evidence() -> None:
+    main, repeat = _proc([0.7, 0.6]), _proc([0.7, 0.6], final_sum=None)
+    assert compare(main, repeat) is None and compare(repeat, main) is None
+    fewer = _proc([0.7, 0.6], final_sum=2.0)
+    fewer.first("final")["params_summed"] = 1
+    assert compare(_proc([0.7, 0.6]), fewer) is None
+
+
+def test_the_digest_is_taken_even_when_the_optimizer_was_collected_before_the_end(tmp_path: Path) -> None:
+    result = convcheck("run", "--format", "json", "--trace-dir", tmp_path / "t", SCRIPTS / "optimizer_gone_at_the_end.py")
+    assert result.code == 0, result.stdout + result.stderr
+    [final] = [e for events in read_traces(tmp_path / "t") for e in events if e["ev"] == "final"]
+    assert final["steps"] == 3 and final["params_summed"] == 2 and isinstance(final["param_sum"], float)
+    assert result.findings() == []
 
 
 def test_dataset_rng_copied_into_workers() -> None:

@@ -496,6 +496,7 @@ class FinalEvent(TypedDict):
     ev: Literal["final"]
     steps: int
     param_sum: float | None
+    params_summed: NotRequired[int]
     param_norms: list[float]
     rng_drawn: NotRequired[dict[str, bool]]
     rng_seeded: NotRequired[list[str]]

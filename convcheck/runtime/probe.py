@@ -498,17 +498,14 @@ class Probe:
         try:
             import torch
 
-            params = []
-            for ref in self.optimizer_refs:
-                optimizer = ref()
-                if optimizer is not None:
-                    params.extend(p for g in optimizer.param_groups for p in g["params"])
+            params = self._final_params()
             # A digest two runs can compare: the sum and norm of every optimized parameter.
             with torch.no_grad():
                 total = float(sum(float(p.detach().double().sum()) for p in params)) if params else None
             cudnn = torch.backends.cudnn
             self.emit(
-                "final", steps=self.step_count, param_sum=total, param_norms=stepstats.norms(torch, params),
+                "final", steps=self.step_count, param_sum=total, params_summed=len(params),
+                param_norms=stepstats.norms(torch, params),
                 **self._recorded_final(), cudnn_benchmark=bool(cudnn.benchmark), cudnn_deterministic=bool(cudnn.deterministic),
                 deterministic_algorithms=bool(torch.are_deterministic_algorithms_enabled()),
             )
@@ -518,6 +515,21 @@ class Probe:
                     self.emit_module_flags(root, "final")
         except Exception:
             pass
+
+    def _final_params(self) -> list[Any]:
+        """The parameters of every optimizer still alive; those of the last step when its only optimizer is gone.
+
+        A script that returns from ``main()`` leaves its optimizer to the garbage collector, which may or may not
+        have run by the end: the parameters of the last step, held since it, give both runs the same digest.
+        """
+        params = []
+        for ref in self.optimizer_refs:
+            optimizer = ref()
+            if optimizer is not None:
+                params.extend(p for g in optimizer.param_groups for p in g["params"])
+        if not params and len(self.optimizer_refs) == 1 and self.stepped is not None:
+            params = list(self.stepped[1])
+        return params
 
     def _recorded_final(self) -> dict[str, Any]:
         fields: dict[str, Any] = {}
