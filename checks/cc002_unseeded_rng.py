@@ -384,12 +384,11 @@ def compare(a: ProcessTrace, b: ProcessTrace) -> dict[str, Any] | None:
             return {"what": f"the parameters after step {n} differ (norms {' and '.join(_apart(sum(pa), sum(pb)))})",
                     "step": n, "steps_compared": steps}
     final_a, final_b = a.first("final") or {}, b.first("final") or {}
+    sums = final_a.get("param_sum"), final_b.get("param_sum")
     # A digest one run lacks, or took over other parameters (an optimizer already collected), is no evidence.
-    digests = [(f.get("steps"), f.get("params_summed")) for f in (final_a, final_b)]
-    if final_a.get("param_sum") is not None and final_b.get("param_sum") is not None and \
-            digests[0] == digests[1] and not _same(final_a.get("param_sum"), final_b.get("param_sum")):
-        return {"what": f"the parameters after step {final_a.get('steps')} differ "
-                        f"(sums {' and '.join(_apart(final_a.get('param_sum'), final_b.get('param_sum')))})",
+    same_digest = all(final_a.get(key) == final_b.get(key) for key in ("steps", "params_summed"))
+    if None not in sums and same_digest and not _same(*sums):
+        return {"what": f"the parameters after step {final_a.get('steps')} differ (sums {' and '.join(_apart(*sums))})",
                 "steps_compared": steps}
     return None
 
