@@ -14,8 +14,9 @@ one run share it (under torchrun every rank draws one). Each run (the main run, 
 repeat) has its own server, so two runs still differ in it as two launches of a script do.
 
 Protocol, over a SOCK_SEQPACKET socket pair: the launcher sends ``{"argv", "env", "cwd"}``
-with the descriptors stdin, stdout, stderr (then the namespace's mount and user descriptors); the server answers ``{"started": pid}``, and later ``{"exited": pid,
-"code": code}`` for every worker, ``code`` as ``Popen.returncode`` has it.
+with the descriptors stdin, stdout, stderr (then the namespace's mount and user descriptors);
+the server answers ``{"started": pid}``, and later ``{"exited": pid, "code": code}`` for every
+worker, ``code`` as ``Popen.returncode`` has it.
 """
 
 from __future__ import annotations
